@@ -1,0 +1,116 @@
+//! SNI -> certificate. The only code of this crate on the handshake path.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::store::StoredCert;
+
+#[derive(Default)]
+struct CertMap {
+    /// Exact name -> certificate.
+    exact: HashMap<String, Arc<StoredCert>>,
+    /// `example.org` for a certificate naming `*.example.org`.
+    wildcard: HashMap<String, Arc<StoredCert>>,
+}
+
+/// SNI -> certificate, swapped at runtime as a whole. Implements
+/// [`rustls::server::ResolvesServerCert`]: no SNI or an unknown name gives `None`, so the
+/// handshake fails cleanly (rustls sends a handshake_failure alert).
+pub struct CertResolver {
+    map: ArcSwap<CertMap>,
+}
+
+impl Default for CertResolver {
+    fn default() -> Self {
+        CertResolver::new()
+    }
+}
+
+impl fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.map.load();
+        f.debug_struct("CertResolver")
+            .field("exact", &m.exact.len())
+            .field("wildcard", &m.wildcard.len())
+            .finish()
+    }
+}
+
+impl CertResolver {
+    pub fn new() -> CertResolver {
+        CertResolver { map: ArcSwap::from_pointee(CertMap::default()) }
+    }
+
+    /// Replaces the whole map in one atomic store. Each cert is indexed under every SAN
+    /// name it has. When two certs cover a name, the one with the later `not_after` wins
+    /// (on a tie, the later id, so the outcome does not depend on the order given).
+    pub fn replace(&self, certs: &[Arc<StoredCert>]) {
+        let mut map = CertMap::default();
+        for cert in certs {
+            for name in &cert.names {
+                let (table, key) = match name.strip_prefix("*.") {
+                    Some(suffix) => (&mut map.wildcard, suffix),
+                    None => (&mut map.exact, name.as_str()),
+                };
+                match table.get(key) {
+                    Some(cur) if (cur.not_after, &cur.id) >= (cert.not_after, &cert.id) => {}
+                    _ => {
+                        table.insert(key.to_string(), cert.clone());
+                    }
+                }
+            }
+        }
+        self.map.store(Arc::new(map));
+    }
+
+    /// Exact name first, then `*.parent` (one label only). Input normalised: lower case,
+    /// trailing dot removed.
+    pub fn lookup(&self, sni: &str) -> Option<Arc<StoredCert>> {
+        let name = normalize(sni);
+        let map = self.map.load();
+        if let Some(c) = map.exact.get(name.as_ref()) {
+            return Some(c.clone());
+        }
+        let (label, parent) = name.split_once('.')?;
+        if label.is_empty() || label == "*" {
+            return None;
+        }
+        map.wildcard.get(parent).cloned()
+    }
+
+    /// How many names (exact + wildcard) are served.
+    pub fn len(&self) -> usize {
+        let m = self.map.load();
+        m.exact.len() + m.wildcard.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn normalize(sni: &str) -> Cow<'_, str> {
+    let n = sni.strip_suffix('.').unwrap_or(sni);
+    if n.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(n.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(n)
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = client_hello.server_name()?;
+        let found = self.lookup(sni);
+        if found.is_none() {
+            tracing::debug!("no certificate for SNI {sni:?}");
+        }
+        found.map(|c| c.key.clone())
+    }
+}

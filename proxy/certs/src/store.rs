@@ -1,0 +1,416 @@
+//! The on-disk certificate store. Layout and crash safety: see the crate docs.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{self, KEY_MODE, PUBLIC_MODE};
+use crate::parse::{self, Part};
+use crate::{StoreError, ISSUER_MANUAL};
+
+const CHAIN_FILE: &str = "fullchain.pem";
+const KEY_FILE: &str = "key.pem";
+const META_FILE: &str = "meta.json";
+/// Temporary and swapped-out directories younger than this may belong to a save in
+/// progress (possibly in another process, during a graceful upgrade): left alone.
+const STALE_AFTER: Duration = Duration::from_secs(600);
+
+/// The on-disk certificate store (the proxy's only long-term state).
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    /// Serialises writes and load's clean-up within this process.
+    lock: Mutex<()>,
+}
+
+/// A certificate with its key, ready to serve. Built only from checked files.
+pub struct StoredCert {
+    /// Directory name: main name, `*.x` stored as `_wildcard.x`.
+    pub id: String,
+    /// SAN DNS names (lower case), from the certificate itself.
+    pub names: Vec<String>,
+    /// e.g. "local", "manual" or the ACME directory URL; from meta.json.
+    pub issuer: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub key: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for StoredCert {
+    // The key is left out: it holds private key material.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredCert")
+            .field("id", &self.id)
+            .field("names", &self.names)
+            .field("issuer", &self.issuer)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoredCert {
+    /// Does this certificate name `host` (exactly, or by a one-label wildcard)?
+    pub fn covers(&self, host: &str) -> bool {
+        self.names.iter().any(|n| parse::name_covers(n, host))
+    }
+
+    /// The leaf certificate, DER.
+    pub fn leaf_der(&self) -> &[u8] {
+        self.key.cert.first().map_or(&[], |c| c.as_ref())
+    }
+}
+
+/// A freshly issued certificate, as PEM, before it is saved.
+#[derive(Clone)]
+pub struct IssuedCert {
+    /// The names asked for, main name first (it becomes the store id).
+    pub names: Vec<String>,
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub issuer: String,
+}
+
+impl fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedCert")
+            .field("names", &self.names)
+            .field("issuer", &self.issuer)
+            .field("chain_pem", &format_args!("<{} bytes>", self.chain_pem.len()))
+            .field("key_pem", &format_args!("<redacted>"))
+            .finish()
+    }
+}
+
+/// What `meta.json` holds. Only `issuer` and the bookkeeping fields are believed;
+/// `names` and `not_after` are written for people and always re-read from the certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Meta {
+    pub names: Vec<String>,
+    pub issuer: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Unix seconds of the last (failed) attempt to renew, for the ACME issuer.
+    pub last_attempt: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// The result of [`Store::load_all`].
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub certs: Vec<Arc<StoredCert>>,
+    /// One line per problem, each naming the file or directory.
+    pub problems: Vec<String>,
+}
+
+/// Why one entry could not be loaded.
+enum EntryError {
+    /// Its content is unusable: moved aside.
+    Corrupt(String),
+    /// It could not be read (permissions, I/O): left in place.
+    Unreadable(String),
+}
+
+impl Store {
+    /// Opens (creating with mode 0700 if missing) the store directory and its
+    /// subdirectories `local-ca/`, `certs/` and `acme/`.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let root = dir.into();
+        fsutil::create_dir(&root)?;
+        for sub in ["local-ca", "certs", "acme"] {
+            fsutil::create_dir(&root.join(sub))?;
+        }
+        Ok(Store { root, lock: Mutex::new(()) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `certs/`, where each certificate has its directory.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.root.join("certs")
+    }
+
+    /// `local-ca/`.
+    pub fn local_ca_dir(&self) -> PathBuf {
+        self.root.join("local-ca")
+    }
+
+    /// `acme/`, reserved for the ACME account.
+    pub fn acme_dir(&self) -> PathBuf {
+        self.root.join("acme")
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The lock guards no data; a panic elsewhere cannot leave anything inconsistent.
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads every certificate. A corrupt, half-written or mismatched (key does not match
+    /// leaf) entry is moved aside (renamed to `<dir>.corrupt-<unix-ts>`) and reported,
+    /// never served. Certificates come back sorted by id.
+    pub fn load_all(&self) -> LoadReport {
+        let _g = self.guard();
+        let mut report = LoadReport::default();
+        let dir = self.certs_dir();
+        let entries = match read_dir_names(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                report.problems.push(format!("{}: {e}", dir.display()));
+                return report;
+            }
+        };
+        let entries = self.recover(&dir, entries, &mut report.problems);
+        for name in entries {
+            if name.starts_with('.') || is_corrupt_name(&name) {
+                continue;
+            }
+            let path = dir.join(&name);
+            if !path.is_dir() {
+                report.problems.push(format!("{}: not a directory, ignored", path.display()));
+                continue;
+            }
+            match load_entry(&name, &path, &mut report.problems) {
+                Ok(c) => report.certs.push(Arc::new(c)),
+                Err(EntryError::Unreadable(msg)) => report.problems.push(format!("{msg}; not served")),
+                Err(EntryError::Corrupt(msg)) => {
+                    let moved = move_aside(&path);
+                    report.problems.push(match moved {
+                        Ok(to) => format!("{msg}; moved aside to {}", to.display()),
+                        Err(e) => format!("{msg}; not served, and could not be moved aside: {e}"),
+                    });
+                }
+            }
+        }
+        report
+    }
+
+    /// Repairs what an interrupted [`Store::save`] may have left: an orphaned
+    /// `.old-<id>-*` is renamed back to `<id>`; stale temporaries are deleted.
+    /// Returns the entries still to look at.
+    fn recover(&self, dir: &Path, entries: Vec<String>, problems: &mut Vec<String>) -> Vec<String> {
+        let present: BTreeSet<&str> = entries.iter().map(String::as_str).collect();
+        let mut restored = Vec::new();
+        for name in &entries {
+            let Some(rest) = name.strip_prefix(".old-").or_else(|| name.strip_prefix(".tmp-")) else {
+                continue;
+            };
+            let path = dir.join(name);
+            // `<id>-<16 hex>`
+            let id = rest.rsplit_once('-').map_or(rest, |(id, _)| id);
+            if name.starts_with(".old-") && !present.contains(id) && !restored.iter().any(|r| r == id) {
+                match fs::rename(&path, dir.join(id)) {
+                    Ok(()) => {
+                        problems.push(format!(
+                            "{}: restored to {id} (a save was interrupted)",
+                            path.display()
+                        ));
+                        restored.push(id.to_string());
+                    }
+                    Err(e) => problems.push(format!("{}: could not restore to {id}: {e}", path.display())),
+                }
+                continue;
+            }
+            let stale = fs::symlink_metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_AFTER);
+            if stale {
+                if let Err(e) = fs::remove_dir_all(&path) {
+                    problems.push(format!("{}: could not remove leftover: {e}", path.display()));
+                }
+            }
+        }
+        if !restored.is_empty() {
+            let _ = fsutil::sync_dir(dir);
+        }
+        let mut out: Vec<String> = entries.into_iter().filter(|n| !n.starts_with('.')).collect();
+        out.extend(restored);
+        out.sort();
+        out
+    }
+
+    /// Atomically writes a certificate under `certs/<id>`, id from its main name (see the
+    /// crate docs: a whole new directory, then one rename or an atomic swap). The
+    /// certificate is checked first (key matches leaf, DNS names present), so nothing
+    /// unusable is ever written. Key 0600.
+    pub fn save(&self, cert: &IssuedCert) -> Result<Arc<StoredCert>, StoreError> {
+        let main = cert.names.first().ok_or_else(|| StoreError::BadCert {
+            names: "(none)".into(),
+            reason: "no names".into(),
+        })?;
+        let id = parse::cert_id(main)?;
+        let parsed = parse::parse_pair(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes()).map_err(
+            |(part, reason)| StoreError::BadCert {
+                names: cert.names.join(", "),
+                reason: match part {
+                    Part::Chain => format!("chain: {reason}"),
+                    Part::Key => format!("key: {reason}"),
+                },
+            },
+        )?;
+        let meta = Meta {
+            names: parsed.names.clone(),
+            issuer: cert.issuer.clone(),
+            not_after: parse::system_to_unix(parsed.not_after),
+            last_attempt: None,
+            last_error: None,
+        };
+        let meta_json = serde_json::to_string_pretty(&meta).expect("Meta serialises") + "\n";
+
+        let _g = self.guard();
+        let dir = self.certs_dir();
+        let rand = fsutil::random_hex(8);
+        let tmp = dir.join(format!(".tmp-{id}-{rand}"));
+        let write = || -> Result<(), StoreError> {
+            fsutil::create_dir(&tmp)?;
+            fsutil::write_new(&tmp.join(KEY_FILE), cert.key_pem.as_bytes(), KEY_MODE)?;
+            fsutil::write_new(&tmp.join(CHAIN_FILE), cert.chain_pem.as_bytes(), PUBLIC_MODE)?;
+            fsutil::write_new(&tmp.join(META_FILE), meta_json.as_bytes(), PUBLIC_MODE)?;
+            fsutil::sync_dir(&tmp)?;
+            fsutil::replace_dir(&tmp, &dir.join(&id), &format!(".old-{id}-{rand}"))
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        Ok(Arc::new(StoredCert {
+            id,
+            names: parsed.names,
+            issuer: cert.issuer.clone(),
+            not_before: parsed.not_before,
+            not_after: parsed.not_after,
+            key: parsed.key,
+        }))
+    }
+}
+
+fn read_dir_names(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        match e.file_name().into_string() {
+            Ok(n) => names.push(n),
+            Err(raw) => tracing::warn!("{}: skipping non-UTF-8 name {raw:?}", dir.display()),
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// `<id>.corrupt-<unix-ts>` or `<id>.corrupt-<unix-ts>-<n>`.
+fn is_corrupt_name(name: &str) -> bool {
+    name.rsplit_once(".corrupt-").is_some_and(|(_, ts)| {
+        !ts.is_empty() && ts.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+    })
+}
+
+fn move_aside(path: &Path) -> io::Result<PathBuf> {
+    let ts = parse::system_to_unix(SystemTime::now());
+    let base = format!("{}.corrupt-{ts}", path.display());
+    let mut to = PathBuf::from(&base);
+    let mut n = 1;
+    while to.exists() {
+        n += 1;
+        to = PathBuf::from(format!("{base}-{n}"));
+    }
+    fs::rename(path, &to)?;
+    if let Some(parent) = path.parent() {
+        let _ = fsutil::sync_dir(parent);
+    }
+    Ok(to)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, EntryError> {
+    fs::read(path).map_err(|e| {
+        let msg = format!("{}: {e}", path.display());
+        if e.kind() == io::ErrorKind::NotFound {
+            EntryError::Corrupt(msg)
+        } else {
+            EntryError::Unreadable(msg)
+        }
+    })
+}
+
+/// Loads `certs/<id>`. Non-fatal findings (bad meta.json, a key readable by others) go
+/// to `problems`; the certificate is still served.
+fn load_entry(id: &str, dir: &Path, problems: &mut Vec<String>) -> Result<StoredCert, EntryError> {
+    let chain_path = dir.join(CHAIN_FILE);
+    let key_path = dir.join(KEY_FILE);
+    let meta_path = dir.join(META_FILE);
+    let chain = read_file(&chain_path)?;
+    let key = read_file(&key_path)?;
+    let parsed = parse::parse_pair(&chain, &key).map_err(|(part, reason)| {
+        let p = match part {
+            Part::Chain => &chain_path,
+            Part::Key => &key_path,
+        };
+        EntryError::Corrupt(format!("{}: {reason}", p.display()))
+    })?;
+
+    if let Ok(m) = fs::metadata(&key_path) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            problems.push(format!(
+                "{}: private key is readable by others (mode {mode:04o}); run chmod 600",
+                key_path.display()
+            ));
+        }
+    }
+
+    let issuer = match fs::read(&meta_path) {
+        Ok(bytes) => match serde_json::from_slice::<Meta>(&bytes) {
+            Ok(m) if !m.issuer.is_empty() => m.issuer,
+            Ok(_) => ISSUER_MANUAL.to_string(),
+            Err(e) => {
+                problems.push(format!(
+                    "{}: {e}; certificate served with issuer \"{ISSUER_MANUAL}\"",
+                    meta_path.display()
+                ));
+                ISSUER_MANUAL.to_string()
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => ISSUER_MANUAL.to_string(),
+        Err(e) => {
+            problems.push(format!(
+                "{}: {e}; certificate served with issuer \"{ISSUER_MANUAL}\"",
+                meta_path.display()
+            ));
+            ISSUER_MANUAL.to_string()
+        }
+    };
+
+    Ok(StoredCert {
+        id: id.to_string(),
+        names: parsed.names,
+        issuer,
+        not_before: parsed.not_before,
+        not_after: parsed.not_after,
+        key: parsed.key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_names_are_recognised() {
+        assert!(is_corrupt_name("a.test.corrupt-1700000000"));
+        assert!(is_corrupt_name("a.test.corrupt-1700000000-2"));
+        assert!(!is_corrupt_name("a.test"));
+        assert!(!is_corrupt_name("corrupt-x.test"));
+        assert!(!is_corrupt_name("a.corrupt-b.test"));
+    }
+}

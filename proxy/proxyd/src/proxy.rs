@@ -1,0 +1,525 @@
+//! The request path: pingora's `ProxyHttp` over the current route snapshot.
+//!
+//! Per request: one `ArcSwap` load, one table lookup, `Arc` clones into the context.
+//! No parsing of configuration, no file access, no locks.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
+use pingora::{Error, ErrorSource, ErrorType};
+use routes::{normalize_host, Redirect, Route, Target};
+
+use crate::pages;
+use crate::state::Shared;
+use crate::upstream::{Backend, Pool};
+
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Client-sent headers the proxy owns: whatever the client put there is dropped and
+/// replaced with what the proxy saw.
+const FORWARDING_HEADERS: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// One proxy service: `tls` is true for the :443 listeners.
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    pub tls: bool,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    started: Instant,
+    host: String,
+    /// Host as the client sent it (for X-Forwarded-Host).
+    raw_host: String,
+    route: Option<Arc<Route>>,
+    pool: Option<Arc<Pool>>,
+    backend: Option<Arc<Backend>>,
+    tried: Vec<std::net::SocketAddr>,
+    client_ip: Option<IpAddr>,
+    body_seen: u64,
+    upstream_started: Option<Instant>,
+    upstream_ttfb: Option<Duration>,
+    /// Set when the proxy answered by itself (redirect, error page): the reason.
+    local: Option<&'static str>,
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            host: String::new(),
+            raw_host: String::new(),
+            route: None,
+            pool: None,
+            backend: None,
+            tried: Vec::new(),
+            client_ip: None,
+            body_seen: 0,
+            upstream_started: None,
+            upstream_ttfb: None,
+            local: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.client_ip = client_ip(session);
+        let Some(raw_host) = request_host(session.req_header()) else {
+            ctx.local = Some("bad host");
+            pages::send(session, 400, pages::BAD_REQUEST, &[]).await?;
+            return Ok(true);
+        };
+        ctx.host = normalize_host(&raw_host).into_owned();
+        ctx.raw_host = raw_host;
+        let path = session.req_header().uri.path().to_owned();
+
+        if !self.tls && path.starts_with(ACME_CHALLENGE_PREFIX) {
+            return self
+                .answer_http01(session, ctx, &path[ACME_CHALLENGE_PREFIX.len()..])
+                .await;
+        }
+
+        let snapshot = self.shared.snapshot.load();
+        let Some(target) = snapshot.table.lookup(&ctx.host, &path) else {
+            // Never another site's content: a plain page naming no site.
+            ctx.local = Some("unknown host");
+            let (status, page) = if self.tls {
+                (421, pages::MISDIRECTED)
+            } else {
+                (404, pages::NOT_FOUND)
+            };
+            pages::send(session, status, page, &[]).await?;
+            return Ok(true);
+        };
+        match target {
+            Target::Redirect(r) => {
+                let r = r.clone();
+                drop(snapshot);
+                if !self.tls && r.https_redirect {
+                    return self.redirect_to_https(session, ctx).await;
+                }
+                self.answer_redirect(session, ctx, &r, &path).await
+            }
+            Target::Proxy(route) => {
+                let route = route.clone();
+                ctx.pool = snapshot.pools.get(&route.id).cloned();
+                drop(snapshot);
+                if !self.tls && route.policy.https_redirect {
+                    return self.redirect_to_https(session, ctx).await;
+                }
+                let policy = &route.policy;
+                if let Some(allow) = &policy.allow {
+                    if !ctx
+                        .client_ip
+                        .is_some_and(|ip| allow.iter().any(|n| n.contains(&ip)))
+                    {
+                        ctx.local = Some("client not allowed");
+                        ctx.route = Some(route);
+                        pages::send(session, 403, pages::FORBIDDEN, &[]).await?;
+                        return Ok(true);
+                    }
+                }
+                if let (Some(max), Some(len)) =
+                    (policy.max_body, content_length(session.req_header()))
+                {
+                    if len > max {
+                        ctx.local = Some("body over limit");
+                        ctx.route = Some(route);
+                        // The body is not read: close rather than drain it.
+                        session.set_keepalive(None);
+                        pages::send(session, 413, pages::TOO_LARGE, &[]).await?;
+                        return Ok(true);
+                    }
+                }
+                ctx.route = Some(route);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_seen += chunk.len() as u64;
+            let limit = ctx.route.as_ref().and_then(|r| r.policy.max_body);
+            if limit.is_some_and(|max| ctx.body_seen > max) {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the route's max_body",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(route), Some(pool)) = (&ctx.route, &ctx.pool) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "route has no upstream pool",
+            ));
+        };
+        let Some(backend) = pool.select(ctx.client_ip, &ctx.tried) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                format!("no upstream available for route {}", route.id),
+            ));
+        };
+        ctx.tried.push(backend.addr);
+        let policy = &route.policy;
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(policy.connect_timeout);
+        o.total_connection_timeout = Some(policy.connect_timeout);
+        o.read_timeout = Some(policy.read_timeout);
+        o.write_timeout = Some(policy.write_timeout);
+        o.idle_timeout = Some(policy.idle_timeout);
+        if !policy.websocket {
+            o.http_upstream_request_policy = HttpUpstreamRequestPolicy::deny_upgrades();
+        }
+        ctx.backend = Some(backend);
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(b) = &ctx.backend {
+            b.report_connect_failure();
+        }
+        // Nothing reached the upstream: safe to try another one, if any is left.
+        let left = ctx
+            .pool
+            .as_ref()
+            .is_some_and(|p| p.members().len() > ctx.tried.len());
+        e.set_retry(left);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        for name in FORWARDING_HEADERS {
+            req.remove_header(name);
+        }
+        let proto = if self.tls { "https" } else { "http" };
+        if let Some(ip) = ctx.client_ip {
+            let ip_s = ip.to_string();
+            req.insert_header("x-forwarded-for", &ip_s)?;
+            req.insert_header("x-real-ip", &ip_s)?;
+            let for_value = match ip {
+                IpAddr::V4(_) => ip_s,
+                IpAddr::V6(_) => format!("\"[{ip_s}]\""),
+            };
+            req.insert_header(
+                "forwarded",
+                format!("for={for_value};proto={proto};host=\"{}\"", ctx.raw_host),
+            )?;
+        }
+        req.insert_header("x-forwarded-proto", proto)?;
+        req.insert_header("x-forwarded-host", &ctx.raw_host)?;
+        if let Some(port) = session
+            .server_addr()
+            .and_then(PingoraAddr::as_inet)
+            .map(|a| a.port())
+        {
+            req.insert_header("x-forwarded-port", port.to_string())?;
+        }
+        let Some(route) = &ctx.route else {
+            return Ok(());
+        };
+        if route.strip_prefix {
+            let stripped = routes::strip_path(&route.path, req.uri.path());
+            let pq = match req.uri.query() {
+                Some(q) => format!("{stripped}?{q}"),
+                None => stripped.into_owned(),
+            };
+            let uri = pq.parse::<http::Uri>().map_err(|e| {
+                Error::because(
+                    ErrorType::InternalError,
+                    "rewriting path for strip_prefix",
+                    e,
+                )
+            })?;
+            req.set_uri(uri);
+        }
+        for (name, value) in &route.policy.request_headers {
+            if value.is_empty() {
+                req.remove_header(name.as_str());
+            } else {
+                req.insert_header(name.clone(), value.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.upstream_ttfb.is_none() {
+            ctx.upstream_ttfb = ctx.upstream_started.map(|t| t.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = &ctx.route else {
+            return Ok(());
+        };
+        if self.tls {
+            if let Some(hsts) = &route.policy.hsts {
+                resp.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.header_value())?;
+            }
+        }
+        for (name, value) in &route.policy.response_headers {
+            if value.is_empty() {
+                resp.remove_header(name.as_str());
+            } else {
+                resp.insert_header(name.clone(), value.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = error_status(e);
+        if code > 0 && session.response_written().is_none() {
+            let page = match code {
+                413 => pages::TOO_LARGE,
+                502 => pages::BAD_GATEWAY,
+                504 => pages::GATEWAY_TIMEOUT,
+                400 => pages::BAD_REQUEST,
+                _ => pages::INTERNAL,
+            };
+            if code == 413 {
+                session.set_keepalive(None);
+            }
+            if let Err(we) = pages::send(session, code, page, &[]).await {
+                tracing::debug!(error = %we, "could not send error page");
+            }
+        }
+        tracing::warn!(
+            route = ctx.route.as_ref().map_or("-", |r| r.id.as_str()),
+            upstream = ctx.backend.as_ref().map(|b| b.addr.to_string()).unwrap_or_else(|| "-".into()),
+            status = code,
+            error = %e,
+            "request failed"
+        );
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        // fail_to_proxy logs one line with the route and upstream instead.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map_or("-", |d| d.version.as_ref());
+        tracing::info!(
+            target: "access",
+            client = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            host = %ctx.host,
+            method = %req.method,
+            path = %req.uri.path(),
+            status,
+            bytes_sent = session.body_bytes_sent(),
+            bytes_received = session.body_bytes_read(),
+            duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            upstream_ms = ctx.upstream_ttfb.map(|d| d.as_secs_f64() * 1000.0),
+            upstream = %ctx.backend.as_ref().map(|b| b.addr.to_string()).unwrap_or_else(|| "-".into()),
+            route = %ctx.route.as_ref().map_or("-", |r| r.id.as_str()),
+            local = ctx.local,
+            tls,
+            alpn = if session.is_http2() { "h2" } else { "http/1.1" },
+        );
+    }
+}
+
+impl Proxy {
+    async fn answer_http01(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        token: &str,
+    ) -> Result<bool> {
+        ctx.local = Some("acme http-01");
+        let answer = self.shared.http01.load().get(token).cloned();
+        match answer {
+            Some(key_auth) => {
+                pages::send_plain(session, 200, key_auth.into(), "application/octet-stream").await?
+            }
+            None => pages::send(session, 404, pages::NOT_FOUND, &[]).await?,
+        }
+        Ok(true)
+    }
+
+    async fn redirect_to_https(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.local = Some("https redirect");
+        let port = self
+            .shared
+            .redirect_port
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        let raw = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
+        // absolute-form request targets carry scheme and authority: keep only the path.
+        let path_and_query = if raw.starts_with('/') {
+            raw
+        } else {
+            session
+                .req_header()
+                .uri
+                .path_and_query()
+                .map_or("/".into(), |p| p.to_string())
+        };
+        let location = format!("https://{}{port}{path_and_query}", bracket_v6(&ctx.host));
+        pages::send(session, 308, pages::REDIRECT, &[("location", location)]).await?;
+        Ok(true)
+    }
+
+    async fn answer_redirect(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        r: &Redirect,
+        path: &str,
+    ) -> Result<bool> {
+        ctx.local = Some("redirect");
+        let base = if r.to.starts_with('/') {
+            let port = if self.tls {
+                self.shared
+                    .redirect_port
+                    .map(|p| format!(":{p}"))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            format!("https://{}{port}{}", bracket_v6(&ctx.host), r.to)
+        } else {
+            r.to.clone()
+        };
+        let location = if r.keep_path {
+            let rest = routes::strip_path(&r.path, path);
+            let query = session
+                .req_header()
+                .uri
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            format!("{}{rest}{query}", base.trim_end_matches('/'))
+        } else {
+            base
+        };
+        pages::send(
+            session,
+            r.status,
+            pages::REDIRECT,
+            &[("location", location)],
+        )
+        .await?;
+        Ok(true)
+    }
+}
+
+fn bracket_v6(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.contains(':') {
+        format!("[{host}]").into()
+    } else {
+        host.into()
+    }
+}
+
+/// The request's host: the authority of the target (HTTP/2 `:authority`, absolute-form)
+/// or the Host header. `None` when missing, or when both are present and disagree
+/// (a request-smuggling shape).
+fn request_host(req: &RequestHeader) -> Option<String> {
+    let header = req.headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if req.headers.get_all(header::HOST).iter().count() > 1 {
+        return None;
+    }
+    match (req.uri.authority().map(|a| a.as_str()), header) {
+        (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => None,
+        (Some(a), _) => Some(a.to_owned()),
+        (None, Some(h)) if !h.is_empty() => Some(h.to_owned()),
+        _ => None,
+    }
+}
+
+fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(PingoraAddr::as_inet)
+        .map(|a| a.ip().to_canonical())
+}
+
+/// The status the client gets for a failed request (0: the client is gone).
+fn error_status(e: &Error) -> u16 {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout => 504,
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure => 502,
+        ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => 504,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}

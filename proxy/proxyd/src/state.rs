@@ -1,0 +1,91 @@
+//! The daemon's shared state: the current route snapshot (swapped whole) and the
+//! long-lived parts that outlive a snapshot (upstream health, certificates).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use routes::RouteTable;
+
+use crate::upstream::{Pool, Registry};
+
+/// One generation of the routing table with its upstream pools. Immutable: a reload
+/// builds a new one and stores it with one atomic swap; requests that already loaded
+/// the old one finish on it.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub table: RouteTable,
+    /// Route id -> its pool.
+    pub pools: HashMap<String, Arc<Pool>>,
+    pub generation: u64,
+}
+
+/// Everything the request path and the background services share.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub registry: Registry,
+    pub certs: certs::CertManager,
+    /// ACME HTTP-01 answers: token -> key authorization (filled by the ACME client).
+    pub http01: ArcSwap<HashMap<String, String>>,
+    /// Port to put in http->https redirects; `None` for 443.
+    pub redirect_port: Option<u16>,
+}
+
+impl Shared {
+    pub fn new(
+        table: RouteTable,
+        certs: certs::CertManager,
+        redirect_port: Option<u16>,
+    ) -> Arc<Shared> {
+        let registry = Registry::default();
+        let snapshot = build_snapshot(table, 1, &registry, None);
+        Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            registry,
+            certs,
+            http01: ArcSwap::from_pointee(HashMap::new()),
+            redirect_port,
+        })
+    }
+
+    /// Install a new validated table: pools of unchanged routes are kept (with their
+    /// members and health), then the whole snapshot is swapped at once.
+    pub fn install(&self, table: RouteTable) -> u64 {
+        let old = self.snapshot.load_full();
+        let generation = old.generation + 1;
+        let snapshot = build_snapshot(table, generation, &self.registry, Some(&old));
+        let in_use: HashSet<_> = snapshot
+            .pools
+            .values()
+            .flat_map(|p| p.members().iter().map(|b| b.addr).collect::<Vec<_>>())
+            .collect();
+        self.snapshot.store(Arc::new(snapshot));
+        self.registry.retain(&in_use);
+        generation
+    }
+}
+
+fn build_snapshot(
+    table: RouteTable,
+    generation: u64,
+    registry: &Registry,
+    previous: Option<&Snapshot>,
+) -> Snapshot {
+    let pools = table
+        .routes
+        .iter()
+        .map(|route| {
+            let kept = previous
+                .and_then(|s| s.pools.get(&route.id))
+                .filter(|p| p.fits(route))
+                .cloned();
+            let pool = kept.unwrap_or_else(|| Arc::new(Pool::new(route, registry)));
+            (route.id.clone(), pool)
+        })
+        .collect();
+    Snapshot {
+        table,
+        pools,
+        generation,
+    }
+}

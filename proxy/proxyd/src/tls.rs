@@ -1,0 +1,69 @@
+//! TLS termination on the :443 listeners.
+//!
+//! pingora's own TLS listener builds its rustls config itself and fixes the ALPN list to
+//! h2/http1.1. We accept plain TCP and run the handshake here instead, with our own
+//! `ServerConfig` (policy, session resumption, SNI resolver, and later `acme-tls/1`),
+//! then hand the TLS stream to the HTTP proxy app. See ../shared/notes/pingora-rustls.md.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, Stream};
+use pingora::server::ShutdownWatch;
+
+/// How long a client gets to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct TlsApp<A> {
+    inner: Arc<A>,
+    acceptor: Acceptor,
+}
+
+impl<A> TlsApp<A> {
+    pub fn new(inner: A, config: Arc<rustls::ServerConfig>) -> Self {
+        TlsApp {
+            inner: Arc::new(inner),
+            acceptor: Acceptor::from_server_config(config),
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if !stream.as_any().is::<L4Stream>() {
+            // A reused stream coming back is already TLS: hand it on as it is.
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let l4 = *stream.into_any().downcast::<L4Stream>().ok()?;
+        let peer = l4
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let tls =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.tls_handshake(l4)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!(client = %peer, "TLS handshake timed out");
+                    return None;
+                }
+            };
+        self.inner.process_new(Box::new(tls), shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}

@@ -1,0 +1,444 @@
+//! Upstreams: per-route pools of backends, load balancing, and the health and DNS
+//! background task.
+//!
+//! Health state lives in [`Registry`], keyed by socket address, and outlives route
+//! tables: a reload that keeps an upstream keeps its health. The request path only
+//! reads: one `ArcSwap` load of a pool's member list and a few atomics.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use routes::{HealthCheck, LbPolicy, Route, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Consecutive failed checks that take a backend out.
+const FALL: u32 = 2;
+/// How often names of upstreams are resolved again.
+const DNS_REFRESH: Duration = Duration::from_secs(30);
+
+/// One upstream address and its health.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    healthy: AtomicBool,
+    fails: AtomicU32,
+}
+
+impl Backend {
+    fn new(addr: SocketAddr) -> Self {
+        // Optimistic: a new backend takes traffic until a check says otherwise.
+        Backend {
+            addr,
+            healthy: AtomicBool::new(true),
+            fails: AtomicU32::new(0),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// A request could not connect: take the backend out now; the active check puts it
+    /// back (passive health, like nginx's `max_fails=1`).
+    pub fn report_connect_failure(&self) {
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(upstream = %self.addr, "upstream down: connection failed");
+        }
+        self.fails.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record_check(&self, ok: bool, why: &str) {
+        if ok {
+            self.fails.store(0, Ordering::Relaxed);
+            if !self.healthy.swap(true, Ordering::Relaxed) {
+                tracing::info!(upstream = %self.addr, "upstream back: health check passed");
+            }
+        } else {
+            let fails = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+            if fails >= FALL && self.healthy.swap(false, Ordering::Relaxed) {
+                tracing::warn!(upstream = %self.addr, reason = why, "upstream down: health check failed");
+            }
+        }
+    }
+}
+
+/// Every backend in use, by address. Control plane only (never on the request path).
+#[derive(Debug, Default)]
+pub struct Registry {
+    backends: Mutex<HashMap<SocketAddr, Arc<Backend>>>,
+}
+
+impl Registry {
+    pub fn get_or_create(&self, addr: SocketAddr) -> Arc<Backend> {
+        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(addr)
+            .or_insert_with(|| Arc::new(Backend::new(addr)))
+            .clone()
+    }
+
+    /// Forget backends that no pool uses any more.
+    pub fn retain(&self, in_use: &HashSet<SocketAddr>) {
+        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|addr, _| in_use.contains(addr));
+    }
+}
+
+/// The backends of one route and how to choose among them.
+#[derive(Debug)]
+pub struct Pool {
+    pub route_id: String,
+    pub specs: Vec<Upstream>,
+    pub lb: LbPolicy,
+    pub health: HealthCheck,
+    /// `Host` sent with HTTP health checks: the route's main name.
+    pub health_host: String,
+    pub check_timeout: Duration,
+    members: ArcSwap<Vec<Arc<Backend>>>,
+    next: AtomicUsize,
+    /// When the names among `specs` were last resolved.
+    resolved_at: Mutex<Option<Instant>>,
+}
+
+impl Pool {
+    /// A pool for `route`; IP upstreams are members at once, names once resolved.
+    pub fn new(route: &Route, registry: &Registry) -> Pool {
+        let members = route
+            .upstreams
+            .iter()
+            .filter_map(|u| match u {
+                Upstream::Addr(a) => Some(registry.get_or_create(*a)),
+                Upstream::Name { .. } => None,
+            })
+            .collect();
+        Pool {
+            route_id: route.id.clone(),
+            specs: route.upstreams.clone(),
+            lb: route.lb,
+            health: route.policy.health_check.clone(),
+            health_host: route
+                .hosts
+                .first()
+                .map(|h| h.to_string())
+                .unwrap_or_default(),
+            check_timeout: route
+                .policy
+                .connect_timeout
+                .min(route.policy.health_check.interval),
+            members: ArcSwap::from_pointee(members),
+            next: AtomicUsize::new(0),
+            resolved_at: Mutex::new(None),
+        }
+    }
+
+    /// Whether this pool can serve `route` unchanged (same upstreams and checks), so a
+    /// reload may keep it, and with it its members and their health.
+    pub fn fits(&self, route: &Route) -> bool {
+        self.specs == route.upstreams
+            && self.lb == route.lb
+            && self.health == route.policy.health_check
+            && self.check_timeout
+                == route
+                    .policy
+                    .connect_timeout
+                    .min(route.policy.health_check.interval)
+    }
+
+    pub fn members(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.members.load_full()
+    }
+
+    fn has_names(&self) -> bool {
+        self.specs
+            .iter()
+            .any(|u| matches!(u, Upstream::Name { .. }))
+    }
+
+    /// Choose a backend: healthy ones first, skipping those already tried for this
+    /// request; when every untried one is marked down, try one anyway rather than fail
+    /// without trying.
+    pub fn select(&self, client: Option<IpAddr>, tried: &[SocketAddr]) -> Option<Arc<Backend>> {
+        let members = self.members.load();
+        let n = members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = match self.lb {
+            LbPolicy::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
+            LbPolicy::Random => random_index(&self.next),
+            LbPolicy::IpHash => client.map_or(0, |ip| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                ip.hash(&mut h);
+                h.finish() as usize
+            }),
+        };
+        let candidates = (0..n).map(|i| &members[(start.wrapping_add(i)) % n]);
+        let untried = |b: &&Arc<Backend>| !tried.contains(&b.addr);
+        candidates
+            .clone()
+            .filter(untried)
+            .find(|b| b.is_healthy())
+            .or_else(|| candidates.filter(untried).next())
+            .cloned()
+    }
+}
+
+fn random_index(seed: &AtomicUsize) -> usize {
+    // splitmix64 over a shared counter: cheap, lock-free, good enough to spread load.
+    let mut z = (seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) as u64)
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as usize
+}
+
+/// Resolve the names of a pool (never on the request path) and publish the new member
+/// list when it changed. A name that does not resolve keeps its previous addresses.
+pub async fn refresh_names(pool: &Pool, registry: &Registry) {
+    if !pool.has_names() {
+        return;
+    }
+    {
+        let at = pool.resolved_at.lock().unwrap_or_else(|e| e.into_inner());
+        if at.is_some_and(|t| t.elapsed() < DNS_REFRESH) {
+            return;
+        }
+    }
+    let old = pool.members();
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for spec in &pool.specs {
+        match spec {
+            Upstream::Addr(a) => addrs.push(*a),
+            Upstream::Name { host, port } => {
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::net::lookup_host((host.as_str(), *port)),
+                )
+                .await
+                {
+                    Ok(Ok(found)) => addrs.extend(found),
+                    Ok(Err(e)) => {
+                        tracing::warn!(route = %pool.route_id, upstream = %spec, error = %e, "cannot resolve upstream; keeping its previous addresses");
+                        addrs.extend(old.iter().map(|b| b.addr).filter(|a| a.port() == *port));
+                    }
+                    Err(_) => {
+                        tracing::warn!(route = %pool.route_id, upstream = %spec, "resolving upstream timed out; keeping its previous addresses");
+                        addrs.extend(old.iter().map(|b| b.addr).filter(|a| a.port() == *port));
+                    }
+                }
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    addrs.retain(|a| seen.insert(*a));
+    let same = addrs.len() == old.len() && addrs.iter().zip(old.iter()).all(|(a, b)| *a == b.addr);
+    if !same {
+        tracing::info!(route = %pool.route_id, addrs = ?addrs, "upstream addresses changed");
+        let members = addrs
+            .into_iter()
+            .map(|a| registry.get_or_create(a))
+            .collect();
+        pool.members.store(Arc::new(members));
+    }
+    *pool.resolved_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+}
+
+/// The check of one backend, from the first pool that uses it.
+#[derive(Clone)]
+struct CheckPlan {
+    backend: Arc<Backend>,
+    http_path: Option<String>,
+    host: String,
+    interval: Duration,
+    timeout: Duration,
+}
+
+/// Runs the due health checks of every backend of `pools`, concurrently.
+/// `last` remembers when each address was checked.
+pub async fn run_checks<'a>(
+    pools: impl Iterator<Item = &'a Arc<Pool>>,
+    last: &mut HashMap<SocketAddr, Instant>,
+) {
+    let mut plans: HashMap<SocketAddr, CheckPlan> = HashMap::new();
+    for pool in pools {
+        for b in pool.members().iter() {
+            let plan = plans.entry(b.addr).or_insert_with(|| CheckPlan {
+                backend: b.clone(),
+                http_path: pool.health.http_path.clone(),
+                host: pool.health_host.clone(),
+                interval: pool.health.interval,
+                timeout: pool.check_timeout,
+            });
+            plan.interval = plan.interval.min(pool.health.interval);
+        }
+    }
+    last.retain(|addr, _| plans.contains_key(addr));
+    let now = Instant::now();
+    let due: Vec<CheckPlan> = plans
+        .into_values()
+        .filter(|p| {
+            last.get(&p.backend.addr)
+                .is_none_or(|t| now.duration_since(*t) >= p.interval)
+        })
+        .collect();
+    for p in &due {
+        last.insert(p.backend.addr, now);
+    }
+    let checks = due.into_iter().map(|p| async move {
+        let result = tokio::time::timeout(p.timeout, check(&p)).await;
+        let (ok, why) = match result {
+            Ok(Ok(())) => (true, String::new()),
+            Ok(Err(e)) => (false, e),
+            Err(_) => (false, "timed out".to_string()),
+        };
+        p.backend.record_check(ok, &why);
+    });
+    futures_join_all(checks).await;
+}
+
+async fn check(p: &CheckPlan) -> Result<(), String> {
+    let mut stream = TcpStream::connect(p.backend.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(path) = &p.http_path else {
+        return Ok(());
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: proxyd-health-check\r\nConnection: close\r\n\r\n",
+        p.host
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        let got = stream
+            .read(&mut buf[n..])
+            .await
+            .map_err(|e| e.to_string())?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    // "HTTP/1.1 200 ..."
+    let status = std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| "no HTTP status line".to_string())?;
+    if status < 500 {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for f in futs {
+        set.spawn(f);
+    }
+    while set.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(addrs: &[&str], lb: LbPolicy) -> (Pool, Registry) {
+        let reg = Registry::default();
+        let text = format!(
+            "[[route]]\nhosts=[\"a.test\"]\nupstreams=[{}]\nlb=\"{}\"\n",
+            addrs
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(","),
+            match lb {
+                LbPolicy::RoundRobin => "round_robin",
+                LbPolicy::Random => "random",
+                LbPolicy::IpHash => "ip_hash",
+            }
+        );
+        let table = routes::parse("t.toml", &text).unwrap();
+        (Pool::new(&table.routes[0], &reg), reg)
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy_and_tried() {
+        let (p, _reg) = pool(
+            &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
+            LbPolicy::RoundRobin,
+        );
+        let picks: Vec<u16> = (0..6)
+            .map(|_| p.select(None, &[]).unwrap().addr.port())
+            .collect();
+        assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
+        p.members()[1].report_connect_failure();
+        let picks: HashSet<u16> = (0..6)
+            .map(|_| p.select(None, &[]).unwrap().addr.port())
+            .collect();
+        assert_eq!(picks, HashSet::from([1, 3]));
+        let tried = [
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:3".parse().unwrap(),
+        ];
+        // Only the unhealthy one is left untried: it is tried rather than failing outright.
+        assert_eq!(p.select(None, &tried).unwrap().addr.port(), 2);
+        let all: Vec<SocketAddr> = p.members().iter().map(|b| b.addr).collect();
+        assert!(p.select(None, &all).is_none());
+    }
+
+    #[test]
+    fn ip_hash_is_sticky() {
+        let (p, _reg) = pool(
+            &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
+            LbPolicy::IpHash,
+        );
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let first = p.select(Some(ip), &[]).unwrap().addr;
+        for _ in 0..10 {
+            assert_eq!(p.select(Some(ip), &[]).unwrap().addr, first);
+        }
+    }
+
+    #[test]
+    fn random_spreads() {
+        let (p, _reg) = pool(&["127.0.0.1:1", "127.0.0.1:2"], LbPolicy::Random);
+        let picks: HashSet<u16> = (0..64)
+            .map(|_| p.select(None, &[]).unwrap().addr.port())
+            .collect();
+        assert_eq!(picks.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn checks_take_out_and_put_back() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (p, _reg) = pool(&[&addr.to_string()], LbPolicy::RoundRobin);
+        let pools = [Arc::new(p)];
+        let mut last = HashMap::new();
+        run_checks(pools.iter(), &mut last).await;
+        assert!(pools[0].members()[0].is_healthy());
+        drop(listener);
+        for _ in 0..FALL {
+            last.clear();
+            run_checks(pools.iter(), &mut last).await;
+        }
+        assert!(!pools[0].members()[0].is_healthy());
+        let _listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        last.clear();
+        run_checks(pools.iter(), &mut last).await;
+        assert!(pools[0].members()[0].is_healthy());
+    }
+}

@@ -1,0 +1,376 @@
+//! The routing table: parse, validate and look up.
+//!
+//! Architecture invariant: this crate does no I/O and knows nothing of pingora, TLS or
+//! the network. `parse` takes the text of a routes file and returns either a validated
+//! [`RouteTable`] or *every* problem found, each with `file:line:col`. Everything the
+//! daemon does per request against the table is [`RouteTable::lookup`]: a hash lookup
+//! and a scan over the (few) path prefixes of one host.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use ipnet::IpNet;
+
+mod host;
+mod parse;
+#[cfg(test)]
+mod tests;
+mod values;
+
+pub use host::{normalize_host, HostPattern};
+pub use parse::parse;
+
+/// A validated routing table. Built only by [`parse`] (the default is the empty table
+/// that an empty file gives); immutable afterwards.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    /// Exact host name -> its path entries, longest prefix first.
+    pub(crate) exact: HashMap<String, PathSet>,
+    /// Wildcard suffix (`example.org` for `*.example.org`) -> path entries.
+    pub(crate) wildcard: HashMap<String, PathSet>,
+    /// All proxy routes, in file order.
+    pub routes: Vec<Arc<Route>>,
+    /// All redirects, in file order.
+    pub redirects: Vec<Arc<Redirect>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PathSet {
+    /// Sorted by prefix length, longest first.
+    pub(crate) entries: Vec<(String, Target)>,
+}
+
+/// What a (host, path) resolves to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Proxy(Arc<Route>),
+    Redirect(Arc<Redirect>),
+}
+
+impl Target {
+    /// The id of the route or redirect (for logs and metrics).
+    pub fn id(&self) -> &str {
+        match self {
+            Target::Proxy(r) => &r.id,
+            Target::Redirect(r) => &r.id,
+        }
+    }
+
+    /// The path prefix it was found under.
+    pub fn path(&self) -> &str {
+        match self {
+            Target::Proxy(r) => &r.path,
+            Target::Redirect(r) => &r.path,
+        }
+    }
+}
+
+/// One `[[route]]`: host names + path prefix -> upstreams, with its policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Stable identifier for logs and metrics: `name` from the file, else
+    /// `<main host><path>` (e.g. `cloud.example.org/`).
+    pub id: String,
+    /// Main name first, then aliases, as written (normalised to lower case).
+    pub hosts: Vec<HostPattern>,
+    /// Path prefix, always starting with `/`.
+    pub path: String,
+    /// Remove `path` from the request path before forwarding (keeping a leading `/`).
+    pub strip_prefix: bool,
+    pub upstreams: Vec<Upstream>,
+    pub lb: LbPolicy,
+    pub policy: Policy,
+}
+
+/// One `[[redirect]]`: host names + path prefix -> a fixed target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirect {
+    pub id: String,
+    pub hosts: Vec<HostPattern>,
+    pub path: String,
+    /// Absolute URL (`https://example.org/`; one written without a path gets `/`) or an
+    /// absolute path (`/remote.php/dav/`) on the same host over https. See
+    /// [`Redirect::location`].
+    pub to: String,
+    /// Append the rest of the request path (after `path`) and the query to `to`.
+    pub keep_path: bool,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+    /// Redirects are answered on :80 too (without first going to https) when false.
+    pub https_redirect: bool,
+}
+
+/// Per-route limits and behaviour. Every field has a default in `[defaults]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// `None` = unlimited.
+    pub max_body: Option<u64>,
+    pub connect_timeout: Duration,
+    /// Longest wait for the upstream between two reads (and for the response head).
+    pub read_timeout: Duration,
+    /// Longest wait to hand a chunk to the upstream.
+    pub write_timeout: Duration,
+    /// How long an idle upstream keep-alive connection stays in the pool.
+    pub idle_timeout: Duration,
+    pub websocket: bool,
+    pub hsts: Option<Hsts>,
+    /// `None` = every client; otherwise only these networks (others get 403).
+    pub allow: Option<Vec<IpNet>>,
+    /// Set (replace) on the request to the upstream, in file order: `[defaults]` first,
+    /// then the route's own. An empty value means *remove* the header.
+    pub request_headers: Vec<(String, String)>,
+    /// Set (replace) on the response to the client, as `request_headers` (empty value =
+    /// remove).
+    pub response_headers: Vec<(String, String)>,
+    /// Plain-HTTP requests get a 308 to https (true), or are proxied as they are (false).
+    pub https_redirect: bool,
+    pub health_check: HealthCheck,
+}
+
+impl Default for Policy {
+    /// The built-in defaults, used for every key neither the route nor `[defaults]` sets.
+    fn default() -> Self {
+        Policy {
+            max_body: Some(10 << 20),
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            websocket: false,
+            hsts: Some(Hsts {
+                max_age: Duration::from_secs(365 * 86_400),
+                include_subdomains: false,
+                preload: false,
+            }),
+            allow: None,
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            https_redirect: true,
+            health_check: HealthCheck { http_path: None, interval: Duration::from_secs(5) },
+        }
+    }
+}
+
+impl Redirect {
+    /// The `Location` of the response to a request for `path` (without query) and
+    /// `query` (without `?`). `authority` is the host (and port, if not 443) clients reach
+    /// this proxy's https listener by; it is used when `to` is a path on the same host.
+    ///
+    /// With `keep_path`, the part of `path` after the redirect's prefix and the query
+    /// are appended to `to`, without doubling a `/`.
+    pub fn location(&self, authority: &str, path: &str, query: Option<&str>) -> String {
+        let mut loc = if self.to.starts_with('/') {
+            format!("https://{authority}{}", self.to)
+        } else {
+            self.to.clone()
+        };
+        if self.keep_path {
+            let rest = path.strip_prefix(self.path.trim_end_matches('/')).unwrap_or("");
+            if loc.ends_with('/') && rest.starts_with('/') {
+                loc.pop();
+            }
+            if !rest.is_empty() && !rest.starts_with('/') && !loc.ends_with('/') {
+                loc.push('/');
+            }
+            loc.push_str(rest);
+            if let Some(q) = query.filter(|q| !q.is_empty()) {
+                loc.push('?');
+                loc.push_str(q);
+            }
+        }
+        loc
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hsts {
+    pub max_age: Duration,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+impl Hsts {
+    /// The `Strict-Transport-Security` header value.
+    pub fn header_value(&self) -> String {
+        let mut v = format!("max-age={}", self.max_age.as_secs());
+        if self.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            v.push_str("; preload");
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// `None`: TCP connect only. `Some(path)`: HTTP GET, healthy on a status below 500.
+    pub http_path: Option<String>,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    Random,
+    /// Consistent hashing on the client address (sticky sessions).
+    IpHash,
+}
+
+/// `host:port` of one upstream, by IP literal or DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Upstream {
+    Addr(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl Upstream {
+    pub fn port(&self) -> u16 {
+        match self {
+            Upstream::Addr(a) => a.port(),
+            Upstream::Name { port, .. } => *port,
+        }
+    }
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Upstream::Addr(a) => Some(a.ip()),
+            Upstream::Name { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Upstream::Addr(a) => write!(f, "{a}"),
+            Upstream::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// One problem found in a routes file, with its position (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+    /// Optional context line, e.g. `in [[route]] #3 (hosts = ["cloud.example.org"])`.
+    pub context: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error: {}:{}:{}: {}", self.file, self.line, self.col, self.message)?;
+        if let Some(c) = &self.context {
+            write!(f, "\n  {c}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem of a rejected routes file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+impl RouteTable {
+    /// Resolve a request. `host` must already be normalised with [`normalize_host`]
+    /// (lower case, no port, no trailing dot); `path` is the request path without query.
+    /// Exact names win over wildcards; within a host the longest matching prefix wins.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Target> {
+        if let Some(t) = self.exact.get(host).and_then(|s| s.find(path)) {
+            return Some(t);
+        }
+        let (_, parent) = host.split_once('.')?;
+        self.wildcard.get(parent).and_then(|s| s.find(path))
+    }
+
+    /// Every name (exact or `*.suffix`) the table serves, sorted, without duplicates:
+    /// the names that need a certificate.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.exact.keys().cloned().collect();
+        names.extend(self.wildcard.keys().map(|s| format!("*.{s}")));
+        names.sort();
+        names
+    }
+
+    /// Groups of names that may share one certificate: the hosts of each route or
+    /// redirect, main name first. A name appears in the first group that lists it.
+    pub fn certificate_groups(&self) -> Vec<Vec<String>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut groups = Vec::new();
+        let all_hosts = self
+            .routes
+            .iter()
+            .map(|r| &r.hosts)
+            .chain(self.redirects.iter().map(|r| &r.hosts));
+        for hosts in all_hosts {
+            let group: Vec<String> = hosts
+                .iter()
+                .map(|h| h.to_string())
+                .filter(|n| seen.insert(n.clone()))
+                .collect();
+            if !group.is_empty() {
+                groups.push(group);
+            }
+        }
+        groups
+    }
+
+    /// Whether any route or redirect serves this (normalised) host.
+    pub fn knows_host(&self, host: &str) -> bool {
+        self.exact.contains_key(host)
+            || host
+                .split_once('.')
+                .is_some_and(|(_, parent)| self.wildcard.contains_key(parent))
+    }
+}
+
+impl PathSet {
+    fn find(&self, path: &str) -> Option<&Target> {
+        self.entries
+            .iter()
+            .find(|(prefix, _)| path_matches(prefix, path))
+            .map(|(_, t)| t)
+    }
+}
+
+/// Segment-aware prefix match: `/api` matches `/api` and `/api/x` but not `/apix`;
+/// a prefix ending in `/` matches everything under it.
+pub fn path_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The path sent upstream for a route with `strip_prefix`: `/app/x` under `/app` -> `/x`.
+pub fn strip_path<'a>(prefix: &str, path: &'a str) -> std::borrow::Cow<'a, str> {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) if rest.starts_with('/') => rest.into(),
+        Some(rest) => format!("/{rest}").into(),
+        None => path.into(),
+    }
+}

@@ -1,0 +1,850 @@
+//! `routes.toml` text -> [`RouteTable`], or every problem in it.
+//!
+//! The document is parsed with toml's spanned `DeTable` and walked by hand (rather than
+//! through serde) so that one pass can report *all* unknown keys, wrong types and bad
+//! values, each at its own position, and so that the raw file shape never leaks into the
+//! validated types. The schema is documented in `routes.reference.toml`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::values::{self, RedirectTo};
+use crate::{
+    Diagnostic, Diagnostics, HealthCheck, HostPattern, Hsts, IpNet, LbPolicy, PathSet, Policy,
+    Redirect, Route, RouteTable, Target, Upstream,
+};
+
+type Span = Range<usize>;
+type Value<'i> = Spanned<DeValue<'i>>;
+
+pub(crate) const TOP_KEYS: &[&str] = &["defaults", "route", "redirect"];
+
+/// Keys of `[defaults]`, also accepted in a `[[route]]` as overrides.
+pub(crate) const POLICY_KEYS: &[&str] = &[
+    "max_body",
+    "connect_timeout",
+    "read_timeout",
+    "write_timeout",
+    "idle_timeout",
+    "websocket",
+    "hsts",
+    "hsts_max_age",
+    "hsts_include_subdomains",
+    "hsts_preload",
+    "allow",
+    "request_headers",
+    "response_headers",
+    "https_redirect",
+    "lb",
+    "health_check_path",
+    "health_check_interval",
+];
+
+/// Keys only a `[[route]]` has (the policy keys come on top).
+pub(crate) const ROUTE_KEYS: &[&str] = &["name", "hosts", "path", "strip_prefix", "upstreams"];
+
+pub(crate) const REDIRECT_KEYS: &[&str] = &[
+    "name",
+    "hosts",
+    "path",
+    "to",
+    "keep_path",
+    "status",
+    "https_redirect",
+];
+
+/// Parse and validate a routes file. `file` is only used in messages.
+///
+/// Returns every problem at once, in file order. Never panics.
+pub fn parse(file: &str, text: &str) -> Result<RouteTable, Diagnostics> {
+    let mut cx = Cx::new(file, text);
+    let root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            let at = e.span().map_or(0, |s| s.start);
+            cx.error(at, format!("invalid TOML: {}", e.message()));
+            return Err(cx.into_diagnostics());
+        }
+    };
+    let (routes, redirects) = cx.document(root.get_ref());
+    if !cx.diags.is_empty() {
+        return Err(cx.into_diagnostics());
+    }
+    Ok(build(routes, redirects))
+}
+
+/// Walk state: the file, the diagnostics found so far, the current context line.
+struct Cx<'a> {
+    file: &'a str,
+    /// Byte offset of the start of each line.
+    line_starts: Vec<usize>,
+    text: &'a str,
+    diags: Vec<(usize, Diagnostic)>,
+    context: Option<String>,
+}
+
+/// A host + path some entry claims, for the duplicate check.
+struct Claim {
+    key: (HostPattern, String),
+    at: usize,
+    context: Option<String>,
+}
+
+/// An id some entry claims, for the duplicate check.
+struct IdClaim {
+    id: String,
+    at: usize,
+    explicit: bool,
+    context: Option<String>,
+}
+
+impl<'a> Cx<'a> {
+    fn new(file: &'a str, text: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Cx { file, line_starts, text, diags: Vec::new(), context: None }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn position(&self, at: usize) -> (usize, usize) {
+        let mut at = at.min(self.text.len());
+        while !self.text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let line = self.line_starts.partition_point(|&s| s <= at);
+        let start = self.line_starts[line - 1];
+        (line, self.text[start..at].chars().count() + 1)
+    }
+
+    fn at_str(&self, at: usize) -> String {
+        let (line, col) = self.position(at);
+        format!("{}:{line}:{col}", self.file)
+    }
+
+    fn error(&mut self, at: usize, message: impl Into<String>) {
+        let (line, col) = self.position(at);
+        let d = Diagnostic {
+            file: self.file.to_string(),
+            line,
+            col,
+            message: message.into(),
+            context: self.context.clone(),
+        };
+        self.diags.push((at, d));
+    }
+
+    fn into_diagnostics(mut self) -> Diagnostics {
+        self.diags.sort_by_key(|(at, _)| *at);
+        Diagnostics(self.diags.into_iter().map(|(_, d)| d).collect())
+    }
+
+    fn type_error(&mut self, key: &str, expected: &str, v: &Value) {
+        self.error(
+            v.span().start,
+            format!("`{key}` must be {expected}, found {}", found(v.get_ref())),
+        );
+    }
+
+    fn unknown_key(&mut self, key: &Spanned<std::borrow::Cow<str>>, expected: &[&str], note: &str) {
+        let list: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+        self.error(
+            key.span().start,
+            format!("unknown field `{}`{note}, expected one of {}", key.get_ref(), list.join(", ")),
+        );
+    }
+
+    // -- typed getters: `None` after reporting the problem -------------------------------
+
+    fn bool(&mut self, key: &str, v: &Value) -> Option<bool> {
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                self.type_error(key, "a boolean (true or false)", v);
+                None
+            }
+        }
+    }
+
+    fn str<'v>(&mut self, key: &str, v: &'v Value, expected: &str) -> Option<&'v str> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s),
+            _ => {
+                self.type_error(key, expected, v);
+                None
+            }
+        }
+    }
+
+    /// Check a string value with `check`, reporting its message at the value.
+    fn checked<T>(
+        &mut self,
+        key: &str,
+        v: &Value,
+        expected: &str,
+        check: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let s = self.str(key, v, expected)?;
+        match check(s) {
+            Ok(t) => Some(t),
+            Err(msg) => {
+                self.error(v.span().start, msg);
+                None
+            }
+        }
+    }
+
+    /// An array of strings: each element with its span.
+    fn str_array<'v>(&mut self, key: &str, v: &'v Value) -> Option<Vec<(&'v str, Span)>> {
+        let DeValue::Array(items) = v.get_ref() else {
+            self.type_error(key, "an array of strings", v);
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for item in items.iter() {
+            match item.get_ref() {
+                DeValue::String(s) => out.push((s.as_ref(), item.span())),
+                other => {
+                    ok = false;
+                    self.error(
+                        item.span().start,
+                        format!("`{key}` must contain only strings, found {}", found(other)),
+                    );
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    // -- the document -----------------------------------------------------------------
+
+    fn document(&mut self, root: &DeTable) -> (Vec<Route>, Vec<Redirect>) {
+        let mut defaults = PolicyKeys::default();
+        if let Some(v) = root.get("defaults") {
+            self.context = Some("in [defaults]".into());
+            match v.get_ref() {
+                DeValue::Table(t) => {
+                    for (key, v) in entries(t) {
+                        if !self.policy_key(&mut defaults, key.get_ref(), v) {
+                            self.unknown_key(key, POLICY_KEYS, "");
+                        }
+                    }
+                }
+                _ => {
+                    self.context = None;
+                    self.type_error("defaults", "a table ([defaults])", v);
+                }
+            }
+            self.context = None;
+        }
+
+        let mut claims = Vec::new();
+        let mut ids = Vec::new();
+        let mut routes = Vec::new();
+        let mut redirects = Vec::new();
+        for (key, v) in entries(root) {
+            match key.get_ref().as_ref() {
+                "defaults" => {}
+                "route" => {
+                    for (n, item) in self.array_of_tables("route", v).into_iter().enumerate() {
+                        self.context = Some(item_context("route", n + 1, item.get_ref()));
+                        let before = self.diags.len();
+                        let route = self.route(item, &defaults, &mut claims, &mut ids);
+                        if self.diags.len() == before {
+                            routes.extend(route);
+                        }
+                    }
+                    self.context = None;
+                }
+                "redirect" => {
+                    for (n, item) in self.array_of_tables("redirect", v).into_iter().enumerate() {
+                        self.context = Some(item_context("redirect", n + 1, item.get_ref()));
+                        let before = self.diags.len();
+                        let redirect = self.redirect(item, &defaults, &mut claims, &mut ids);
+                        if self.diags.len() == before {
+                            redirects.extend(redirect);
+                        }
+                    }
+                    self.context = None;
+                }
+                _ => self.unknown_key(key, TOP_KEYS, ""),
+            }
+        }
+        self.check_duplicates(claims, ids);
+        // Both arrays were walked in file order.
+        (routes, redirects)
+    }
+
+    /// The items of `[[name]]`: an array whose items are tables.
+    fn array_of_tables<'v>(&mut self, name: &str, v: &'v Value<'v>) -> Vec<&'v Value<'v>> {
+        let expected = format!("an array of tables ([[{name}]])");
+        let DeValue::Array(items) = v.get_ref() else {
+            self.type_error(name, &expected, v);
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items.iter() {
+            if item.get_ref().is_table() {
+                out.push(item);
+            } else {
+                self.type_error(name, &expected, item);
+            }
+        }
+        out
+    }
+
+    /// One `[defaults]` key into `keys`; `false` if `key` is not a policy key.
+    fn policy_key(&mut self, keys: &mut PolicyKeys, key: &str, v: &Value) -> bool {
+        const DURATION: &str = "a duration string (e.g. \"30s\")";
+        let duration = |cx: &mut Self| cx.checked(key, v, DURATION, |s| values::duration(key, s));
+        match key {
+            "max_body" => {
+                keys.max_body = match v.get_ref() {
+                    DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                        Ok(n) if n >= 0 => Some(Some(n as u64)),
+                        _ => {
+                            self.error(v.span().start, "`max_body` must not be negative");
+                            None
+                        }
+                    },
+                    DeValue::String(s) => match values::size(key, s) {
+                        Ok(size) => Some(size),
+                        Err(msg) => {
+                            self.error(v.span().start, msg);
+                            None
+                        }
+                    },
+                    _ => {
+                        self.type_error(key, "a number of bytes or a string like \"10m\"", v);
+                        None
+                    }
+                }
+            }
+            "connect_timeout" => keys.connect_timeout = duration(self),
+            "read_timeout" => keys.read_timeout = duration(self),
+            "write_timeout" => keys.write_timeout = duration(self),
+            "idle_timeout" => keys.idle_timeout = duration(self),
+            "hsts_max_age" => keys.hsts_max_age = duration(self),
+            "health_check_interval" => keys.health_check_interval = duration(self),
+            "websocket" => keys.websocket = self.bool(key, v),
+            "hsts" => keys.hsts = self.bool(key, v),
+            "hsts_include_subdomains" => keys.hsts_include_subdomains = self.bool(key, v),
+            "hsts_preload" => keys.hsts_preload = self.bool(key, v),
+            "https_redirect" => keys.https_redirect = self.bool(key, v),
+            "allow" => keys.allow = self.allow(v),
+            "request_headers" => keys.request_headers = self.headers(key, v),
+            "response_headers" => keys.response_headers = self.headers(key, v),
+            "lb" => {
+                keys.lb = self.checked(key, v, "a string", |s| match s {
+                    "round_robin" => Ok(LbPolicy::RoundRobin),
+                    "random" => Ok(LbPolicy::Random),
+                    "ip_hash" => Ok(LbPolicy::IpHash),
+                    _ => Err(format!(
+                        "unknown `lb` policy `{s}`, expected one of `round_robin`, `random`, `ip_hash`"
+                    )),
+                })
+            }
+            "health_check_path" => {
+                keys.health_check_path = self.checked(key, v, "a string", values::health_check_path)
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    fn allow(&mut self, v: &Value) -> Option<Vec<IpNet>> {
+        let items = self.str_array("allow", v)?;
+        if items.is_empty() {
+            self.error(
+                v.span().start,
+                "`allow` is empty and would refuse every client; remove it to allow everyone",
+            );
+            return None;
+        }
+        let mut nets = Vec::new();
+        for (s, span) in items {
+            match values::cidr(s) {
+                Ok(net) => nets.push(net),
+                Err(msg) => self.error(span.start, msg),
+            }
+        }
+        (nets.len() == v.get_ref().as_array().map_or(0, |a| a.len())).then_some(nets)
+    }
+
+    /// A header table: `{ "Name" = "value", ... }`, in file order.
+    fn headers(&mut self, key: &str, v: &Value) -> Option<Vec<(String, String)>> {
+        let DeValue::Table(t) = v.get_ref() else {
+            self.type_error(key, "a table of header names to strings", v);
+            return None;
+        };
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut first_at: Vec<usize> = Vec::new();
+        let mut ok = true;
+        for (name, value) in entries(t) {
+            let name_at = name.span().start;
+            if let Err(msg) = values::header_name(name.get_ref()) {
+                self.error(name_at, msg);
+                ok = false;
+                continue;
+            }
+            if let Some(i) = out.iter().position(|(n, _)| n.eq_ignore_ascii_case(name.get_ref())) {
+                let first = self.at_str(first_at[i]);
+                self.error(
+                    name_at,
+                    format!("duplicate header `{}` in `{key}` (first at {first})", name.get_ref()),
+                );
+                ok = false;
+                continue;
+            }
+            let Some(s) = self.str(name.get_ref(), value, "a string (\"\" removes the header)") else {
+                ok = false;
+                continue;
+            };
+            if let Err(msg) = values::header_value(name.get_ref(), s) {
+                self.error(value.span().start, msg);
+                ok = false;
+                continue;
+            }
+            out.push((name.get_ref().to_string(), s.to_string()));
+            first_at.push(name_at);
+        }
+        ok.then_some(out)
+    }
+
+    /// `hosts`: required, non-empty; each a valid pattern.
+    fn hosts(&mut self, table: &DeTable, header_at: usize) -> Vec<(HostPattern, usize)> {
+        let Some(v) = table.get("hosts") else {
+            self.error(header_at, "missing field `hosts`");
+            return Vec::new();
+        };
+        let Some(items) = self.str_array("hosts", v) else {
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.error(v.span().start, "`hosts` must not be empty");
+        }
+        let mut out = Vec::new();
+        for (s, span) in items {
+            match values::host_pattern(s) {
+                Ok(h) => out.push((h, span.start)),
+                Err(msg) => self.error(span.start, msg),
+            }
+        }
+        out
+    }
+
+    /// `path`: optional, default `/`. `None` if invalid.
+    fn path(&mut self, table: &DeTable) -> Option<String> {
+        match table.get("path") {
+            None => Some("/".into()),
+            Some(v) => self.checked("path", v, "a string", values::route_path),
+        }
+    }
+
+    /// `name`: optional; a non-empty string without whitespace or control characters.
+    fn name(&mut self, table: &DeTable) -> Option<(String, usize)> {
+        let v = table.get("name")?;
+        let s = self.str("name", v, "a string")?;
+        if s.is_empty() || !s.chars().all(|c| c.is_ascii_graphic()) {
+            self.error(
+                v.span().start,
+                format!(
+                    "invalid name `{}`: must be non-empty visible ASCII without spaces",
+                    s.escape_debug()
+                ),
+            );
+            return None;
+        }
+        Some((s.to_string(), v.span().start))
+    }
+
+    /// Record the id and host+path claims of one entry.
+    #[allow(clippy::too_many_arguments)]
+    fn claim(
+        &self,
+        name: Option<(String, usize)>,
+        hosts: &[(HostPattern, usize)],
+        path: Option<&str>,
+        header_at: usize,
+        claims: &mut Vec<Claim>,
+        ids: &mut Vec<IdClaim>,
+    ) -> Option<String> {
+        if let Some(path) = path {
+            for (h, at) in hosts {
+                claims.push(Claim {
+                    key: (h.clone(), path.to_string()),
+                    at: *at,
+                    context: self.context.clone(),
+                });
+            }
+        }
+        let (id, at, explicit) = match name {
+            Some((name, at)) => (name, at, true),
+            None => (format!("{}{}", hosts.first()?.0, path?), header_at, false),
+        };
+        ids.push(IdClaim { id: id.clone(), at, explicit, context: self.context.clone() });
+        Some(id)
+    }
+
+    fn route(
+        &mut self,
+        item: &Value,
+        defaults: &PolicyKeys,
+        claims: &mut Vec<Claim>,
+        ids: &mut Vec<IdClaim>,
+    ) -> Option<Route> {
+        let DeValue::Table(t) = item.get_ref() else { return None };
+        let header_at = item.span().start;
+        let mut own = PolicyKeys::default();
+        let mut strip_prefix = Some(false);
+        for (key, v) in entries(t) {
+            match key.get_ref().as_ref() {
+                "name" | "hosts" | "path" | "upstreams" => {} // below
+                "strip_prefix" => strip_prefix = self.bool("strip_prefix", v),
+                k if self.policy_key(&mut own, k, v) => {}
+                k => {
+                    let note = if REDIRECT_KEYS.contains(&k) {
+                        " in a [[route]] (it is a [[redirect]] key)"
+                    } else {
+                        ""
+                    };
+                    let expected: Vec<&str> = ROUTE_KEYS.iter().chain(POLICY_KEYS).copied().collect();
+                    self.unknown_key(key, &expected, note);
+                }
+            }
+        }
+        let name = self.name(t);
+        let hosts = self.hosts(t, header_at);
+        let path = self.path(t);
+        let upstreams = self.upstreams(t, header_at);
+        let id = self.claim(name, &hosts, path.as_deref(), header_at, claims, ids);
+
+        let (policy, lb) = merge(defaults, &own);
+        Some(Route {
+            id: id?,
+            hosts: hosts.into_iter().map(|(h, _)| h).collect(),
+            path: path?,
+            strip_prefix: strip_prefix?,
+            upstreams: upstreams?,
+            lb,
+            policy,
+        })
+    }
+
+    /// `upstreams`: required, non-empty, no duplicates.
+    fn upstreams(&mut self, table: &DeTable, header_at: usize) -> Option<Vec<Upstream>> {
+        let Some(v) = table.get("upstreams") else {
+            self.error(header_at, "missing field `upstreams`");
+            return None;
+        };
+        let items = self.str_array("upstreams", v)?;
+        if items.is_empty() {
+            self.error(v.span().start, "`upstreams` must not be empty");
+            return None;
+        }
+        let mut out: Vec<Upstream> = Vec::new();
+        let mut ok = true;
+        for (s, span) in items {
+            match values::upstream(s) {
+                Ok(u) if out.contains(&u) => {
+                    self.error(span.start, format!("duplicate upstream `{u}`"));
+                    ok = false;
+                }
+                Ok(u) => out.push(u),
+                Err(msg) => {
+                    self.error(span.start, msg);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn redirect(
+        &mut self,
+        item: &Value,
+        defaults: &PolicyKeys,
+        claims: &mut Vec<Claim>,
+        ids: &mut Vec<IdClaim>,
+    ) -> Option<Redirect> {
+        let DeValue::Table(t) = item.get_ref() else { return None };
+        let header_at = item.span().start;
+        let mut keep_path = Some(false);
+        let mut status = Some(308);
+        let mut https_redirect = Some(defaults.https_redirect.unwrap_or(true));
+        for (key, v) in entries(t) {
+            match key.get_ref().as_ref() {
+                "name" | "hosts" | "path" | "to" => {} // below
+                "keep_path" => keep_path = self.bool("keep_path", v),
+                "https_redirect" => https_redirect = self.bool("https_redirect", v),
+                "status" => status = self.status(v),
+                k => {
+                    let note = if POLICY_KEYS.contains(&k) || ROUTE_KEYS.contains(&k) {
+                        " in a [[redirect]] (it applies to a [[route]])"
+                    } else {
+                        ""
+                    };
+                    self.unknown_key(key, REDIRECT_KEYS, note);
+                }
+            }
+        }
+        let name = self.name(t);
+        let hosts = self.hosts(t, header_at);
+        let path = self.path(t);
+        let to = match t.get("to") {
+            None => {
+                self.error(header_at, "missing field `to`");
+                None
+            }
+            Some(v) => self
+                .checked("to", v, "a string", values::redirect_to)
+                .and_then(|to| self.check_redirect_to(v, to, &hosts, path.as_deref(), keep_path)),
+        };
+        let id = self.claim(name, &hosts, path.as_deref(), header_at, claims, ids);
+        Some(Redirect {
+            id: id?,
+            hosts: hosts.into_iter().map(|(h, _)| h).collect(),
+            path: path?,
+            to: to?.to,
+            keep_path: keep_path?,
+            status: status?,
+            https_redirect: https_redirect?,
+        })
+    }
+
+    fn status(&mut self, v: &Value) -> Option<u16> {
+        const ALLOWED: &str = "301, 302, 303, 307 or 308";
+        let DeValue::Integer(i) = v.get_ref() else {
+            self.type_error("status", &format!("an integer ({ALLOWED})"), v);
+            return None;
+        };
+        match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n @ (301 | 302 | 303 | 307 | 308)) => Some(n as u16),
+            _ => {
+                self.error(
+                    v.span().start,
+                    format!("invalid redirect `status` {i}, expected {ALLOWED}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A redirect target that could never work: a query with `keep_path`, or a target
+    /// that the redirect itself matches again (a loop).
+    fn check_redirect_to(
+        &mut self,
+        v: &Value,
+        to: RedirectTo,
+        hosts: &[(HostPattern, usize)],
+        path: Option<&str>,
+        keep_path: Option<bool>,
+    ) -> Option<RedirectTo> {
+        if to.has_query && keep_path == Some(true) {
+            self.error(
+                v.span().start,
+                format!("redirect target `{}` has a query or fragment, which `keep_path = true` cannot append to", to.to),
+            );
+            return None;
+        }
+        let same_host = match &to.host {
+            None => true,
+            Some(h) => hosts.iter().any(|(p, _)| p.matches(h)),
+        };
+        if let Some(path) = path {
+            if same_host && crate::path_matches(path, &to.path) {
+                self.error(
+                    v.span().start,
+                    format!("redirect target `{}` is matched by this redirect again (a redirect loop)", to.to),
+                );
+                return None;
+            }
+        }
+        Some(to)
+    }
+
+    /// Duplicate host+path pairs and duplicate ids, reported at the later one in the file.
+    fn check_duplicates(&mut self, mut claims: Vec<Claim>, mut ids: Vec<IdClaim>) {
+        claims.sort_by_key(|c| c.at);
+        let mut first: HashMap<&(HostPattern, String), usize> = HashMap::new();
+        let mut found = Vec::new();
+        for c in &claims {
+            if let Some(&at) = first.get(&c.key) {
+                let msg = format!("duplicate route {}{} (first at {})", c.key.0, c.key.1, self.at_str(at));
+                found.push((c.at, msg, c.context.clone()));
+            } else {
+                first.insert(&c.key, c.at);
+            }
+        }
+        ids.sort_by_key(|c| c.at);
+        let mut first: HashMap<&str, &IdClaim> = HashMap::new();
+        for c in &ids {
+            match first.get(c.id.as_str()) {
+                // Two default ids are equal only if their first host and path are: the
+                // host+path check has already reported that.
+                Some(f) if !f.explicit && !c.explicit => {}
+                Some(f) => {
+                    let msg = format!(
+                        "duplicate id `{}` (first at {}); give one of them a distinct `name`",
+                        c.id,
+                        self.at_str(f.at)
+                    );
+                    found.push((c.at, msg, c.context.clone()));
+                }
+                None => {
+                    first.insert(&c.id, c);
+                }
+            }
+        }
+        for (at, msg, context) in found {
+            self.context = context;
+            self.error(at, msg);
+        }
+        self.context = None;
+    }
+}
+
+/// The entries of a table in file order (toml's map may be sorted by key).
+fn entries<'t, 'i>(t: &'t DeTable<'i>) -> Vec<(&'t Spanned<std::borrow::Cow<'i, str>>, &'t Value<'i>)> {
+    let mut v: Vec<_> = t.iter().collect();
+    v.sort_by_key(|(k, _)| k.span().start);
+    v
+}
+
+/// "a string", "an integer", ...
+fn found(v: &DeValue) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a datetime",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// `in [[route]] #3 (hosts = ["cloud.example.org"])`: which entry a message is about.
+fn item_context(kind: &str, n: usize, item: &DeValue) -> String {
+    let mut s = format!("in [[{kind}]] #{n}");
+    let Some(t) = item.as_table() else { return s };
+    let strings = |v: &Value| -> Option<Vec<String>> {
+        let a = v.get_ref().as_array()?;
+        a.iter().map(|e| e.get_ref().as_str().map(|s| format!("{s:?}"))).collect()
+    };
+    if let Some(hosts) = t.get("hosts").and_then(strings).filter(|h| !h.is_empty()) {
+        s.push_str(&format!(" (hosts = [{}])", hosts.join(", ")));
+    } else if let Some(name) = t.get("name").and_then(|v| v.get_ref().as_str()) {
+        s.push_str(&format!(" (name = {name:?})"));
+    }
+    s
+}
+
+/// The policy keys of `[defaults]` or of one route: `None` = not given.
+#[derive(Debug, Default)]
+struct PolicyKeys {
+    /// `Some(None)` = "unlimited".
+    max_body: Option<Option<u64>>,
+    connect_timeout: Option<std::time::Duration>,
+    read_timeout: Option<std::time::Duration>,
+    write_timeout: Option<std::time::Duration>,
+    idle_timeout: Option<std::time::Duration>,
+    websocket: Option<bool>,
+    hsts: Option<bool>,
+    hsts_max_age: Option<std::time::Duration>,
+    hsts_include_subdomains: Option<bool>,
+    hsts_preload: Option<bool>,
+    allow: Option<Vec<IpNet>>,
+    request_headers: Option<Vec<(String, String)>>,
+    response_headers: Option<Vec<(String, String)>>,
+    https_redirect: Option<bool>,
+    lb: Option<LbPolicy>,
+    /// `Some(None)` = "" (TCP check).
+    health_check_path: Option<Option<String>>,
+    health_check_interval: Option<std::time::Duration>,
+}
+
+/// A route's keys over `[defaults]` over the built-in defaults.
+fn merge(defaults: &PolicyKeys, own: &PolicyKeys) -> (Policy, LbPolicy) {
+    let base = Policy::default();
+    let base_hsts = base.hsts.clone().unwrap_or(Hsts {
+        max_age: std::time::Duration::from_secs(365 * 86_400),
+        include_subdomains: false,
+        preload: false,
+    });
+    macro_rules! pick {
+        ($field:ident, $fallback:expr) => {
+            own.$field.clone().or_else(|| defaults.$field.clone()).unwrap_or($fallback)
+        };
+    }
+    let hsts = pick!(hsts, true).then(|| Hsts {
+        max_age: pick!(hsts_max_age, base_hsts.max_age),
+        include_subdomains: pick!(hsts_include_subdomains, base_hsts.include_subdomains),
+        preload: pick!(hsts_preload, base_hsts.preload),
+    });
+    let policy = Policy {
+        max_body: pick!(max_body, base.max_body),
+        connect_timeout: pick!(connect_timeout, base.connect_timeout),
+        read_timeout: pick!(read_timeout, base.read_timeout),
+        write_timeout: pick!(write_timeout, base.write_timeout),
+        idle_timeout: pick!(idle_timeout, base.idle_timeout),
+        websocket: pick!(websocket, base.websocket),
+        hsts,
+        allow: own.allow.clone().or_else(|| defaults.allow.clone()),
+        request_headers: merge_headers(&defaults.request_headers, &own.request_headers),
+        response_headers: merge_headers(&defaults.response_headers, &own.response_headers),
+        https_redirect: pick!(https_redirect, base.https_redirect),
+        health_check: HealthCheck {
+            http_path: pick!(health_check_path, base.health_check.http_path),
+            interval: pick!(health_check_interval, base.health_check.interval),
+        },
+    };
+    (policy, pick!(lb, LbPolicy::RoundRobin))
+}
+
+/// Defaults first, in file order; a route's header replaces the default of the same
+/// name (case-insensitively) in place, other route headers follow in file order.
+pub(crate) fn merge_headers(
+    defaults: &Option<Vec<(String, String)>>,
+    own: &Option<Vec<(String, String)>>,
+) -> Vec<(String, String)> {
+    let mut out = defaults.clone().unwrap_or_default();
+    for (name, value) in own.iter().flatten() {
+        match out.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            Some(slot) => *slot = (name.clone(), value.clone()),
+            None => out.push((name.clone(), value.clone())),
+        }
+    }
+    out
+}
+
+/// Index the validated entries by host and path.
+fn build(routes: Vec<Route>, redirects: Vec<Redirect>) -> RouteTable {
+    let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
+    let redirects: Vec<Arc<Redirect>> = redirects.into_iter().map(Arc::new).collect();
+    let mut exact: HashMap<String, PathSet> = HashMap::new();
+    let mut wildcard: HashMap<String, PathSet> = HashMap::new();
+    let targets = routes
+        .iter()
+        .map(|r| (&r.hosts, &r.path, Target::Proxy(r.clone())))
+        .chain(redirects.iter().map(|r| (&r.hosts, &r.path, Target::Redirect(r.clone()))));
+    for (hosts, path, target) in targets {
+        for host in hosts {
+            let set = match host {
+                HostPattern::Exact(h) => exact.entry(h.clone()).or_default(),
+                HostPattern::Wildcard(s) => wildcard.entry(s.clone()).or_default(),
+            };
+            set.entries.push((path.clone(), target.clone()));
+        }
+    }
+    for set in exact.values_mut().chain(wildcard.values_mut()) {
+        // Stable: equal lengths keep file order (and never both match one path).
+        set.entries.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+    }
+    RouteTable { exact, wildcard, routes, redirects }
+}

@@ -1,0 +1,708 @@
+//! Tests of the whole crate through its public API: diagnostics (snapshots of the
+//! rendered text), the merged policies, lookup, and the repository's routes files.
+
+use std::time::Duration;
+
+use expect_test::{expect, Expect};
+use proptest::prelude::*;
+
+use crate::*;
+
+/// Parse `text` as `routes.toml` and compare the rendered diagnostics (or `OK` and a
+/// summary) with the snapshot. `UPDATE_EXPECT=1 cargo test -p routes` rewrites them.
+fn check(text: &str, want: &Expect) {
+    let got = match parse("routes.toml", text) {
+        Ok(t) => format!(
+            "OK: {} routes, {} redirects, names {:?}",
+            t.routes.len(),
+            t.redirects.len(),
+            t.names()
+        ),
+        Err(d) => d.to_string(),
+    };
+    want.assert_eq(&got);
+}
+
+fn table(text: &str) -> RouteTable {
+    parse("t.toml", text).unwrap_or_else(|d| panic!("{d}"))
+}
+
+// -- diagnostics -------------------------------------------------------------------------
+
+#[test]
+fn many_mistakes_are_all_reported_in_file_order() {
+    check(
+        r#"upstrem = 1
+
+[defaults]
+max_body = "10x"
+connect_timeout = 5
+hsts_max_age = "0d"
+allow = ["172.28.1.0/16", "bogus"]
+request_headers = { "X Foo" = "bar", "X-Ok" = "a\nb" }
+lb = "least_conn"
+
+[[route]]
+hosts = ["cloud.example.org", "*.org"]
+upstreams = ["172.28.1.51", "fd00::1:80"]
+upstrem = ["x:1"]
+
+[[route]]
+name = "two"
+hosts = []
+path = "api"
+
+[[route]]
+hosts = ["cloud.example.org"]
+upstreams = ["172.28.1.51:80"]
+
+[[redirect]]
+hosts = ["www.example.org"]
+to = "example.org"
+status = 200
+max_body = "1m"
+
+[[redirect]]
+name = "two"
+hosts = ["Cloud.Example.org."]
+to = "/"
+"#,
+        &expect![[r#"
+            error: routes.toml:1:1: unknown field `upstrem`, expected one of `defaults`, `route`, `redirect`
+            error: routes.toml:4:12: invalid size `10x` for `max_body`, expected a number of bytes, "<n>k", "<n>m", "<n>g" or "unlimited"
+              in [defaults]
+            error: routes.toml:5:19: `connect_timeout` must be a duration string (e.g. "30s"), found an integer
+              in [defaults]
+            error: routes.toml:6:16: `hsts_max_age` must be greater than zero, found `0d`
+              in [defaults]
+            error: routes.toml:7:10: network `172.28.1.0/16` in `allow` has host bits set; did you mean `172.28.0.0/16`?
+              in [defaults]
+            error: routes.toml:7:27: invalid network `bogus` in `allow`, expected an address or address/prefix (e.g. "172.28.0.0/16")
+              in [defaults]
+            error: routes.toml:8:21: invalid header name `X Foo`: character ` ` is not allowed
+              in [defaults]
+            error: routes.toml:8:47: invalid value for header `X-Ok`: character `\n` is not allowed (visible ASCII, space and tab only)
+              in [defaults]
+            error: routes.toml:9:6: unknown `lb` policy `least_conn`, expected one of `round_robin`, `random`, `ip_hash`
+              in [defaults]
+            error: routes.toml:12:31: invalid host `*.org`: a wildcard needs at least two labels after `*.` (e.g. `*.example.org`)
+              in [[route]] #1 (hosts = ["cloud.example.org", "*.org"])
+            error: routes.toml:13:14: invalid upstream `172.28.1.51`: missing port, expected host:port (e.g. `172.28.1.50:80`)
+              in [[route]] #1 (hosts = ["cloud.example.org", "*.org"])
+            error: routes.toml:13:29: invalid upstream `fd00::1:80`: an IPv6 address must be in brackets (e.g. `[fd00::1]:80`)
+              in [[route]] #1 (hosts = ["cloud.example.org", "*.org"])
+            error: routes.toml:14:1: unknown field `upstrem`, expected one of `name`, `hosts`, `path`, `strip_prefix`, `upstreams`, `max_body`, `connect_timeout`, `read_timeout`, `write_timeout`, `idle_timeout`, `websocket`, `hsts`, `hsts_max_age`, `hsts_include_subdomains`, `hsts_preload`, `allow`, `request_headers`, `response_headers`, `https_redirect`, `lb`, `health_check_path`, `health_check_interval`
+              in [[route]] #1 (hosts = ["cloud.example.org", "*.org"])
+            error: routes.toml:16:1: missing field `upstreams`
+              in [[route]] #2 (name = "two")
+            error: routes.toml:18:9: `hosts` must not be empty
+              in [[route]] #2 (name = "two")
+            error: routes.toml:19:8: path `api` must start with `/`
+              in [[route]] #2 (name = "two")
+            error: routes.toml:22:10: duplicate route cloud.example.org/ (first at routes.toml:12:10)
+              in [[route]] #3 (hosts = ["cloud.example.org"])
+            error: routes.toml:27:6: invalid redirect target `example.org`: expected an absolute URL (`https://example.org/path`) or an absolute path (`/path`)
+              in [[redirect]] #1 (hosts = ["www.example.org"])
+            error: routes.toml:28:10: invalid redirect `status` 200, expected 301, 302, 303, 307 or 308
+              in [[redirect]] #1 (hosts = ["www.example.org"])
+            error: routes.toml:29:1: unknown field `max_body` in a [[redirect]] (it applies to a [[route]]), expected one of `name`, `hosts`, `path`, `to`, `keep_path`, `status`, `https_redirect`
+              in [[redirect]] #1 (hosts = ["www.example.org"])
+            error: routes.toml:32:8: duplicate id `two` (first at routes.toml:17:8); give one of them a distinct `name`
+              in [[redirect]] #2 (hosts = ["Cloud.Example.org."])
+            error: routes.toml:33:10: duplicate route cloud.example.org/ (first at routes.toml:12:10)
+              in [[redirect]] #2 (hosts = ["Cloud.Example.org."])
+            error: routes.toml:34:6: redirect target `/` is matched by this redirect again (a redirect loop)
+              in [[redirect]] #2 (hosts = ["Cloud.Example.org."])"#]],
+    );
+}
+
+#[test]
+fn small_cases() {
+    #[rustfmt::skip]
+    let cases: &[(&str, Expect)] = &[
+        ("", expect!["OK: 0 routes, 0 redirects, names []"]),
+        ("# only a comment\n", expect!["OK: 0 routes, 0 redirects, names []"]),
+        ("a = \n", expect!["error: routes.toml:1:5: invalid TOML: string values must be quoted, expected literal string"]),
+        ("[defaults]\nwebsocket = true\nwebsocket = false\n", expect!["error: routes.toml:3:1: invalid TOML: duplicate key"]),
+        ("[[route]\n", expect!["error: routes.toml:1:9: invalid TOML: unclosed array table, expected `]`"]),
+        ("defaults = 3\n", expect!["error: routes.toml:1:12: `defaults` must be a table ([defaults]), found an integer"]),
+        ("[route]\nhosts = [\"a.org\"]\n", expect!["error: routes.toml:1:1: `route` must be an array of tables ([[route]]), found a table"]),
+        ("route = [1, {hosts = [\"a.example.org\"], upstreams = [\"10.0.0.1:80\"]}]\n", expect!["error: routes.toml:1:10: `route` must be an array of tables ([[route]]), found an integer"]),
+        ("[[route]]\n", expect![[r#"
+            error: routes.toml:1:1: missing field `hosts`
+              in [[route]] #1
+            error: routes.toml:1:1: missing field `upstreams`
+              in [[route]] #1"#]]),
+        ("[[redirect]]\nhosts = 'a.example.org'\n", expect![[r#"
+            error: routes.toml:1:1: missing field `to`
+              in [[redirect]] #1
+            error: routes.toml:2:9: `hosts` must be an array of strings, found a string
+              in [[redirect]] #1"#]]),
+        ("[[route]]\nhosts = [\"bücher.example\", \"*\", 3]\nupstreams = [\"10.0.0.1:80\", \"10.0.0.1:80\"]\nto = \"/\"\nwebsocket = \"yes\"\n", expect![[r#"
+            error: routes.toml:2:10: invalid host `bücher.example`: invalid character `ü`; write international names in punycode (`xn--...`)
+              in [[route]] #1
+            error: routes.toml:2:28: invalid host `*`: `*` is only allowed as the whole first label (`*.example.org`)
+              in [[route]] #1
+            error: routes.toml:2:33: `hosts` must contain only strings, found an integer
+              in [[route]] #1
+            error: routes.toml:3:28: duplicate upstream `10.0.0.1:80`
+              in [[route]] #1
+            error: routes.toml:4:1: unknown field `to` in a [[route]] (it is a [[redirect]] key), expected one of `name`, `hosts`, `path`, `strip_prefix`, `upstreams`, `max_body`, `connect_timeout`, `read_timeout`, `write_timeout`, `idle_timeout`, `websocket`, `hsts`, `hsts_max_age`, `hsts_include_subdomains`, `hsts_preload`, `allow`, `request_headers`, `response_headers`, `https_redirect`, `lb`, `health_check_path`, `health_check_interval`
+              in [[route]] #1
+            error: routes.toml:5:13: `websocket` must be a boolean (true or false), found a string
+              in [[route]] #1"#]]),
+        ("[defaults]\nresponse_headers = { \"X-Frame-Options\" = \"DENY\", \"x-frame-options\" = \"SAMEORIGIN\", Connection = \"close\", X-A = 1 }\n", expect![[r#"
+            error: routes.toml:2:49: duplicate header `x-frame-options` in `response_headers` (first at routes.toml:2:22)
+              in [defaults]
+            error: routes.toml:2:83: header `Connection` is managed by the proxy and cannot be set
+              in [defaults]
+            error: routes.toml:2:111: `X-A` must be a string ("" removes the header), found an integer
+              in [defaults]"#]]),
+        ("[defaults]\nallow = []\nmax_body = -1\nrequest_headers = \"X-A: b\"\n", expect![[r#"
+            error: routes.toml:2:9: `allow` is empty and would refuse every client; remove it to allow everyone
+              in [defaults]
+            error: routes.toml:3:12: `max_body` must not be negative
+              in [defaults]
+            error: routes.toml:4:19: `request_headers` must be a table of header names to strings, found a string
+              in [defaults]"#]]),
+        ("[[redirect]]\nhosts = [\"a.example.org\"]\npath = \"/old\"\nto = \"https://A.example.org/old/new?x=1\"\nkeep_path = true\nstatus = \"301\"\n", expect![[r#"
+            error: routes.toml:4:6: redirect target `https://A.example.org/old/new?x=1` has a query or fragment, which `keep_path = true` cannot append to
+              in [[redirect]] #1 (hosts = ["a.example.org"])
+            error: routes.toml:6:10: `status` must be an integer (301, 302, 303, 307 or 308), found a string
+              in [[redirect]] #1 (hosts = ["a.example.org"])"#]]),
+        ("[[redirect]]\nhosts = [\"a.example.org\"]\npath = \"/old\"\nto = \"https://A.example.org/old/new\"\n", expect![[r#"
+            error: routes.toml:4:6: redirect target `https://A.example.org/old/new` is matched by this redirect again (a redirect loop)
+              in [[redirect]] #1 (hosts = ["a.example.org"])"#]]),
+        // Same host and path written differently are the same route.
+        ("[[route]]\nhosts = [\"A.example.org\", \"a.example.org.\"]\nupstreams = [\"10.0.0.1:80\"]\n", expect![[r#"
+            error: routes.toml:2:27: duplicate route a.example.org/ (first at routes.toml:2:10)
+              in [[route]] #1 (hosts = ["A.example.org", "a.example.org."])"#]]),
+        // A name may collide with another entry's default id.
+        ("[[route]]\nhosts = [\"a.example.org\"]\nupstreams = [\"10.0.0.1:80\"]\n[[route]]\nname = \"a.example.org/\"\nhosts = [\"b.example.org\"]\nupstreams = [\"10.0.0.1:80\"]\n", expect![[r#"
+            error: routes.toml:5:8: duplicate id `a.example.org/` (first at routes.toml:1:1); give one of them a distinct `name`
+              in [[route]] #2 (hosts = ["b.example.org"])"#]]),
+        // Different paths on one host, and one path on different hosts, are fine.
+        ("[[route]]\nhosts = [\"a.example.org\", \"*.example.org\"]\nupstreams = [\"10.0.0.1:80\"]\n[[route]]\nhosts = [\"a.example.org\"]\npath = \"/api\"\nupstreams = [\"10.0.0.1:80\"]\n", expect![[r#"OK: 2 routes, 0 redirects, names ["*.example.org", "a.example.org"]"#]]),
+    ];
+    for (text, want) in cases {
+        check(text, want);
+    }
+}
+
+#[test]
+fn columns_count_characters_and_crlf_lines_work() {
+    let d = parse("f", "# ünïcödé\r\n[defaults]\r\nlb = 'ü'\r\n").unwrap_err();
+    assert_eq!((d.0[0].line, d.0[0].col), (3, 6), "{d}");
+}
+
+#[test]
+fn diagnostic_fields_are_filled() {
+    let d = parse("etc/routes.toml", "[[route]]\nhosts = ['x.example.org']\n").unwrap_err();
+    assert_eq!(
+        d.0,
+        vec![Diagnostic {
+            file: "etc/routes.toml".into(),
+            line: 1,
+            col: 1,
+            message: "missing field `upstreams`".into(),
+            context: Some(r#"in [[route]] #1 (hosts = ["x.example.org"])"#.into()),
+        }]
+    );
+}
+
+// -- the validated values ------------------------------------------------------------------
+
+#[test]
+fn builtin_defaults_apply_to_a_bare_route() {
+    let t = table("[[route]]\nhosts = ['a.example.org']\nupstreams = ['10.0.0.1:80']\n");
+    let r = &t.routes[0];
+    assert_eq!(r.id, "a.example.org/");
+    assert_eq!(r.path, "/");
+    assert!(!r.strip_prefix);
+    assert_eq!(r.lb, LbPolicy::RoundRobin);
+    assert_eq!(r.policy, Policy::default());
+    assert_eq!(r.policy.max_body, Some(10 * 1024 * 1024));
+    assert_eq!(
+        r.policy.hsts.as_ref().map(Hsts::header_value).as_deref(),
+        Some("max-age=31536000")
+    );
+}
+
+#[test]
+fn route_keys_override_defaults() {
+    let t = table(
+        r#"
+[defaults]
+max_body = 1024
+connect_timeout = "2s"
+read_timeout = "250ms"
+websocket = true
+hsts_max_age = "1d"
+hsts_preload = true
+allow = ["10.0.0.0/8", "fd00::1"]
+https_redirect = false
+lb = "random"
+health_check_path = "/health"
+health_check_interval = "1m"
+
+[[route]]
+hosts = ["a.example.org"]
+upstreams = ["10.0.0.1:80"]
+
+[[route]]
+name = "b"
+hosts = ["b.example.org"]
+path = "/app"
+strip_prefix = true
+upstreams = ["backend.internal:8080", "[fd00::2]:8080"]
+max_body = "unlimited"
+read_timeout = "2h"
+write_timeout = "3d"
+idle_timeout = "10s"
+websocket = false
+hsts = false
+allow = ["192.168.0.0/24"]
+https_redirect = true
+lb = "ip_hash"
+health_check_path = ""
+"#,
+    );
+    let a = &t.routes[0].policy;
+    assert_eq!(a.max_body, Some(1024));
+    assert_eq!(a.connect_timeout, Duration::from_secs(2));
+    assert_eq!(a.read_timeout, Duration::from_millis(250));
+    assert_eq!(a.write_timeout, Duration::from_secs(60));
+    assert!(a.websocket);
+    assert_eq!(
+        a.hsts.as_ref().unwrap().header_value(),
+        "max-age=86400; preload"
+    );
+    let allow: Vec<String> = a.allow.iter().flatten().map(|n| n.to_string()).collect();
+    assert_eq!(allow, ["10.0.0.0/8", "fd00::1/128"]);
+    assert!(!a.https_redirect);
+    assert_eq!(t.routes[0].lb, LbPolicy::Random);
+    assert_eq!(a.health_check.http_path.as_deref(), Some("/health"));
+    assert_eq!(a.health_check.interval, Duration::from_secs(60));
+
+    let b = &t.routes[1];
+    assert_eq!((b.id.as_str(), b.path.as_str(), b.strip_prefix), ("b", "/app", true));
+    assert_eq!(
+        b.upstreams,
+        [
+            Upstream::Name { host: "backend.internal".into(), port: 8080 },
+            Upstream::Addr("[fd00::2]:8080".parse().unwrap()),
+        ]
+    );
+    let p = &b.policy;
+    assert_eq!(p.max_body, None);
+    assert_eq!(p.connect_timeout, Duration::from_secs(2));
+    assert_eq!(p.read_timeout, Duration::from_secs(7200));
+    assert_eq!(p.write_timeout, Duration::from_secs(3 * 86400));
+    assert_eq!(p.idle_timeout, Duration::from_secs(10));
+    assert!(!p.websocket);
+    assert_eq!(p.hsts, None);
+    assert_eq!(p.allow, Some(vec!["192.168.0.0/24".parse().unwrap()]));
+    assert!(p.https_redirect);
+    assert_eq!(b.lb, LbPolicy::IpHash);
+    assert_eq!(p.health_check.http_path, None);
+}
+
+#[test]
+fn hsts_keys_merge_one_by_one() {
+    let t = table(
+        "[defaults]\nhsts_include_subdomains = true\n[[route]]\nhosts = ['a.example.org']\nupstreams = ['10.0.0.1:80']\nhsts_max_age = '2d'\n",
+    );
+    assert_eq!(
+        t.routes[0].policy.hsts.as_ref().unwrap().header_value(),
+        "max-age=172800; includeSubDomains"
+    );
+}
+
+#[test]
+fn headers_merge_case_insensitively_in_file_order() {
+    let t = table(
+        r#"
+[defaults]
+request_headers = { "X-Zed" = "1", "X-Forwarded-Proto" = "https", "X-Keep" = "k" }
+response_headers = { "X-Frame-Options" = "SAMEORIGIN" }
+
+[[route]]
+hosts = ["a.example.org"]
+upstreams = ["10.0.0.1:80"]
+request_headers = { "x-forwarded-proto" = "http", "X-New" = "n", "X-Zed" = "" }
+
+[[route]]
+hosts = ["b.example.org"]
+upstreams = ["10.0.0.1:80"]
+[route.response_headers]
+"X-Robots-Tag" = "noindex"
+"#,
+    );
+    let pairs = |v: &[(String, String)]| -> Vec<String> {
+        v.iter().map(|(n, v)| format!("{n}={v}")).collect()
+    };
+    assert_eq!(
+        pairs(&t.routes[0].policy.request_headers),
+        ["X-Zed=", "x-forwarded-proto=http", "X-Keep=k", "X-New=n"]
+    );
+    assert_eq!(pairs(&t.routes[0].policy.response_headers), ["X-Frame-Options=SAMEORIGIN"]);
+    assert_eq!(
+        pairs(&t.routes[1].policy.request_headers),
+        ["X-Zed=1", "X-Forwarded-Proto=https", "X-Keep=k"]
+    );
+    assert_eq!(
+        pairs(&t.routes[1].policy.response_headers),
+        ["X-Frame-Options=SAMEORIGIN", "X-Robots-Tag=noindex"]
+    );
+}
+
+#[test]
+fn redirects_parse_with_defaults_and_overrides() {
+    let t = table(
+        r#"
+[defaults]
+https_redirect = false
+
+[[redirect]]
+hosts = ["www.example.org"]
+to = "https://example.org"
+keep_path = true
+
+[[redirect]]
+name = "carddav"
+hosts = ["cloud.example.org"]
+path = "/.well-known/carddav"
+to = "/remote.php/dav/"
+status = 301
+https_redirect = true
+"#,
+    );
+    let www = &t.redirects[0];
+    assert_eq!(
+        **www,
+        Redirect {
+            id: "www.example.org/".into(),
+            hosts: vec![HostPattern::Exact("www.example.org".into())],
+            path: "/".into(),
+            to: "https://example.org/".into(),
+            keep_path: true,
+            status: 308,
+            https_redirect: false,
+        }
+    );
+    let dav = &t.redirects[1];
+    assert_eq!((dav.id.as_str(), dav.status, dav.https_redirect), ("carddav", 301, true));
+    assert!(!dav.keep_path);
+}
+
+#[test]
+fn redirect_locations() {
+    let t = table(
+        r#"
+[[redirect]]
+hosts = ["www.example.org"]
+to = "https://example.org"
+keep_path = true
+
+[[redirect]]
+hosts = ["cloud.example.org"]
+path = "/.well-known/carddav"
+to = "/remote.php/dav/"
+
+[[redirect]]
+hosts = ["old.example.org"]
+path = "/docs/"
+to = "https://docs.example.org/v2/"
+keep_path = true
+"#,
+    );
+    let [www, dav, docs] = &t.redirects[..] else { panic!() };
+    assert_eq!(www.location("x", "/", None), "https://example.org/");
+    assert_eq!(www.location("x", "/a/b", Some("q=1")), "https://example.org/a/b?q=1");
+    assert_eq!(www.location("x", "/a", Some("")), "https://example.org/a");
+    assert_eq!(
+        dav.location("cloud.example.org", "/.well-known/carddav", Some("x")),
+        "https://cloud.example.org/remote.php/dav/"
+    );
+    assert_eq!(
+        dav.location("cloud.example.org:8443", "/.well-known/carddav", None),
+        "https://cloud.example.org:8443/remote.php/dav/"
+    );
+    assert_eq!(docs.location("x", "/docs/a/b", None), "https://docs.example.org/v2/a/b");
+    assert_eq!(docs.location("x", "/docs/", Some("p")), "https://docs.example.org/v2/?p");
+}
+
+// -- lookup --------------------------------------------------------------------------------
+
+const LOOKUP: &str = r#"
+[[route]]
+name = "apex"
+hosts = ["example.org"]
+upstreams = ["10.0.0.1:80"]
+
+[[route]]
+name = "cloud"
+hosts = ["cloud.example.org", "nextcloud.example.org"]
+upstreams = ["10.0.0.2:80"]
+
+[[route]]
+name = "any"
+hosts = ["*.example.org"]
+upstreams = ["10.0.0.3:80"]
+
+[[route]]
+name = "api"
+hosts = ["cloud.example.org"]
+path = "/api"
+upstreams = ["10.0.0.4:80"]
+
+[[route]]
+name = "api-v2"
+hosts = ["cloud.example.org"]
+path = "/api/v2/"
+upstreams = ["10.0.0.5:80"]
+
+[[route]]
+name = "only-path"
+hosts = ["tools.example.org"]
+path = "/grafana"
+upstreams = ["10.0.0.6:80"]
+
+[[redirect]]
+name = "dav"
+hosts = ["cloud.example.org"]
+path = "/.well-known/carddav"
+to = "/remote.php/dav/"
+
+[[route]]
+name = "v6"
+hosts = ["[fd00::1]", "10.1.2.3"]
+upstreams = ["10.0.0.7:80"]
+"#;
+
+#[test]
+fn lookup_exact_wildcard_alias_and_longest_prefix() {
+    let t = table(LOOKUP);
+    let id = |host: &str, path: &str| t.lookup(host, path).map(|t| t.id().to_string());
+    for (host, path, want) in [
+        ("example.org", "/", Some("apex")),
+        ("example.org", "/anything", Some("apex")),
+        ("cloud.example.org", "/", Some("cloud")),
+        ("nextcloud.example.org", "/api", Some("cloud")),
+        ("cloud.example.org", "/api", Some("api")),
+        ("cloud.example.org", "/api/", Some("api")),
+        ("cloud.example.org", "/api/v1", Some("api")),
+        ("cloud.example.org", "/apix", Some("cloud")),
+        ("cloud.example.org", "/api/v2", Some("api")),
+        ("cloud.example.org", "/api/v2/", Some("api-v2")),
+        ("cloud.example.org", "/api/v2/x", Some("api-v2")),
+        ("cloud.example.org", "/.well-known/carddav", Some("dav")),
+        ("cloud.example.org", "/.well-known/carddavx", Some("cloud")),
+        ("www.example.org", "/", Some("any")),
+        ("a.b.example.org", "/", None),
+        ("example.com", "/", None),
+        ("org", "/", None),
+        ("tools.example.org", "/grafana/d/1", Some("only-path")),
+        // An exact host without a matching path falls back to the wildcard.
+        ("tools.example.org", "/other", Some("any")),
+        ("fd00::1", "/", Some("v6")),
+        ("10.1.2.3", "/", Some("v6")),
+    ] {
+        assert_eq!(id(host, path).as_deref(), want, "{host}{path}");
+    }
+    assert!(matches!(t.lookup("cloud.example.org", "/.well-known/carddav"), Some(Target::Redirect(_))));
+    assert!(t.knows_host("cloud.example.org"));
+    assert!(t.knows_host("x.example.org"));
+    assert!(!t.knows_host("x.y.example.org"));
+    assert_eq!(
+        t.names(),
+        [
+            "*.example.org",
+            "10.1.2.3",
+            "cloud.example.org",
+            "example.org",
+            "fd00::1",
+            "nextcloud.example.org",
+            "tools.example.org"
+        ]
+    );
+}
+
+#[test]
+fn path_sets_are_sorted_longest_prefix_first() {
+    let t = table(LOOKUP);
+    let paths: Vec<&str> = t.exact["cloud.example.org"].entries.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, ["/.well-known/carddav", "/api/v2/", "/api", "/"]);
+    assert_eq!(t.routes.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["apex", "cloud", "any", "api", "api-v2", "only-path", "v6"]);
+}
+
+#[test]
+fn segment_aware_prefixes_and_strip_path() {
+    assert!(path_matches("/api", "/api"));
+    assert!(path_matches("/api", "/api/x"));
+    assert!(!path_matches("/api", "/apix"));
+    assert!(!path_matches("/api", "/ap"));
+    assert!(path_matches("/api/", "/api/x"));
+    assert!(!path_matches("/api/", "/api"));
+    assert!(path_matches("/", "/anything"));
+    assert_eq!(strip_path("/app", "/app/x"), "/x");
+    assert_eq!(strip_path("/app", "/app"), "/");
+    assert_eq!(strip_path("/app/", "/app/x/y"), "/x/y");
+    assert_eq!(strip_path("/", "/x"), "/x");
+}
+
+// -- property tests --------------------------------------------------------------------------
+
+const HOSTS: &[&str] = &["a.example.org", "b.example.org", "x.a.example.org", "*.example.org", "*.a.example.org"];
+const PATHS: &[&str] = &["/", "/api", "/api/", "/api/v1", "/apix", "/b"];
+const REQ_HOSTS: &[&str] = &[
+    "a.example.org",
+    "b.example.org",
+    "c.example.org",
+    "x.a.example.org",
+    "y.a.example.org",
+    "z.x.a.example.org",
+    "example.org",
+];
+const REQ_PATHS: &[&str] = &["", "/", "/api", "/api/", "/api/v1", "/api/v1/x", "/apix", "/apix/y", "/b", "/bc", "/b/"];
+
+/// Independent statement of the rule: exact hosts before wildcards (one label only),
+/// then the longest prefix that matches whole segments.
+fn linear_scan(t: &RouteTable, host: &str, path: &str) -> Option<String> {
+    let prefix_ok = |prefix: &str| {
+        prefix == "/"
+            || if prefix.ends_with('/') {
+                path.starts_with(prefix)
+            } else {
+                path == prefix || path.starts_with(&format!("{prefix}/"))
+            }
+    };
+    let host_ok = |h: &HostPattern, exact: bool| match h {
+        HostPattern::Exact(e) => exact && e == host,
+        HostPattern::Wildcard(s) => {
+            !exact && host.ends_with(&format!(".{s}")) && !host[..host.len() - s.len() - 1].contains('.')
+        }
+    };
+    let entries: Vec<(&Vec<HostPattern>, &str, &str)> = t
+        .routes
+        .iter()
+        .map(|r| (&r.hosts, r.path.as_str(), r.id.as_str()))
+        .chain(t.redirects.iter().map(|r| (&r.hosts, r.path.as_str(), r.id.as_str())))
+        .collect();
+    let best = |exact: bool| {
+        entries
+            .iter()
+            .filter(|(hosts, p, _)| hosts.iter().any(|h| host_ok(h, exact)) && prefix_ok(p))
+            .max_by_key(|(_, p, _)| p.len())
+            .map(|(_, _, id)| id.to_string())
+    };
+    best(true).or_else(|| best(false))
+}
+
+/// A routes file from (is_redirect, host indexes, path index) entries, skipping
+/// host+path pairs already taken.
+fn routes_text(entries: &[(bool, Vec<usize>, usize)]) -> String {
+    let mut taken = std::collections::HashSet::new();
+    let mut text = String::new();
+    for (n, (redirect, hosts, path)) in entries.iter().enumerate() {
+        let path = PATHS[*path];
+        let hosts: Vec<String> = hosts
+            .iter()
+            .map(|&h| HOSTS[h])
+            .filter(|h| taken.insert((*h, path)))
+            .map(|h| format!("{h:?}"))
+            .collect();
+        if hosts.is_empty() {
+            continue;
+        }
+        let hosts = hosts.join(", ");
+        if *redirect {
+            text += &format!("[[redirect]]\nname = \"e{n}\"\nhosts = [{hosts}]\npath = {path:?}\nto = \"https://elsewhere.example.net/\"\n");
+        } else {
+            text += &format!("[[route]]\nname = \"e{n}\"\nhosts = [{hosts}]\npath = {path:?}\nupstreams = [\"10.0.0.1:80\"]\n");
+        }
+    }
+    text
+}
+
+proptest! {
+    #[test]
+    fn lookup_agrees_with_linear_scan(
+        entries in prop::collection::vec(
+            (any::<bool>(), prop::collection::vec(0..HOSTS.len(), 1..3), 0..PATHS.len()),
+            0..12,
+        ),
+        requests in prop::collection::vec((0..REQ_HOSTS.len(), 0..REQ_PATHS.len()), 1..20),
+    ) {
+        let text = routes_text(&entries);
+        let t = parse("p.toml", &text).map_err(|d| TestCaseError::fail(format!("{d}\n{text}")))?;
+        for (h, p) in requests {
+            let (host, path) = (REQ_HOSTS[h], REQ_PATHS[p]);
+            let fast = t.lookup(host, path).map(|t| t.id().to_string());
+            prop_assert_eq!(fast, linear_scan(&t, host, path), "{}{}\n{}", host, path, text);
+        }
+    }
+
+    #[test]
+    fn parse_never_panics_on_any_text(text in "\\PC{0,200}") {
+        let _ = parse("f", &text);
+    }
+
+    #[test]
+    fn parse_never_panics_on_mangled_routes_files(
+        cut in 0usize..4000, len in 0usize..40, insert in "[\\[\\]\"'=.,{}\n*:/a-z0-9 ]{0,8}",
+    ) {
+        let base = include_str!("../../../routes.toml");
+        let mut at = cut.min(base.len());
+        while !base.is_char_boundary(at) { at -= 1; }
+        let mut end = (at + len).min(base.len());
+        while !base.is_char_boundary(end) { end -= 1; }
+        let text = format!("{}{}{}", &base[..at], insert, &base[end..]);
+        if let Err(d) = parse("f", &text) {
+            prop_assert!(!d.0.is_empty());
+            for diag in &d.0 {
+                prop_assert!(diag.line >= 1 && diag.col >= 1);
+                prop_assert!(diag.line <= text.lines().count() + 1, "{}", diag);
+            }
+        }
+    }
+}
+
+// -- the repository's files ----------------------------------------------------------------
+
+#[test]
+fn repository_routes_toml_is_valid() {
+    let t = parse("routes.toml", include_str!("../../../routes.toml")).unwrap_or_else(|d| panic!("{d}"));
+    assert!(t.routes.len() >= 8, "{}", t.routes.len());
+    assert!(t.redirects.len() >= 3);
+    let id = |host: &str, path: &str| t.lookup(host, path).map(|t| t.id().to_string());
+    assert_eq!(id("www.example.org", "/x").as_deref(), Some("www-to-apex"));
+    assert!(matches!(t.lookup("cloud.example.org", "/.well-known/caldav"), Some(Target::Redirect(r)) if r.status == 301));
+    let Some(Target::Proxy(mon)) = t.lookup("monitoring.example.org", "/") else { panic!() };
+    assert_eq!(
+        mon.policy.allow,
+        Some(vec!["172.28.0.0/16".parse().unwrap(), "fd00:7fd7:e9a5::/48".parse().unwrap()])
+    );
+    let Some(Target::Proxy(chat)) = t.lookup("chat.example.org", "/api/v4/websocket") else { panic!() };
+    assert!(chat.policy.websocket);
+    assert_eq!(chat.upstreams[0].port(), 8065);
+    assert_eq!(chat.policy.max_body, Some(50 << 20));
+}
+
+#[test]
+fn reference_file_is_valid_and_documents_every_key() {
+    let text = include_str!("../routes.reference.toml");
+    parse("routes.reference.toml", text).unwrap_or_else(|d| panic!("{d}"));
+    let keys = crate::parse::TOP_KEYS
+        .iter()
+        .chain(crate::parse::POLICY_KEYS)
+        .chain(crate::parse::ROUTE_KEYS)
+        .chain(crate::parse::REDIRECT_KEYS);
+    for key in keys {
+        let documented = text.lines().any(|l| {
+            let l = l.trim_start_matches(['#', ' ']);
+            l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[{key}]")) || l.starts_with(&format!("[[{key}]]"))
+        });
+        assert!(documented, "`{key}` is not documented in routes.reference.toml");
+    }
+}

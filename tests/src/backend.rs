@@ -1,0 +1,348 @@
+//! A real HTTP/1.1 upstream on loopback that tells the test what it saw.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::body::{self, Body};
+
+/// Response header naming the backend that answered (also on websocket upgrades).
+pub const BACKEND_HEADER: &str = "x-backend";
+
+/// An HTTP/1.1 upstream bound to `127.0.0.1:0`.
+///
+/// Every request is answered with a JSON document describing what the backend saw:
+/// `{"backend", "method", "path" (with query), "version", "headers": {name: [values]},
+/// "body_len", "peer"}`. Special paths:
+/// - `/sleep/<ms>`: waits that long, then answers;
+/// - `/bytes/<n>`: streams `n` zero bytes (instead of the JSON document);
+/// - `/status/<code>`: answers with that status.
+///
+/// A request with `Upgrade: websocket` becomes a websocket echo.
+///
+/// [`Backend::stop`] closes the listener and every connection; [`Backend::start_again`]
+/// listens again on the same port.
+pub struct Backend {
+    id: Arc<str>,
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    server: Option<Server>,
+}
+
+struct Server {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Stats {
+    requests: AtomicU64,
+    body_bytes: AtomicU64,
+    websockets: AtomicU64,
+    connections: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    id: Arc<str>,
+    stats: Arc<Stats>,
+    peer: SocketAddr,
+}
+
+impl Backend {
+    /// Start a backend with this id on a free loopback port.
+    pub async fn start(id: &str) -> Backend {
+        let listener = listen("127.0.0.1:0".parse().unwrap())
+            .unwrap_or_else(|e| panic!("backend {id}: cannot bind 127.0.0.1:0: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let mut backend = Backend {
+            id: id.into(),
+            addr,
+            stats: Arc::default(),
+            server: None,
+        };
+        backend.spawn(listener);
+        backend
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Requests answered or being answered (websocket upgrades included).
+    pub fn requests(&self) -> u64 {
+        self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    /// Request body bytes received so far, over all requests (counted as they arrive).
+    pub fn body_bytes(&self) -> u64 {
+        self.stats.body_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Websocket upgrades accepted.
+    pub fn websockets(&self) -> u64 {
+        self.stats.websockets.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted.
+    pub fn connections(&self) -> u64 {
+        self.stats.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// Close the listener and every open connection (websockets included); returns once
+    /// they are closed. The port stays reserved for [`Backend::start_again`] only by
+    /// convention: nothing else in the tests binds it.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.stop.send(());
+            let _ = server.task.await;
+        }
+    }
+
+    /// Listen again on the same port after [`Backend::stop`]. Counters keep counting.
+    pub async fn start_again(&mut self) {
+        assert!(self.server.is_none(), "backend {} is already running", self.id);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match listen(self.addr) {
+                Ok(l) => break l,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("backend {}: cannot bind {} again: {e}", self.id, self.addr),
+            }
+        };
+        self.spawn(listener);
+    }
+
+    fn spawn(&mut self, listener: TcpListener) {
+        let (stop, stopped) = oneshot::channel();
+        let ctx = Ctx {
+            id: self.id.clone(),
+            stats: self.stats.clone(),
+            peer: self.addr,
+        };
+        let task = tokio::spawn(accept_loop(listener, ctx, stopped));
+        self.server = Some(Server { stop, task });
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            // Aborting the accept task drops the listener and the JoinSet, which aborts
+            // every connection task.
+            server.task.abort();
+        }
+    }
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Rebinding the same port after stop() must not wait for TIME_WAIT to expire.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Ctx, mut stopped: oneshot::Receiver<()>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    ctx.stats.connections.fetch_add(1, Ordering::SeqCst);
+                    let ctx = Ctx { peer, ..ctx.clone() };
+                    conns.spawn(serve_connection(stream, ctx));
+                }
+                // EMFILE and friends: back off briefly instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    conns.shutdown().await;
+}
+
+async fn serve_connection(stream: TcpStream, ctx: Ctx) {
+    let _ = stream.set_nodelay(true);
+    // The service hands the pending upgrade of a websocket request to this task, so the
+    // echo runs inside the connection's task and stop() closes it like any connection.
+    let (upgrades, mut upgraded) = mpsc::unbounded_channel();
+    let service_ctx = ctx.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = service_ctx.clone();
+        let upgrades = upgrades.clone();
+        async move { Ok::<_, Infallible>(handle(req, ctx, upgrades).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if conn.await.is_err() {
+        return;
+    }
+    if let Ok(on_upgrade) = upgraded.try_recv() {
+        if let Ok(io) = on_upgrade.await {
+            ws_echo(TokioIo::new(io)).await;
+        }
+    }
+}
+
+type OnUpgrade = hyper::upgrade::OnUpgrade;
+
+async fn handle(
+    mut req: Request<Incoming>,
+    ctx: Ctx,
+    upgrades: mpsc::UnboundedSender<OnUpgrade>,
+) -> Response<Body> {
+    ctx.stats.requests.fetch_add(1, Ordering::SeqCst);
+    if is_websocket(req.headers()) {
+        let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+            return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+        };
+        let accept = derive_accept_key(key.as_bytes());
+        let _ = upgrades.send(hyper::upgrade::on(&mut req));
+        ctx.stats.websockets.fetch_add(1, Ordering::SeqCst);
+        let mut resp = Response::new(body::empty());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept.parse().unwrap());
+        h.insert(BACKEND_HEADER, ctx.id.parse().unwrap());
+        return resp;
+    }
+
+    let (parts, mut incoming) = req.into_parts();
+    let mut body_len: u64 = 0;
+    while let Some(frame) = incoming.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    body_len += data.len() as u64;
+                    ctx.stats
+                        .body_bytes
+                        .fetch_add(data.len() as u64, Ordering::SeqCst);
+                }
+            }
+            Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("body error: {e}")),
+        }
+    }
+
+    let path = parts.uri.path();
+    let mut status = StatusCode::OK;
+    if let Some(ms) = path.strip_prefix("/sleep/") {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: u64 = n.parse().unwrap_or(0);
+        let mut resp = Response::new(body::zeros(n));
+        resp.headers_mut().insert(BACKEND_HEADER, ctx.id.parse().unwrap());
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        return resp;
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+    }
+
+    let mut headers = serde_json::Map::new();
+    for name in parts.headers.keys() {
+        let values: Vec<serde_json::Value> = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned().into())
+            .collect();
+        headers.insert(name.as_str().to_owned(), values.into());
+    }
+    let seen = serde_json::json!({
+        "backend": &*ctx.id,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_len": body_len,
+        "peer": ctx.peer.to_string(),
+    });
+    let mut resp = Response::new(body::full(seen.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(BACKEND_HEADER, ctx.id.parse().unwrap());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = Response::new(body::full(Bytes::from(text.to_owned())));
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn ws_echo<S>(io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+    while let Some(Ok(msg)) = ws.next().await {
+        let reply = match msg {
+            Message::Text(_) | Message::Binary(_) => msg,
+            Message::Close(_) => break,
+            // tungstenite answers pings itself.
+            _ => continue,
+        };
+        if ws.send(reply).await.is_err() {
+            break;
+        }
+    }
+    let _ = ws.close(None).await;
+}

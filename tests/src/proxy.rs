@@ -1,0 +1,388 @@
+//! The real `proxyd` as a child process, on free loopback ports, in its own temp dir.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::time::Instant;
+
+use crate::client::{https_get, Alpn, Conn, Response};
+use crate::locate_bin;
+
+/// How long proxyd may take from spawn to accepting on all its ports.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Resident memory of a process, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemStatus {
+    /// `VmRSS`: resident now, KiB.
+    pub rss_kib: u64,
+    /// `VmHWM`: peak resident since start, KiB.
+    pub hwm_kib: u64,
+}
+
+pub fn mem_status(pid: u32) -> anyhow::Result<MemStatus> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in {path}"))?;
+        let kib = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .with_context(|| format!("bad line {line:?} in {path}"))?;
+        Ok(kib)
+    };
+    Ok(MemStatus {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:")?,
+    })
+}
+
+/// A free port on 127.0.0.1 (bound, read back, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// Options for [`Proxy`]. Start with [`Proxy::builder`].
+pub struct ProxyBuilder {
+    routes: String,
+    dir: Option<PathBuf>,
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+    local_issuer: bool,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+}
+
+impl ProxyBuilder {
+    /// Work in this directory (kept afterwards) instead of a fresh temp dir.
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// The plain-HTTP listener's address (default: a free loopback port).
+    pub fn http_addr(mut self, addr: SocketAddr) -> Self {
+        self.http = Some(addr);
+        self
+    }
+
+    /// The TLS listener's address (default: a free loopback port).
+    pub fn https_addr(mut self, addr: SocketAddr) -> Self {
+        self.https = Some(addr);
+        self
+    }
+
+    /// `--local-issuer on|off` (default on).
+    pub fn local_issuer(mut self, on: bool) -> Self {
+        self.local_issuer = on;
+        self
+    }
+
+    /// One more command-line argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// Spawn proxyd and wait until all its ports accept connections (and, with the local
+    /// issuer, its CA is on disk). Panics with the tail of its log if it exits or is not
+    /// ready in time. Ports that were picked here are picked again if proxyd could not
+    /// bind them (another process took them in between).
+    pub async fn start(self) -> Proxy {
+        let mut last_log = String::new();
+        for _attempt in 0..3 {
+            match self.try_start().await {
+                Ok(proxy) => return proxy,
+                Err(StartError::PortTaken(log)) => last_log = log,
+                Err(StartError::Failed(msg)) => panic!("{msg}"),
+            }
+        }
+        panic!("proxyd could not bind its ports three times:\n{last_log}");
+    }
+
+    async fn try_start(&self) -> Result<Proxy, StartError> {
+        let (tmp, dir) = match &self.dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).expect("create proxy dir");
+                (None, d.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("proxyd-test-")
+                    .tempdir()
+                    .expect("temp dir");
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let routes_path = dir.join("routes.toml");
+        std::fs::write(&routes_path, &self.routes).expect("write routes.toml");
+        let store = dir.join("certs-store");
+        std::fs::create_dir_all(&store).expect("create certs-store");
+        let log_path = dir.join("proxyd.log");
+        let log = File::create(&log_path).expect("create proxyd.log");
+        let http = self.http.unwrap_or_else(free_addr);
+        let https = self.https.unwrap_or_else(free_addr);
+
+        let mut cmd = Command::new(locate_bin("proxyd", "PROXYD_BIN"));
+        cmd.arg("--routes")
+            .arg(&routes_path)
+            .arg("--certs-store")
+            .arg(&store)
+            .arg("--http")
+            .arg(http.to_string())
+            .arg("--https")
+            .arg(https.to_string())
+            .arg("--local-issuer")
+            .arg(if self.local_issuer { "on" } else { "off" })
+            .args(&self.args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        kill_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {:?}: {e}", cmd.get_program()));
+
+        let mut proxy = Proxy {
+            child,
+            _tmp: tmp,
+            dir,
+            routes_path,
+            store,
+            log_path,
+            http,
+            https,
+            local_issuer: self.local_issuer,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = proxy.child.try_wait().expect("try_wait") {
+                let log = proxy.log();
+                let msg = format!(
+                    "proxyd exited before it was ready ({status}); its log:\n{}",
+                    tail(&log, 60)
+                );
+                return Err(if self.http.is_none()
+                    && self.https.is_none()
+                    && log.to_ascii_lowercase().contains("in use")
+                {
+                    StartError::PortTaken(msg)
+                } else {
+                    StartError::Failed(msg)
+                });
+            }
+            if proxy.ready().await {
+                return Ok(proxy);
+            }
+            if Instant::now() > deadline {
+                return Err(StartError::Failed(format!(
+                    "proxyd not ready within {READY_TIMEOUT:?} (http {http}, https {https}); its log:\n{}",
+                    proxy.log_tail(60)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+enum StartError {
+    PortTaken(String),
+    Failed(String),
+}
+
+/// Ask the kernel to SIGKILL the child if the test process dies without dropping
+/// [`Proxy`] (a killed test run must not leave daemons behind).
+fn kill_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// A running proxyd. Dropping it kills and reaps the process (and prints the tail of its
+/// log if the test is failing).
+pub struct Proxy {
+    child: Child,
+    _tmp: Option<tempfile::TempDir>,
+    dir: PathBuf,
+    routes_path: PathBuf,
+    store: PathBuf,
+    log_path: PathBuf,
+    http: SocketAddr,
+    https: SocketAddr,
+    local_issuer: bool,
+}
+
+impl Proxy {
+    /// proxyd serving this routes file, with the local issuer, on free ports.
+    pub async fn start(routes_toml: &str) -> Proxy {
+        Proxy::builder(routes_toml).start().await
+    }
+
+    pub fn builder(routes_toml: &str) -> ProxyBuilder {
+        ProxyBuilder {
+            routes: routes_toml.to_owned(),
+            dir: None,
+            http: None,
+            https: None,
+            local_issuer: true,
+            args: vec![],
+            envs: vec![],
+        }
+    }
+
+    async fn ready(&self) -> bool {
+        for addr in [self.http, self.https] {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                return false;
+            }
+        }
+        // The CA is written at start; with the local issuer a test needs it at once.
+        !self.local_issuer || std::fs::metadata(self.ca_path()).is_ok_and(|m| m.len() > 0)
+    }
+
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https
+    }
+
+    /// The working directory (routes.toml, certs-store/, proxyd.log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn routes_path(&self) -> &Path {
+        &self.routes_path
+    }
+
+    pub fn certs_store(&self) -> &Path {
+        &self.store
+    }
+
+    /// `<certs-store>/local-ca/ca.pem`
+    pub fn ca_path(&self) -> PathBuf {
+        self.store.join("local-ca").join("ca.pem")
+    }
+
+    /// The local issuer's CA certificate (PEM).
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.ca_path())
+            .unwrap_or_else(|e| panic!("reading {}: {e}", self.ca_path().display()))
+    }
+
+    /// Everything proxyd wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log(), lines)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Current and peak resident memory of the proxyd process.
+    pub fn mem(&self) -> MemStatus {
+        mem_status(self.pid()).expect("proxyd memory status")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kill (SIGKILL) and reap.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+
+    /// Send a signal (e.g. `libc::SIGTERM`) to proxyd.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) with our own child's pid.
+        unsafe {
+            libc::kill(self.pid() as libc::pid_t, sig);
+        }
+    }
+
+    /// A TLS connection to the https listener with this SNI, trusting the local CA.
+    pub async fn https(&self, sni: &str, alpn: Alpn) -> anyhow::Result<Conn> {
+        Conn::https(self.https, &self.ca_pem(), sni, alpn).await
+    }
+
+    /// A plain HTTP/1.1 connection to the http listener.
+    pub async fn http(&self) -> anyhow::Result<Conn> {
+        Conn::http(self.http).await
+    }
+
+    /// `GET https://host/path` over a fresh connection (SNI = host, ALPN h2 + http/1.1).
+    pub async fn get(&self, host: &str, path: &str) -> anyhow::Result<Response> {
+        https_get(self.https, &self.ca_pem(), host, path).await
+    }
+
+    /// Shared handle of the CA for many requests.
+    pub fn ca(&self) -> Arc<str> {
+        self.ca_pem().into()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- proxyd log ({}), last lines ----\n{}\n---- end of proxyd log ----",
+                self.log_path.display(),
+                self.log_tail(60)
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
