@@ -128,7 +128,11 @@ impl Backend {
 
     /// Listen again on the same port after [`Backend::stop`]. Counters keep counting.
     pub async fn start_again(&mut self) {
-        assert!(self.server.is_none(), "backend {} is already running", self.id);
+        assert!(
+            self.server.is_none(),
+            "backend {} is already running",
+            self.id
+        );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let listener = loop {
             match listen(self.addr) {
@@ -271,7 +275,8 @@ async fn handle(
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         let n: u64 = n.parse().unwrap_or(0);
         let mut resp = Response::new(body::zeros(n));
-        resp.headers_mut().insert(BACKEND_HEADER, ctx.id.parse().unwrap());
+        resp.headers_mut()
+            .insert(BACKEND_HEADER, ctx.id.parse().unwrap());
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
@@ -306,7 +311,8 @@ async fn handle(
     });
     let mut resp = Response::new(body::full(seen.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(BACKEND_HEADER, ctx.id.parse().unwrap());
+    resp.headers_mut()
+        .insert(BACKEND_HEADER, ctx.id.parse().unwrap());
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

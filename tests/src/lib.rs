@@ -11,15 +11,16 @@ pub mod client;
 pub mod proxy;
 pub mod ws;
 
+#[cfg(test)]
+mod selftest;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use backend::{Backend, BACKEND_HEADER};
 pub use body::{empty, full, zeros, zeros_chunked, Body};
-pub use client::{
-    http_get, https_get, raw_tcp, raw_tls, request, Alpn, Conn, Response, TlsInfo,
-};
+pub use client::{http_get, https_get, raw_tcp, raw_tls, request, Alpn, Conn, Response, TlsInfo};
 pub use proxy::{free_addr, free_port, mem_status, MemStatus, Proxy, ProxyBuilder};
 pub use ws::{ws_connect, wss_connect};
 
@@ -37,11 +38,7 @@ pub fn workspace_root() -> PathBuf {
 pub fn locate_bin(name: &str, env_var: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env_var) {
         let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "{env_var}={} is not a file",
-            path.display()
-        );
+        assert!(path.is_file(), "{env_var}={} is not a file", path.display());
         return path;
     }
     let exe = std::env::current_exe().expect("current_exe");

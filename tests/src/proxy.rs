@@ -158,6 +158,11 @@ impl ProxyBuilder {
             .arg(https.to_string())
             .arg("--local-issuer")
             .arg(if self.local_issuer { "on" } else { "off" })
+            // Never the system-wide defaults under /run/proxyd: tests run side by side.
+            .arg("--admin-socket")
+            .arg(dir.join("admin.sock"))
+            .arg("--upgrade-socket")
+            .arg(dir.join("upgrade.sock"))
             .args(&self.args)
             .current_dir(&dir)
             .stdin(Stdio::null())
@@ -190,14 +195,16 @@ impl ProxyBuilder {
                     "proxyd exited before it was ready ({status}); its log:\n{}",
                     tail(&log, 60)
                 );
-                return Err(if self.http.is_none()
-                    && self.https.is_none()
-                    && log.to_ascii_lowercase().contains("in use")
-                {
-                    StartError::PortTaken(msg)
-                } else {
-                    StartError::Failed(msg)
-                });
+                return Err(
+                    if self.http.is_none()
+                        && self.https.is_none()
+                        && log.to_ascii_lowercase().contains("in use")
+                    {
+                        StartError::PortTaken(msg)
+                    } else {
+                        StartError::Failed(msg)
+                    },
+                );
             }
             if proxy.ready().await {
                 return Ok(proxy);
@@ -272,7 +279,6 @@ impl Proxy {
         // The CA is written at start; with the local issuer a test needs it at once.
         !self.local_issuer || std::fs::metadata(self.ca_path()).is_ok_and(|m| m.len() > 0)
     }
-
 
     pub fn pid(&self) -> u32 {
         self.child.id()

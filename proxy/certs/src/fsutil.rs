@@ -17,7 +17,11 @@ pub(crate) const DIR_MODE: u32 = 0o700;
 /// Random lower-case hex, for temporary names.
 pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    if crate::crypto_provider().secure_random.fill(&mut buf).is_err() {
+    if crate::crypto_provider()
+        .secure_random
+        .fill(&mut buf)
+        .is_err()
+    {
         // Uniqueness, not secrecy, is what a temporary name needs.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -41,7 +45,11 @@ pub(crate) fn create_dir(path: &Path) -> Result<(), StoreError> {
 /// Creates `path` (which must not exist) with `mode`, writes `data` and fsyncs it.
 pub(crate) fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
     let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)?;
         f.write_all(data)?;
         f.sync_all()
     };
@@ -52,7 +60,9 @@ pub(crate) fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), Store
 /// fsync, rename, fsync the directory.
 pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
     let dir = parent(path);
-    let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy());
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy());
     let tmp = dir.join(format!(".{name}.tmp-{}", random_hex(8)));
     write_new(&tmp, data, mode)?;
     if let Err(e) = fs::rename(&tmp, path) {
@@ -63,7 +73,9 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), St
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(dir, e))
 }
 
 fn parent(path: &Path) -> &Path {
@@ -111,7 +123,10 @@ pub(crate) fn replace_dir(tmp: &Path, dst: &Path, old_name: &str) -> Result<(), 
 
 fn remove_dir_logged(path: &Path) {
     if let Err(e) = fs::remove_dir_all(path) {
-        tracing::warn!("could not remove {}: {e} (it will be retried on load)", path.display());
+        tracing::warn!(
+            "could not remove {}: {e} (it will be retried on load)",
+            path.display()
+        );
     }
 }
 
@@ -123,7 +138,13 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
     let cb = CString::new(b.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
     let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
     };
     if rc == 0 {
         Ok(())
@@ -138,7 +159,10 @@ fn exchange(_a: &Path, _b: &Path) -> io::Result<()> {
 }
 
 fn is_unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+    )
 }
 
 #[cfg(test)]
@@ -159,7 +183,10 @@ mod tests {
         replace_dir(&tmp, &dst, ".old-a.test-1").unwrap();
         assert_eq!(fs::read(dst.join("key.pem")).unwrap(), b"new key");
         assert!(!dst.join("only-old").exists());
-        let left: Vec<_> = fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("a.test")]);
     }
 
@@ -171,7 +198,10 @@ mod tests {
         write_atomic(&p, b"one", KEY_MODE).unwrap();
         write_atomic(&p, b"two", KEY_MODE).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
     }
 }

@@ -70,12 +70,12 @@ mod tls;
 
 use std::path::PathBuf;
 
-pub use local::LocalIssuer;
+pub use local::{LocalIssuer, LEAF_LIFETIME, LOCAL_CA_NAME};
 pub use manager::{CertInfo, CertManager, EnsureReport};
 pub use parse::{cert_id, normalize_name};
 pub use resolver::CertResolver;
 pub use store::{IssuedCert, LoadReport, Meta, Store, StoredCert};
-pub use tls::{crypto_provider, install_crypto_provider, server_config};
+pub use tls::{crypto_provider, install_crypto_provider, server_config, SESSION_CACHE_SIZE};
 
 /// The `issuer` of certificates made by [`LocalIssuer`].
 pub const ISSUER_LOCAL: &str = "local";
@@ -87,7 +87,10 @@ pub const ISSUER_MANUAL: &str = "manual";
 pub enum StoreError {
     /// A file or directory could not be read, written, renamed or created.
     #[error("{}: {error}", path.display())]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// A file was read but its content is unusable.
     #[error("{}: {reason}", path.display())]
     BadFile { path: PathBuf, reason: String },
@@ -107,10 +110,16 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> StoreError {
-        StoreError::Io { path: path.into(), error }
+        StoreError::Io {
+            path: path.into(),
+            error,
+        }
     }
 
     pub(crate) fn bad_file(path: impl Into<PathBuf>, reason: impl Into<String>) -> StoreError {
-        StoreError::BadFile { path: path.into(), reason: reason.into() }
+        StoreError::BadFile {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }

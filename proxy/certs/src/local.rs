@@ -34,7 +34,9 @@ pub struct LocalIssuer {
 
 impl fmt::Debug for LocalIssuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalIssuer").field("ca_not_after", &self.ca_not_after).finish_non_exhaustive()
+        f.debug_struct("LocalIssuer")
+            .field("ca_not_after", &self.ca_not_after)
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,7 +70,11 @@ impl LocalIssuer {
             )),
             (Some(key_pem), None) => {
                 let key = load_key(&key_path, &key_pem)?;
-                tracing::warn!("{} missing; making it again from {}", pem_path.display(), key_path.display());
+                tracing::warn!(
+                    "{} missing; making it again from {}",
+                    pem_path.display(),
+                    key_path.display()
+                );
                 Self::self_sign(key, &pem_path)
             }
             (Some(key_pem), Some(cert_pem)) => {
@@ -86,18 +92,29 @@ impl LocalIssuer {
         dn.push(DnType::OrganizationName, "proxyd");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params.not_before = now - BACKDATE;
         params.not_after = now + CA_LIFETIME;
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
         let ca_pem = cert.pem();
         fsutil::write_atomic(pem_path, ca_pem.as_bytes(), PUBLIC_MODE)?;
-        Ok(LocalIssuer { ca_not_after: params.not_after, issuer: Issuer::new(params, key), ca_pem })
+        Ok(LocalIssuer {
+            ca_not_after: params.not_after,
+            issuer: Issuer::new(params, key),
+            ca_pem,
+        })
     }
 
-    fn from_files(key: KeyPair, ca_pem: String, pem_path: &Path) -> Result<LocalIssuer, StoreError> {
+    fn from_files(
+        key: KeyPair,
+        ca_pem: String,
+        pem_path: &Path,
+    ) -> Result<LocalIssuer, StoreError> {
         let bad = |reason: String| StoreError::bad_file(pem_path, reason);
         let chain = parse::parse_chain(ca_pem.as_bytes()).map_err(bad)?;
         let (_, cert) = x509_parser::parse_x509_certificate(&chain[0])
@@ -106,18 +123,26 @@ impl LocalIssuer {
             return Err(bad("does not match the key in ca.key".into()));
         }
         if !cert.is_ca() {
-            return Err(bad("not a CA certificate (basicConstraints CA:FALSE)".into()));
+            return Err(bad(
+                "not a CA certificate (basicConstraints CA:FALSE)".into()
+            ));
         }
-        let ca_not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
-            .map_err(|e| bad(format!("notAfter: {e}")))?;
+        let ca_not_after =
+            OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+                .map_err(|e| bad(format!("notAfter: {e}")))?;
         if ca_not_after <= OffsetDateTime::now_utc() {
             tracing::warn!(
                 "local CA {} expired; delete local-ca/ to create a new one (clients must trust it again)",
                 pem_path.display()
             );
         }
-        let issuer = Issuer::from_ca_cert_der(&chain[0], key).map_err(|e| bad(format!("CA certificate: {e}")))?;
-        Ok(LocalIssuer { issuer, ca_pem, ca_not_after })
+        let issuer = Issuer::from_ca_cert_der(&chain[0], key)
+            .map_err(|e| bad(format!("CA certificate: {e}")))?;
+        Ok(LocalIssuer {
+            issuer,
+            ca_pem,
+            ca_not_after,
+        })
     }
 
     /// The CA certificate, PEM: what clients must trust.
@@ -131,13 +156,19 @@ impl LocalIssuer {
         let mut clean: Vec<String> = Vec::with_capacity(names.len());
         for n in names {
             let norm = parse::normalize_name(n);
-            parse::check_name(&norm).map_err(|reason| StoreError::InvalidName { name: n.clone(), reason })?;
+            parse::check_name(&norm).map_err(|reason| StoreError::InvalidName {
+                name: n.clone(),
+                reason,
+            })?;
             if !clean.contains(&norm) {
                 clean.push(norm);
             }
         }
         if clean.is_empty() {
-            return Err(StoreError::BadCert { names: "(none)".into(), reason: "no names".into() });
+            return Err(StoreError::BadCert {
+                names: "(none)".into(),
+                reason: "no names".into(),
+            });
         }
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::new(clean.clone())?;
@@ -160,7 +191,12 @@ impl LocalIssuer {
             chain_pem.push('\n');
         }
         chain_pem.push_str(&self.ca_pem);
-        Ok(IssuedCert { names: clean, chain_pem, key_pem: key.serialize_pem(), issuer: ISSUER_LOCAL.into() })
+        Ok(IssuedCert {
+            names: clean,
+            chain_pem,
+            key_pem: key.serialize_pem(),
+            issuer: ISSUER_LOCAL.into(),
+        })
     }
 }
 
@@ -174,7 +210,8 @@ fn read_optional(path: &PathBuf) -> Result<Option<String>, StoreError> {
 
 fn load_key(path: &Path, pem: &str) -> Result<KeyPair, StoreError> {
     // rcgen's error names only the PEM problem, never key bytes.
-    KeyPair::from_pem(pem).map_err(|e| StoreError::bad_file(path, format!("not a usable private key: {e}")))
+    KeyPair::from_pem(pem)
+        .map_err(|e| StoreError::bad_file(path, format!("not a usable private key: {e}")))
 }
 
 /// 16 random bytes, positive.

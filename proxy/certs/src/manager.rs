@@ -49,8 +49,17 @@ pub struct CertInfo {
 
 impl CertManager {
     /// Opens nothing itself; `local_issuer` = `Some(..)` allows issuing missing certs locally.
-    pub fn new(store: Store, local_issuer: Option<LocalIssuer>, resolver: Arc<CertResolver>) -> Self {
-        CertManager { store, local_issuer, resolver, state: Mutex::new(State::default()) }
+    pub fn new(
+        store: Store,
+        local_issuer: Option<LocalIssuer>,
+        resolver: Arc<CertResolver>,
+    ) -> Self {
+        CertManager {
+            store,
+            local_issuer,
+            resolver,
+            state: Mutex::new(State::default()),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -84,7 +93,11 @@ impl CertManager {
         for p in &report.problems {
             tracing::warn!("certificate store: {p}");
         }
-        state.certs = report.certs.into_iter().map(|c| (c.id.clone(), c)).collect();
+        state.certs = report
+            .certs
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
         state.loaded = true;
         report.problems
     }
@@ -98,7 +111,8 @@ impl CertManager {
     ///
     /// A certificate that is no longer usable but could not be replaced stays served (an
     /// expired certificate tells a client more than a failed handshake); its names are
-    /// reported in `missing`.
+    /// reported in `missing`. Nothing is logged above debug level: the caller logs the
+    /// report.
     pub fn ensure(&self, groups: &[Vec<String>]) -> EnsureReport {
         let mut state = self.lock();
         if !state.loaded {
@@ -111,10 +125,14 @@ impl CertManager {
             for raw in group {
                 let name = parse::normalize_name(raw);
                 if let Err(reason) = parse::check_name(&name) {
-                    report.errors.push(format!("{raw:?}: no certificate possible: {reason}"));
+                    report
+                        .errors
+                        .push(format!("{raw:?}: no certificate possible: {reason}"));
                     continue;
                 }
-                if uncovered.contains(&name) || state.certs.values().any(|c| usable_for(c, &name, now)) {
+                if uncovered.contains(&name)
+                    || state.certs.values().any(|c| usable_for(c, &name, now))
+                {
                     continue;
                 }
                 uncovered.push(name);
@@ -128,7 +146,7 @@ impl CertManager {
             };
             match issuer.issue(&uncovered).and_then(|c| self.store.save(&c)) {
                 Ok(cert) => {
-                    tracing::info!(
+                    tracing::debug!(
                         "issued local certificate {} for {} (until {})",
                         cert.id,
                         cert.names.join(", "),
@@ -138,22 +156,16 @@ impl CertManager {
                     state.certs.insert(cert.id.clone(), cert);
                 }
                 Err(e) => {
-                    report.errors.push(format!("issuing a local certificate for {}: {e}", uncovered.join(", ")));
+                    report.errors.push(format!(
+                        "issuing a local certificate for {}: {e}",
+                        uncovered.join(", ")
+                    ));
                     report.missing.extend(uncovered);
                 }
             }
         }
         report.missing.sort();
         report.missing.dedup();
-        for e in &report.errors {
-            tracing::warn!("certificates: {e}");
-        }
-        if !report.missing.is_empty() {
-            tracing::warn!(
-                "no usable certificate for {}; TLS handshakes for these names fail or see an old certificate",
-                report.missing.join(", ")
-            );
-        }
         let all: Vec<_> = state.certs.values().cloned().collect();
         self.resolver.replace(&all);
         report
@@ -188,7 +200,10 @@ fn usable_for(cert: &StoredCert, name: &str, now: SystemTime) -> bool {
     if cert.issuer != ISSUER_LOCAL {
         return true;
     }
-    let lifetime = cert.not_after.duration_since(cert.not_before).unwrap_or_default();
+    let lifetime = cert
+        .not_after
+        .duration_since(cert.not_before)
+        .unwrap_or_default();
     let left = cert.not_after.duration_since(now).unwrap_or_default();
     left * 3 > lifetime
 }

@@ -36,10 +36,13 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
         if label.len() > 63 {
             return Err(format!("label {label:?} longer than 63 characters"));
         }
-        if let Some(c) =
-            label.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
         {
-            return Err(format!("character {c:?} not allowed (only a-z, 0-9, '-', '_', and a leading '*.')"));
+            return Err(format!(
+                "character {c:?} not allowed (only a-z, 0-9, '-', '_', and a leading '*.')"
+            ));
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(format!("label {label:?} starts or ends with '-'"));
@@ -52,7 +55,10 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 /// the normalised name, with `*.example.org` written as `_wildcard.example.org`.
 pub fn cert_id(name: &str) -> Result<String, crate::StoreError> {
     let n = normalize_name(name);
-    check_name(&n).map_err(|reason| crate::StoreError::InvalidName { name: name.into(), reason })?;
+    check_name(&n).map_err(|reason| crate::StoreError::InvalidName {
+        name: name.into(),
+        reason,
+    })?;
     Ok(match n.strip_prefix("*.") {
         Some(rest) => format!("_wildcard.{rest}"),
         None => n,
@@ -116,8 +122,12 @@ pub(crate) fn parse_pair(chain_pem: &[u8], key_pem: &[u8]) -> Result<Parsed, (Pa
     let chain = parse_chain(chain_pem).map_err(|e| (Part::Chain, e))?;
     let (names, not_before, not_after) = leaf_info(&chain[0]).map_err(|e| (Part::Chain, e))?;
     for (i, c) in chain.iter().enumerate().skip(1) {
-        x509_parser::parse_x509_certificate(c)
-            .map_err(|e| (Part::Chain, format!("certificate #{} of the chain: {e}", i + 1)))?;
+        x509_parser::parse_x509_certificate(c).map_err(|e| {
+            (
+                Part::Chain,
+                format!("certificate #{} of the chain: {e}", i + 1),
+            )
+        })?;
     }
     let key_der = parse_key(key_pem).map_err(|e| (Part::Key, e))?;
     let provider = crate::crypto_provider();
@@ -129,11 +139,19 @@ pub(crate) fn parse_pair(chain_pem: &[u8], key_pem: &[u8]) -> Result<Parsed, (Pa
     match key.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            return Err((Part::Key, "private key does not match the certificate".into()))
+            return Err((
+                Part::Key,
+                "private key does not match the certificate".into(),
+            ))
         }
         Err(e) => return Err((Part::Chain, format!("leaf certificate: {e}"))),
     }
-    Ok(Parsed { names, not_before, not_after, key: Arc::new(key) })
+    Ok(Parsed {
+        names,
+        not_before,
+        not_after,
+        key: Arc::new(key),
+    })
 }
 
 /// DNS names (lower case, deduplicated, in certificate order) and validity of a leaf.
@@ -141,7 +159,9 @@ pub(crate) fn leaf_info(der: &[u8]) -> Result<(Vec<String>, SystemTime, SystemTi
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| format!("leaf certificate: {e}"))?;
     let mut names: Vec<String> = Vec::new();
-    let san = cert.subject_alternative_name().map_err(|e| format!("subjectAltName: {e}"))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("subjectAltName: {e}"))?;
     for gn in san.iter().flat_map(|s| s.value.general_names.iter()) {
         if let x509_parser::extensions::GeneralName::DNSName(n) = gn {
             let n = normalize_name(n);
@@ -154,7 +174,11 @@ pub(crate) fn leaf_info(der: &[u8]) -> Result<(Vec<String>, SystemTime, SystemTi
         return Err("leaf certificate has no DNS name in subjectAltName".into());
     }
     let v = cert.validity();
-    Ok((names, unix_to_system(v.not_before.timestamp()), unix_to_system(v.not_after.timestamp())))
+    Ok((
+        names,
+        unix_to_system(v.not_before.timestamp()),
+        unix_to_system(v.not_after.timestamp()),
+    ))
 }
 
 pub(crate) fn unix_to_system(secs: i64) -> SystemTime {
@@ -180,7 +204,18 @@ mod tests {
     fn ids_and_names() {
         assert_eq!(cert_id("Cloud.Example.ORG.").unwrap(), "cloud.example.org");
         assert_eq!(cert_id("*.example.org").unwrap(), "_wildcard.example.org");
-        for bad in ["", "a/b", "..", ".a", "a..b", "*.*.a", "a.*.b", "127.0.0.1", "-a.b", "a b"] {
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            ".a",
+            "a..b",
+            "*.*.a",
+            "a.*.b",
+            "127.0.0.1",
+            "-a.b",
+            "a b",
+        ] {
             assert!(cert_id(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -21,7 +21,7 @@ struct CertMap {
 
 /// SNI -> certificate, swapped at runtime as a whole. Implements
 /// [`rustls::server::ResolvesServerCert`]: no SNI or an unknown name gives `None`, so the
-/// handshake fails cleanly (rustls sends a handshake_failure alert).
+/// handshake fails cleanly (rustls sends an access_denied alert).
 pub struct CertResolver {
     map: ArcSwap<CertMap>,
 }
@@ -44,7 +44,9 @@ impl fmt::Debug for CertResolver {
 
 impl CertResolver {
     pub fn new() -> CertResolver {
-        CertResolver { map: ArcSwap::from_pointee(CertMap::default()) }
+        CertResolver {
+            map: ArcSwap::from_pointee(CertMap::default()),
+        }
     }
 
     /// Replaces the whole map in one atomic store. Each cert is indexed under every SAN

@@ -84,7 +84,10 @@ impl fmt::Debug for IssuedCert {
         f.debug_struct("IssuedCert")
             .field("names", &self.names)
             .field("issuer", &self.issuer)
-            .field("chain_pem", &format_args!("<{} bytes>", self.chain_pem.len()))
+            .field(
+                "chain_pem",
+                &format_args!("<{} bytes>", self.chain_pem.len()),
+            )
             .field("key_pem", &format_args!("<redacted>"))
             .finish()
     }
@@ -129,7 +132,10 @@ impl Store {
         for sub in ["local-ca", "certs", "acme"] {
             fsutil::create_dir(&root.join(sub))?;
         }
-        Ok(Store { root, lock: Mutex::new(()) })
+        Ok(Store {
+            root,
+            lock: Mutex::new(()),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -177,12 +183,16 @@ impl Store {
             }
             let path = dir.join(&name);
             if !path.is_dir() {
-                report.problems.push(format!("{}: not a directory, ignored", path.display()));
+                report
+                    .problems
+                    .push(format!("{}: not a directory, ignored", path.display()));
                 continue;
             }
             match load_entry(&name, &path, &mut report.problems) {
                 Ok(c) => report.certs.push(Arc::new(c)),
-                Err(EntryError::Unreadable(msg)) => report.problems.push(format!("{msg}; not served")),
+                Err(EntryError::Unreadable(msg)) => {
+                    report.problems.push(format!("{msg}; not served"))
+                }
                 Err(EntryError::Corrupt(msg)) => {
                     let moved = move_aside(&path);
                     report.problems.push(match moved {
@@ -202,13 +212,19 @@ impl Store {
         let present: BTreeSet<&str> = entries.iter().map(String::as_str).collect();
         let mut restored = Vec::new();
         for name in &entries {
-            let Some(rest) = name.strip_prefix(".old-").or_else(|| name.strip_prefix(".tmp-")) else {
+            let Some(rest) = name
+                .strip_prefix(".old-")
+                .or_else(|| name.strip_prefix(".tmp-"))
+            else {
                 continue;
             };
             let path = dir.join(name);
             // `<id>-<16 hex>`
             let id = rest.rsplit_once('-').map_or(rest, |(id, _)| id);
-            if name.starts_with(".old-") && !present.contains(id) && !restored.iter().any(|r| r == id) {
+            if name.starts_with(".old-")
+                && !present.contains(id)
+                && !restored.iter().any(|r| r == id)
+            {
                 match fs::rename(&path, dir.join(id)) {
                     Ok(()) => {
                         problems.push(format!(
@@ -217,7 +233,10 @@ impl Store {
                         ));
                         restored.push(id.to_string());
                     }
-                    Err(e) => problems.push(format!("{}: could not restore to {id}: {e}", path.display())),
+                    Err(e) => problems.push(format!(
+                        "{}: could not restore to {id}: {e}",
+                        path.display()
+                    )),
                 }
                 continue;
             }
@@ -228,14 +247,20 @@ impl Store {
                 .is_some_and(|age| age > STALE_AFTER);
             if stale {
                 if let Err(e) = fs::remove_dir_all(&path) {
-                    problems.push(format!("{}: could not remove leftover: {e}", path.display()));
+                    problems.push(format!(
+                        "{}: could not remove leftover: {e}",
+                        path.display()
+                    ));
                 }
             }
         }
         if !restored.is_empty() {
             let _ = fsutil::sync_dir(dir);
         }
-        let mut out: Vec<String> = entries.into_iter().filter(|n| !n.starts_with('.')).collect();
+        let mut out: Vec<String> = entries
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect();
         out.extend(restored);
         out.sort();
         out
@@ -251,15 +276,14 @@ impl Store {
             reason: "no names".into(),
         })?;
         let id = parse::cert_id(main)?;
-        let parsed = parse::parse_pair(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes()).map_err(
-            |(part, reason)| StoreError::BadCert {
+        let parsed = parse::parse_pair(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes())
+            .map_err(|(part, reason)| StoreError::BadCert {
                 names: cert.names.join(", "),
                 reason: match part {
                     Part::Chain => format!("chain: {reason}"),
                     Part::Key => format!("key: {reason}"),
                 },
-            },
-        )?;
+            })?;
         let meta = Meta {
             names: parsed.names.clone(),
             issuer: cert.issuer.clone(),
@@ -276,7 +300,11 @@ impl Store {
         let write = || -> Result<(), StoreError> {
             fsutil::create_dir(&tmp)?;
             fsutil::write_new(&tmp.join(KEY_FILE), cert.key_pem.as_bytes(), KEY_MODE)?;
-            fsutil::write_new(&tmp.join(CHAIN_FILE), cert.chain_pem.as_bytes(), PUBLIC_MODE)?;
+            fsutil::write_new(
+                &tmp.join(CHAIN_FILE),
+                cert.chain_pem.as_bytes(),
+                PUBLIC_MODE,
+            )?;
             fsutil::write_new(&tmp.join(META_FILE), meta_json.as_bytes(), PUBLIC_MODE)?;
             fsutil::sync_dir(&tmp)?;
             fsutil::replace_dir(&tmp, &dir.join(&id), &format!(".old-{id}-{rand}"))

@@ -29,7 +29,10 @@ static CIPHER_SUITES: &[rustls::SupportedCipherSuite] = &[
 pub const SESSION_CACHE_SIZE: usize = 10_000;
 
 static PROVIDER: LazyLock<Arc<CryptoProvider>> = LazyLock::new(|| {
-    Arc::new(CryptoProvider { cipher_suites: CIPHER_SUITES.to_vec(), ..ring_provider::default_provider() })
+    Arc::new(CryptoProvider {
+        cipher_suites: CIPHER_SUITES.to_vec(),
+        ..ring_provider::default_provider()
+    })
 });
 
 /// The one crypto provider of this project: rustls' *ring* provider, restricted to the
@@ -70,12 +73,17 @@ mod tests {
     #[test]
     fn only_aead_forward_secret_suites() {
         let cfg = server_config(Arc::new(CertResolver::new()), vec![b"h2".to_vec()]).unwrap();
-        let suites: Vec<String> =
-            cfg.crypto_provider().cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect();
+        let suites: Vec<String> = cfg
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
         assert_eq!(suites.len(), 9, "{suites:?}");
         for s in &suites {
             let tls13 = s.starts_with("TLS13_");
-            let ecdhe = s.starts_with("TLS_ECDHE_ECDSA_WITH_") || s.starts_with("TLS_ECDHE_RSA_WITH_");
+            let ecdhe =
+                s.starts_with("TLS_ECDHE_ECDSA_WITH_") || s.starts_with("TLS_ECDHE_RSA_WITH_");
             let aead = s.contains("_GCM_") || s.contains("CHACHA20_POLY1305");
             assert!((tls13 || ecdhe) && aead, "suite {s} is outside the policy");
             assert!(!s.contains("CBC") && !s.contains("SHA1"), "{s}");

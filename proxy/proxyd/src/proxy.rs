@@ -431,31 +431,14 @@ impl Proxy {
         path: &str,
     ) -> Result<bool> {
         ctx.local = Some("redirect");
-        let base = if r.to.starts_with('/') {
-            let port = if self.tls {
-                self.shared
-                    .redirect_port
-                    .map(|p| format!(":{p}"))
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            };
-            format!("https://{}{port}{}", bracket_v6(&ctx.host), r.to)
-        } else {
-            r.to.clone()
-        };
-        let location = if r.keep_path {
-            let rest = routes::strip_path(&r.path, path);
-            let query = session
-                .req_header()
-                .uri
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default();
-            format!("{}{rest}{query}", base.trim_end_matches('/'))
-        } else {
-            base
-        };
+        // A `to` that is a path stays on this host, over https.
+        let port = self
+            .shared
+            .redirect_port
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        let authority = format!("{}{port}", bracket_v6(&ctx.host));
+        let location = r.location(&authority, path, session.req_header().uri.query());
         pages::send(
             session,
             r.status,

@@ -64,9 +64,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let resolver = Arc::new(certs::CertResolver::new());
     let manager = certs::CertManager::new(store, issuer, resolver.clone());
-    for problem in manager.load() {
-        tracing::warn!("certificate store: {problem}");
-    }
+    // Problems (corrupt entries moved aside, bad modes) are logged by the store itself.
+    manager.load();
     let report = manager.ensure(&table.certificate_groups());
     for id in &report.issued {
         tracing::info!(cert = %id, "issued certificate from the local CA");

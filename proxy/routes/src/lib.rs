@@ -5,6 +5,11 @@
 //! [`RouteTable`] or *every* problem found, each with `file:line:col`. Everything the
 //! daemon does per request against the table is [`RouteTable::lookup`]: a hash lookup
 //! and a scan over the (few) path prefixes of one host.
+//!
+//! The file format is documented, key by key, in `proxy/routes/routes.reference.toml`
+//! (a test keeps it valid and complete). Modules: `parse` walks the spanned TOML
+//! document and collects diagnostics, `values` checks single values (sizes, durations,
+//! hosts, upstreams, headers, paths), `host` normalises request host names.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -149,7 +154,10 @@ impl Default for Policy {
             request_headers: Vec::new(),
             response_headers: Vec::new(),
             https_redirect: true,
-            health_check: HealthCheck { http_path: None, interval: Duration::from_secs(5) },
+            health_check: HealthCheck {
+                http_path: None,
+                interval: Duration::from_secs(5),
+            },
         }
     }
 }
@@ -168,7 +176,9 @@ impl Redirect {
             self.to.clone()
         };
         if self.keep_path {
-            let rest = path.strip_prefix(self.path.trim_end_matches('/')).unwrap_or("");
+            let rest = path
+                .strip_prefix(self.path.trim_end_matches('/'))
+                .unwrap_or("");
             if loc.ends_with('/') && rest.starts_with('/') {
                 loc.pop();
             }
@@ -265,7 +275,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "error: {}:{}:{}: {}", self.file, self.line, self.col, self.message)?;
+        write!(
+            f,
+            "error: {}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )?;
         if let Some(c) = &self.context {
             write!(f, "\n  {c}")?;
         }

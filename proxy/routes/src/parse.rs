@@ -107,7 +107,13 @@ impl<'a> Cx<'a> {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        Cx { file, line_starts, text, diags: Vec::new(), context: None }
+        Cx {
+            file,
+            line_starts,
+            text,
+            diags: Vec::new(),
+            context: None,
+        }
     }
 
     /// 1-based line and column (in characters) of a byte offset.
@@ -154,7 +160,11 @@ impl<'a> Cx<'a> {
         let list: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
         self.error(
             key.span().start,
-            format!("unknown field `{}`{note}, expected one of {}", key.get_ref(), list.join(", ")),
+            format!(
+                "unknown field `{}`{note}, expected one of {}",
+                key.get_ref(),
+                list.join(", ")
+            ),
         );
     }
 
@@ -198,8 +208,9 @@ impl<'a> Cx<'a> {
         }
     }
 
-    /// An array of strings: each element with its span.
-    fn str_array<'v>(&mut self, key: &str, v: &'v Value) -> Option<Vec<(&'v str, Span)>> {
+    /// An array of strings: each string element with its span, and whether all
+    /// elements were strings. `None` if `v` is not an array.
+    fn str_array<'v>(&mut self, key: &str, v: &'v Value) -> Option<(Vec<(&'v str, Span)>, bool)> {
         let DeValue::Array(items) = v.get_ref() else {
             self.type_error(key, "an array of strings", v);
             return None;
@@ -218,7 +229,7 @@ impl<'a> Cx<'a> {
                 }
             }
         }
-        ok.then_some(out)
+        Some((out, ok))
     }
 
     // -- the document -----------------------------------------------------------------
@@ -305,10 +316,14 @@ impl<'a> Cx<'a> {
         match key {
             "max_body" => {
                 keys.max_body = match v.get_ref() {
-                    DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
-                        Ok(n) if n >= 0 => Some(Some(n as u64)),
-                        _ => {
+                    DeValue::Integer(i) => match i128::from_str_radix(i.as_str(), i.radix()) {
+                        Ok(n) if n < 0 => {
                             self.error(v.span().start, "`max_body` must not be negative");
+                            None
+                        }
+                        Ok(n) if n <= u64::MAX as i128 => Some(Some(n as u64)),
+                        _ => {
+                            self.error(v.span().start, format!("`max_body` {i} is too large"));
                             None
                         }
                     },
@@ -345,8 +360,8 @@ impl<'a> Cx<'a> {
                     "random" => Ok(LbPolicy::Random),
                     "ip_hash" => Ok(LbPolicy::IpHash),
                     _ => Err(format!(
-                        "unknown `lb` policy `{s}`, expected one of `round_robin`, `random`, `ip_hash`"
-                    )),
+                    "unknown `lb` policy `{s}`, expected one of `round_robin`, `random`, `ip_hash`"
+                )),
                 })
             }
             "health_check_path" => {
@@ -358,8 +373,8 @@ impl<'a> Cx<'a> {
     }
 
     fn allow(&mut self, v: &Value) -> Option<Vec<IpNet>> {
-        let items = self.str_array("allow", v)?;
-        if items.is_empty() {
+        let (items, mut ok) = self.str_array("allow", v)?;
+        if items.is_empty() && ok {
             self.error(
                 v.span().start,
                 "`allow` is empty and would refuse every client; remove it to allow everyone",
@@ -370,10 +385,13 @@ impl<'a> Cx<'a> {
         for (s, span) in items {
             match values::cidr(s) {
                 Ok(net) => nets.push(net),
-                Err(msg) => self.error(span.start, msg),
+                Err(msg) => {
+                    self.error(span.start, msg);
+                    ok = false;
+                }
             }
         }
-        (nets.len() == v.get_ref().as_array().map_or(0, |a| a.len())).then_some(nets)
+        ok.then_some(nets)
     }
 
     /// A header table: `{ "Name" = "value", ... }`, in file order.
@@ -392,16 +410,23 @@ impl<'a> Cx<'a> {
                 ok = false;
                 continue;
             }
-            if let Some(i) = out.iter().position(|(n, _)| n.eq_ignore_ascii_case(name.get_ref())) {
+            if let Some(i) = out
+                .iter()
+                .position(|(n, _)| n.eq_ignore_ascii_case(name.get_ref()))
+            {
                 let first = self.at_str(first_at[i]);
                 self.error(
                     name_at,
-                    format!("duplicate header `{}` in `{key}` (first at {first})", name.get_ref()),
+                    format!(
+                        "duplicate header `{}` in `{key}` (first at {first})",
+                        name.get_ref()
+                    ),
                 );
                 ok = false;
                 continue;
             }
-            let Some(s) = self.str(name.get_ref(), value, "a string (\"\" removes the header)") else {
+            let Some(s) = self.str(name.get_ref(), value, "a string (\"\" removes the header)")
+            else {
                 ok = false;
                 continue;
             };
@@ -422,10 +447,10 @@ impl<'a> Cx<'a> {
             self.error(header_at, "missing field `hosts`");
             return Vec::new();
         };
-        let Some(items) = self.str_array("hosts", v) else {
+        let Some((items, all_strings)) = self.str_array("hosts", v) else {
             return Vec::new();
         };
-        if items.is_empty() {
+        if items.is_empty() && all_strings {
             self.error(v.span().start, "`hosts` must not be empty");
         }
         let mut out = Vec::new();
@@ -487,7 +512,12 @@ impl<'a> Cx<'a> {
             Some((name, at)) => (name, at, true),
             None => (format!("{}{}", hosts.first()?.0, path?), header_at, false),
         };
-        ids.push(IdClaim { id: id.clone(), at, explicit, context: self.context.clone() });
+        ids.push(IdClaim {
+            id: id.clone(),
+            at,
+            explicit,
+            context: self.context.clone(),
+        });
         Some(id)
     }
 
@@ -498,7 +528,9 @@ impl<'a> Cx<'a> {
         claims: &mut Vec<Claim>,
         ids: &mut Vec<IdClaim>,
     ) -> Option<Route> {
-        let DeValue::Table(t) = item.get_ref() else { return None };
+        let DeValue::Table(t) = item.get_ref() else {
+            return None;
+        };
         let header_at = item.span().start;
         let mut own = PolicyKeys::default();
         let mut strip_prefix = Some(false);
@@ -513,7 +545,8 @@ impl<'a> Cx<'a> {
                     } else {
                         ""
                     };
-                    let expected: Vec<&str> = ROUTE_KEYS.iter().chain(POLICY_KEYS).copied().collect();
+                    let expected: Vec<&str> =
+                        ROUTE_KEYS.iter().chain(POLICY_KEYS).copied().collect();
                     self.unknown_key(key, &expected, note);
                 }
             }
@@ -542,13 +575,12 @@ impl<'a> Cx<'a> {
             self.error(header_at, "missing field `upstreams`");
             return None;
         };
-        let items = self.str_array("upstreams", v)?;
-        if items.is_empty() {
+        let (items, mut ok) = self.str_array("upstreams", v)?;
+        if items.is_empty() && ok {
             self.error(v.span().start, "`upstreams` must not be empty");
             return None;
         }
         let mut out: Vec<Upstream> = Vec::new();
-        let mut ok = true;
         for (s, span) in items {
             match values::upstream(s) {
                 Ok(u) if out.contains(&u) => {
@@ -572,7 +604,9 @@ impl<'a> Cx<'a> {
         claims: &mut Vec<Claim>,
         ids: &mut Vec<IdClaim>,
     ) -> Option<Redirect> {
-        let DeValue::Table(t) = item.get_ref() else { return None };
+        let DeValue::Table(t) = item.get_ref() else {
+            return None;
+        };
         let header_at = item.span().start;
         let mut keep_path = Some(false);
         let mut status = Some(308);
@@ -660,7 +694,10 @@ impl<'a> Cx<'a> {
             if same_host && crate::path_matches(path, &to.path) {
                 self.error(
                     v.span().start,
-                    format!("redirect target `{}` is matched by this redirect again (a redirect loop)", to.to),
+                    format!(
+                        "redirect target `{}` is matched by this redirect again (a redirect loop)",
+                        to.to
+                    ),
                 );
                 return None;
             }
@@ -675,7 +712,12 @@ impl<'a> Cx<'a> {
         let mut found = Vec::new();
         for c in &claims {
             if let Some(&at) = first.get(&c.key) {
-                let msg = format!("duplicate route {}{} (first at {})", c.key.0, c.key.1, self.at_str(at));
+                let msg = format!(
+                    "duplicate route {}{} (first at {})",
+                    c.key.0,
+                    c.key.1,
+                    self.at_str(at)
+                );
                 found.push((c.at, msg, c.context.clone()));
             } else {
                 first.insert(&c.key, c.at);
@@ -710,7 +752,9 @@ impl<'a> Cx<'a> {
 }
 
 /// The entries of a table in file order (toml's map may be sorted by key).
-fn entries<'t, 'i>(t: &'t DeTable<'i>) -> Vec<(&'t Spanned<std::borrow::Cow<'i, str>>, &'t Value<'i>)> {
+fn entries<'t, 'i>(
+    t: &'t DeTable<'i>,
+) -> Vec<(&'t Spanned<std::borrow::Cow<'i, str>>, &'t Value<'i>)> {
     let mut v: Vec<_> = t.iter().collect();
     v.sort_by_key(|(k, _)| k.span().start);
     v
@@ -735,7 +779,9 @@ fn item_context(kind: &str, n: usize, item: &DeValue) -> String {
     let Some(t) = item.as_table() else { return s };
     let strings = |v: &Value| -> Option<Vec<String>> {
         let a = v.get_ref().as_array()?;
-        a.iter().map(|e| e.get_ref().as_str().map(|s| format!("{s:?}"))).collect()
+        a.iter()
+            .map(|e| e.get_ref().as_str().map(|s| format!("{s:?}")))
+            .collect()
     };
     if let Some(hosts) = t.get("hosts").and_then(strings).filter(|h| !h.is_empty()) {
         s.push_str(&format!(" (hosts = [{}])", hosts.join(", ")));
@@ -779,7 +825,10 @@ fn merge(defaults: &PolicyKeys, own: &PolicyKeys) -> (Policy, LbPolicy) {
     });
     macro_rules! pick {
         ($field:ident, $fallback:expr) => {
-            own.$field.clone().or_else(|| defaults.$field.clone()).unwrap_or($fallback)
+            own.$field
+                .clone()
+                .or_else(|| defaults.$field.clone())
+                .unwrap_or($fallback)
         };
     }
     let hsts = pick!(hsts, true).then(|| Hsts {
@@ -832,7 +881,11 @@ fn build(routes: Vec<Route>, redirects: Vec<Redirect>) -> RouteTable {
     let targets = routes
         .iter()
         .map(|r| (&r.hosts, &r.path, Target::Proxy(r.clone())))
-        .chain(redirects.iter().map(|r| (&r.hosts, &r.path, Target::Redirect(r.clone()))));
+        .chain(
+            redirects
+                .iter()
+                .map(|r| (&r.hosts, &r.path, Target::Redirect(r.clone()))),
+        );
     for (hosts, path, target) in targets {
         for host in hosts {
             let set = match host {
@@ -844,7 +897,13 @@ fn build(routes: Vec<Route>, redirects: Vec<Redirect>) -> RouteTable {
     }
     for set in exact.values_mut().chain(wildcard.values_mut()) {
         // Stable: equal lengths keep file order (and never both match one path).
-        set.entries.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        set.entries
+            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
     }
-    RouteTable { exact, wildcard, routes, redirects }
+    RouteTable {
+        exact,
+        wildcard,
+        routes,
+        redirects,
+    }
 }

@@ -145,18 +145,18 @@ fn small_cases() {
               in [[route]] #1
             error: routes.toml:2:33: `hosts` must contain only strings, found an integer
               in [[route]] #1
-            error: routes.toml:3:28: duplicate upstream `10.0.0.1:80`
+            error: routes.toml:3:29: duplicate upstream `10.0.0.1:80`
               in [[route]] #1
             error: routes.toml:4:1: unknown field `to` in a [[route]] (it is a [[redirect]] key), expected one of `name`, `hosts`, `path`, `strip_prefix`, `upstreams`, `max_body`, `connect_timeout`, `read_timeout`, `write_timeout`, `idle_timeout`, `websocket`, `hsts`, `hsts_max_age`, `hsts_include_subdomains`, `hsts_preload`, `allow`, `request_headers`, `response_headers`, `https_redirect`, `lb`, `health_check_path`, `health_check_interval`
               in [[route]] #1
             error: routes.toml:5:13: `websocket` must be a boolean (true or false), found a string
               in [[route]] #1"#]]),
         ("[defaults]\nresponse_headers = { \"X-Frame-Options\" = \"DENY\", \"x-frame-options\" = \"SAMEORIGIN\", Connection = \"close\", X-A = 1 }\n", expect![[r#"
-            error: routes.toml:2:49: duplicate header `x-frame-options` in `response_headers` (first at routes.toml:2:22)
+            error: routes.toml:2:50: duplicate header `x-frame-options` in `response_headers` (first at routes.toml:2:22)
               in [defaults]
-            error: routes.toml:2:83: header `Connection` is managed by the proxy and cannot be set
+            error: routes.toml:2:84: header `Connection` is managed by the proxy and cannot be set
               in [defaults]
-            error: routes.toml:2:111: `X-A` must be a string ("" removes the header), found an integer
+            error: routes.toml:2:112: `X-A` must be a string ("" removes the header), found an integer
               in [defaults]"#]]),
         ("[defaults]\nallow = []\nmax_body = -1\nrequest_headers = \"X-A: b\"\n", expect![[r#"
             error: routes.toml:2:9: `allow` is empty and would refuse every client; remove it to allow everyone
@@ -173,6 +173,9 @@ fn small_cases() {
         ("[[redirect]]\nhosts = [\"a.example.org\"]\npath = \"/old\"\nto = \"https://A.example.org/old/new\"\n", expect![[r#"
             error: routes.toml:4:6: redirect target `https://A.example.org/old/new` is matched by this redirect again (a redirect loop)
               in [[redirect]] #1 (hosts = ["a.example.org"])"#]]),
+        ("[defaults]\nmax_body = 99999999999999999999999\n", expect![[r#"
+            error: routes.toml:2:12: `max_body` 99999999999999999999999 is too large
+              in [defaults]"#]]),
         // Same host and path written differently are the same route.
         ("[[route]]\nhosts = [\"A.example.org\", \"a.example.org.\"]\nupstreams = [\"10.0.0.1:80\"]\n", expect![[r#"
             error: routes.toml:2:27: duplicate route a.example.org/ (first at routes.toml:2:10)
@@ -285,11 +288,17 @@ health_check_path = ""
     assert_eq!(a.health_check.interval, Duration::from_secs(60));
 
     let b = &t.routes[1];
-    assert_eq!((b.id.as_str(), b.path.as_str(), b.strip_prefix), ("b", "/app", true));
+    assert_eq!(
+        (b.id.as_str(), b.path.as_str(), b.strip_prefix),
+        ("b", "/app", true)
+    );
     assert_eq!(
         b.upstreams,
         [
-            Upstream::Name { host: "backend.internal".into(), port: 8080 },
+            Upstream::Name {
+                host: "backend.internal".into(),
+                port: 8080
+            },
             Upstream::Addr("[fd00::2]:8080".parse().unwrap()),
         ]
     );
@@ -345,7 +354,10 @@ upstreams = ["10.0.0.1:80"]
         pairs(&t.routes[0].policy.request_headers),
         ["X-Zed=", "x-forwarded-proto=http", "X-Keep=k", "X-New=n"]
     );
-    assert_eq!(pairs(&t.routes[0].policy.response_headers), ["X-Frame-Options=SAMEORIGIN"]);
+    assert_eq!(
+        pairs(&t.routes[0].policy.response_headers),
+        ["X-Frame-Options=SAMEORIGIN"]
+    );
     assert_eq!(
         pairs(&t.routes[1].policy.request_headers),
         ["X-Zed=1", "X-Forwarded-Proto=https", "X-Keep=k"]
@@ -391,7 +403,10 @@ https_redirect = true
         }
     );
     let dav = &t.redirects[1];
-    assert_eq!((dav.id.as_str(), dav.status, dav.https_redirect), ("carddav", 301, true));
+    assert_eq!(
+        (dav.id.as_str(), dav.status, dav.https_redirect),
+        ("carddav", 301, true)
+    );
     assert!(!dav.keep_path);
 }
 
@@ -416,9 +431,14 @@ to = "https://docs.example.org/v2/"
 keep_path = true
 "#,
     );
-    let [www, dav, docs] = &t.redirects[..] else { panic!() };
+    let [www, dav, docs] = &t.redirects[..] else {
+        panic!()
+    };
     assert_eq!(www.location("x", "/", None), "https://example.org/");
-    assert_eq!(www.location("x", "/a/b", Some("q=1")), "https://example.org/a/b?q=1");
+    assert_eq!(
+        www.location("x", "/a/b", Some("q=1")),
+        "https://example.org/a/b?q=1"
+    );
     assert_eq!(www.location("x", "/a", Some("")), "https://example.org/a");
     assert_eq!(
         dav.location("cloud.example.org", "/.well-known/carddav", Some("x")),
@@ -428,8 +448,14 @@ keep_path = true
         dav.location("cloud.example.org:8443", "/.well-known/carddav", None),
         "https://cloud.example.org:8443/remote.php/dav/"
     );
-    assert_eq!(docs.location("x", "/docs/a/b", None), "https://docs.example.org/v2/a/b");
-    assert_eq!(docs.location("x", "/docs/", Some("p")), "https://docs.example.org/v2/?p");
+    assert_eq!(
+        docs.location("x", "/docs/a/b", None),
+        "https://docs.example.org/v2/a/b"
+    );
+    assert_eq!(
+        docs.location("x", "/docs/", Some("p")),
+        "https://docs.example.org/v2/?p"
+    );
 }
 
 // -- lookup --------------------------------------------------------------------------------
@@ -510,7 +536,10 @@ fn lookup_exact_wildcard_alias_and_longest_prefix() {
     ] {
         assert_eq!(id(host, path).as_deref(), want, "{host}{path}");
     }
-    assert!(matches!(t.lookup("cloud.example.org", "/.well-known/carddav"), Some(Target::Redirect(_))));
+    assert!(matches!(
+        t.lookup("cloud.example.org", "/.well-known/carddav"),
+        Some(Target::Redirect(_))
+    ));
     assert!(t.knows_host("cloud.example.org"));
     assert!(t.knows_host("x.example.org"));
     assert!(!t.knows_host("x.y.example.org"));
@@ -531,9 +560,16 @@ fn lookup_exact_wildcard_alias_and_longest_prefix() {
 #[test]
 fn path_sets_are_sorted_longest_prefix_first() {
     let t = table(LOOKUP);
-    let paths: Vec<&str> = t.exact["cloud.example.org"].entries.iter().map(|(p, _)| p.as_str()).collect();
+    let paths: Vec<&str> = t.exact["cloud.example.org"]
+        .entries
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .collect();
     assert_eq!(paths, ["/.well-known/carddav", "/api/v2/", "/api", "/"]);
-    assert_eq!(t.routes.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["apex", "cloud", "any", "api", "api-v2", "only-path", "v6"]);
+    assert_eq!(
+        t.routes.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["apex", "cloud", "any", "api", "api-v2", "only-path", "v6"]
+    );
 }
 
 #[test]
@@ -553,7 +589,13 @@ fn segment_aware_prefixes_and_strip_path() {
 
 // -- property tests --------------------------------------------------------------------------
 
-const HOSTS: &[&str] = &["a.example.org", "b.example.org", "x.a.example.org", "*.example.org", "*.a.example.org"];
+const HOSTS: &[&str] = &[
+    "a.example.org",
+    "b.example.org",
+    "x.a.example.org",
+    "*.example.org",
+    "*.a.example.org",
+];
 const PATHS: &[&str] = &["/", "/api", "/api/", "/api/v1", "/apix", "/b"];
 const REQ_HOSTS: &[&str] = &[
     "a.example.org",
@@ -564,7 +606,19 @@ const REQ_HOSTS: &[&str] = &[
     "z.x.a.example.org",
     "example.org",
 ];
-const REQ_PATHS: &[&str] = &["", "/", "/api", "/api/", "/api/v1", "/api/v1/x", "/apix", "/apix/y", "/b", "/bc", "/b/"];
+const REQ_PATHS: &[&str] = &[
+    "",
+    "/",
+    "/api",
+    "/api/",
+    "/api/v1",
+    "/api/v1/x",
+    "/apix",
+    "/apix/y",
+    "/b",
+    "/bc",
+    "/b/",
+];
 
 /// Independent statement of the rule: exact hosts before wildcards (one label only),
 /// then the longest prefix that matches whole segments.
@@ -580,14 +634,20 @@ fn linear_scan(t: &RouteTable, host: &str, path: &str) -> Option<String> {
     let host_ok = |h: &HostPattern, exact: bool| match h {
         HostPattern::Exact(e) => exact && e == host,
         HostPattern::Wildcard(s) => {
-            !exact && host.ends_with(&format!(".{s}")) && !host[..host.len() - s.len() - 1].contains('.')
+            !exact
+                && host.ends_with(&format!(".{s}"))
+                && !host[..host.len() - s.len() - 1].contains('.')
         }
     };
     let entries: Vec<(&Vec<HostPattern>, &str, &str)> = t
         .routes
         .iter()
         .map(|r| (&r.hosts, r.path.as_str(), r.id.as_str()))
-        .chain(t.redirects.iter().map(|r| (&r.hosts, r.path.as_str(), r.id.as_str())))
+        .chain(
+            t.redirects
+                .iter()
+                .map(|r| (&r.hosts, r.path.as_str(), r.id.as_str())),
+        )
         .collect();
     let best = |exact: bool| {
         entries
@@ -672,18 +732,28 @@ proptest! {
 
 #[test]
 fn repository_routes_toml_is_valid() {
-    let t = parse("routes.toml", include_str!("../../../routes.toml")).unwrap_or_else(|d| panic!("{d}"));
+    let t = parse("routes.toml", include_str!("../../../routes.toml"))
+        .unwrap_or_else(|d| panic!("{d}"));
     assert!(t.routes.len() >= 8, "{}", t.routes.len());
     assert!(t.redirects.len() >= 3);
     let id = |host: &str, path: &str| t.lookup(host, path).map(|t| t.id().to_string());
     assert_eq!(id("www.example.org", "/x").as_deref(), Some("www-to-apex"));
-    assert!(matches!(t.lookup("cloud.example.org", "/.well-known/caldav"), Some(Target::Redirect(r)) if r.status == 301));
-    let Some(Target::Proxy(mon)) = t.lookup("monitoring.example.org", "/") else { panic!() };
+    assert!(
+        matches!(t.lookup("cloud.example.org", "/.well-known/caldav"), Some(Target::Redirect(r)) if r.status == 301)
+    );
+    let Some(Target::Proxy(mon)) = t.lookup("monitoring.example.org", "/") else {
+        panic!()
+    };
     assert_eq!(
         mon.policy.allow,
-        Some(vec!["172.28.0.0/16".parse().unwrap(), "fd00:7fd7:e9a5::/48".parse().unwrap()])
+        Some(vec![
+            "172.28.0.0/16".parse().unwrap(),
+            "fd00:7fd7:e9a5::/48".parse().unwrap()
+        ])
     );
-    let Some(Target::Proxy(chat)) = t.lookup("chat.example.org", "/api/v4/websocket") else { panic!() };
+    let Some(Target::Proxy(chat)) = t.lookup("chat.example.org", "/api/v4/websocket") else {
+        panic!()
+    };
     assert!(chat.policy.websocket);
     assert_eq!(chat.upstreams[0].port(), 8065);
     assert_eq!(chat.policy.max_body, Some(50 << 20));
@@ -701,8 +771,13 @@ fn reference_file_is_valid_and_documents_every_key() {
     for key in keys {
         let documented = text.lines().any(|l| {
             let l = l.trim_start_matches(['#', ' ']);
-            l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[{key}]")) || l.starts_with(&format!("[[{key}]]"))
+            l.starts_with(&format!("{key} ="))
+                || l.starts_with(&format!("[{key}]"))
+                || l.starts_with(&format!("[[{key}]]"))
         });
-        assert!(documented, "`{key}` is not documented in routes.reference.toml");
+        assert!(
+            documented,
+            "`{key}` is not documented in routes.reference.toml"
+        );
     }
 }

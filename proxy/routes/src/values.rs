@@ -96,9 +96,14 @@ pub(crate) fn host_pattern(raw: &str) -> Result<HostPattern, String> {
     let lower = raw.to_ascii_lowercase();
     let s = lower.strip_suffix('.').unwrap_or(&lower);
     if let Some(inner) = s.strip_prefix('[') {
-        return match inner.strip_suffix(']').and_then(|v6| v6.parse::<Ipv6Addr>().ok()) {
+        return match inner
+            .strip_suffix(']')
+            .and_then(|v6| v6.parse::<Ipv6Addr>().ok())
+        {
             Some(ip) => Ok(HostPattern::Exact(ip.to_string())),
-            None => Err(format!("invalid host `{raw}`: not an IPv6 address in brackets")),
+            None => Err(format!(
+                "invalid host `{raw}`: not an IPv6 address in brackets"
+            )),
         };
     }
     if let Ok(ip) = s.parse::<IpAddr>() {
@@ -132,7 +137,8 @@ pub(crate) fn host_pattern(raw: &str) -> Result<HostPattern, String> {
 
 /// All labels numeric: meant as an IPv4 address (and not a valid one if we got here).
 fn looks_like_ipv4(s: &str) -> bool {
-    s.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+    s.split('.')
+        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Checks a lower-case DNS name (no trailing dot): labels of 1-63 characters of
@@ -142,7 +148,10 @@ fn dns_name(s: &str) -> Result<(), String> {
         return Err("empty name".into());
     }
     if s.len() > 253 {
-        return Err(format!("name is {} characters long, at most 253 are allowed", s.len()));
+        return Err(format!(
+            "name is {} characters long, at most 253 are allowed",
+            s.len()
+        ));
     }
     for label in s.split('.') {
         if label.is_empty() {
@@ -151,11 +160,16 @@ fn dns_name(s: &str) -> Result<(), String> {
         if label.len() > 63 {
             return Err(format!("label `{label}` is longer than 63 characters"));
         }
-        if let Some(c) = label.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_')) {
+        if let Some(c) = label
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_'))
+        {
             return Err(if c.is_ascii() {
                 format!("invalid character `{}`", c.escape_debug())
             } else {
-                format!("invalid character `{c}`; write international names in punycode (`xn--...`)")
+                format!(
+                    "invalid character `{c}`; write international names in punycode (`xn--...`)"
+                )
             });
         }
         if label.starts_with('-') || label.ends_with('-') {
@@ -174,12 +188,16 @@ pub(crate) fn upstream(raw: &str) -> Result<Upstream, String> {
     }
     if let Ok(addr) = raw.parse::<SocketAddr>() {
         if addr.port() == 0 {
-            return Err(format!("invalid port `0` in upstream `{raw}`, expected 1-65535"));
+            return Err(format!(
+                "invalid port `0` in upstream `{raw}`, expected 1-65535"
+            ));
         }
         return Ok(Upstream::Addr(addr));
     }
     if raw.starts_with('[') {
-        return Err(format!("invalid upstream `{raw}`, expected [IPv6 address]:port"));
+        return Err(format!(
+            "invalid upstream `{raw}`, expected [IPv6 address]:port"
+        ));
     }
     let Some((host, port)) = raw.rsplit_once(':') else {
         return Err(format!(
@@ -193,15 +211,24 @@ pub(crate) fn upstream(raw: &str) -> Result<Upstream, String> {
     }
     let port = match port.parse::<u16>() {
         Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => p,
-        _ => return Err(format!("invalid port `{port}` in upstream `{raw}`, expected 1-65535")),
+        _ => {
+            return Err(format!(
+                "invalid port `{port}` in upstream `{raw}`, expected 1-65535"
+            ))
+        }
     };
     let lower = host.to_ascii_lowercase();
     let name = lower.strip_suffix('.').unwrap_or(&lower);
     dns_name(name).map_err(|why| format!("invalid upstream `{raw}`: {why}"))?;
     if looks_like_ipv4(name) {
-        return Err(format!("invalid upstream `{raw}`: not a valid IPv4 address"));
+        return Err(format!(
+            "invalid upstream `{raw}`: not a valid IPv4 address"
+        ));
     }
-    Ok(Upstream::Name { host: name.to_string(), port })
+    Ok(Upstream::Name {
+        host: name.to_string(),
+        port,
+    })
 }
 
 /// Header fields the proxy itself manages (connection framing and upgrades): setting
@@ -231,7 +258,9 @@ pub(crate) fn header_name(raw: &str) -> Result<(), String> {
         ));
     }
     if MANAGED_HEADERS.iter().any(|m| m.eq_ignore_ascii_case(raw)) {
-        return Err(format!("header `{raw}` is managed by the proxy and cannot be set"));
+        return Err(format!(
+            "header `{raw}` is managed by the proxy and cannot be set"
+        ));
     }
     Ok(())
 }
@@ -272,7 +301,9 @@ pub(crate) fn route_path(raw: &str) -> Result<String, String> {
         return Err(format!("path `{raw}` must not contain `//`"));
     }
     if raw.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err(format!("path `{raw}` must not contain `.` or `..` segments"));
+        return Err(format!(
+            "path `{raw}` must not contain `.` or `..` segments"
+        ));
     }
     Ok(raw.to_string())
 }
@@ -306,7 +337,8 @@ pub(crate) struct RedirectTo {
 
 /// `to` of a redirect: an absolute `http(s)://` URL or an absolute path.
 pub(crate) fn redirect_to(raw: &str) -> Result<RedirectTo, String> {
-    let forms = "expected an absolute URL (`https://example.org/path`) or an absolute path (`/path`)";
+    let forms =
+        "expected an absolute URL (`https://example.org/path`) or an absolute path (`/path`)";
     if let Some(c) = raw.chars().find(|c| !c.is_ascii_graphic()) {
         return Err(if c.is_ascii() {
             format!(
@@ -341,13 +373,19 @@ pub(crate) fn redirect_to(raw: &str) -> Result<RedirectTo, String> {
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     if authority.contains('@') {
-        return Err(format!("invalid redirect target `{raw}`: user info (`user@`) is not allowed"));
+        return Err(format!(
+            "invalid redirect target `{raw}`: user info (`user@`) is not allowed"
+        ));
     }
     let host = authority_host(authority)
         .map_err(|why| format!("invalid redirect target `{raw}`: {why}"))?;
     let path = tail.split(['?', '#']).next().unwrap_or("");
     let path = if path.is_empty() { "/" } else { path };
-    let to = if tail.is_empty() { format!("{}/", raw) } else { raw.to_string() };
+    let to = if tail.is_empty() {
+        format!("{}/", raw)
+    } else {
+        raw.to_string()
+    };
     Ok(RedirectTo {
         to,
         host: Some(host),
@@ -406,7 +444,19 @@ mod tests {
         ] {
             assert_eq!(size("max_body", raw), Ok(want), "{raw}");
         }
-        for raw in ["", "m", "10", "10 m", "10mb", "-1m", "1.5m", "+1m", "10t", "１m", "99999999999999999g"] {
+        for raw in [
+            "",
+            "m",
+            "10",
+            "10 m",
+            "10mb",
+            "-1m",
+            "1.5m",
+            "+1m",
+            "10t",
+            "１m",
+            "99999999999999999g",
+        ] {
             assert!(size("max_body", raw).is_err(), "{raw}");
         }
         assert_eq!(
@@ -426,7 +476,19 @@ mod tests {
         ] {
             assert_eq!(duration("t", raw), Ok(Duration::from_millis(ms)), "{raw}");
         }
-        for raw in ["", "s", "5", "5 s", "5S", "1h30m", "1.5s", "-5s", "5sec", "ms", "99999999999999999999d"] {
+        for raw in [
+            "",
+            "s",
+            "5",
+            "5 s",
+            "5S",
+            "1h30m",
+            "1.5s",
+            "-5s",
+            "5sec",
+            "ms",
+            "99999999999999999999d",
+        ] {
             assert!(duration("t", raw).is_err(), "{raw}");
         }
         assert_eq!(
@@ -438,7 +500,10 @@ mod tests {
     #[test]
     fn cidrs() {
         assert_eq!(cidr("172.28.0.0/16").unwrap().to_string(), "172.28.0.0/16");
-        assert_eq!(cidr("fd00:7fd7:e9a5::/48").unwrap().to_string(), "fd00:7fd7:e9a5::/48");
+        assert_eq!(
+            cidr("fd00:7fd7:e9a5::/48").unwrap().to_string(),
+            "fd00:7fd7:e9a5::/48"
+        );
         assert_eq!(cidr("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
         assert_eq!(cidr("::1").unwrap().to_string(), "::1/128");
         assert_eq!(cidr("0.0.0.0/0").unwrap().to_string(), "0.0.0.0/0");
@@ -446,7 +511,14 @@ mod tests {
             cidr("172.28.1.0/16").unwrap_err(),
             "network `172.28.1.0/16` in `allow` has host bits set; did you mean `172.28.0.0/16`?"
         );
-        for raw in ["", "172.28.0.0/33", "172.28.0/16", "example.org", "fd00::/129", "1.2.3.4/"] {
+        for raw in [
+            "",
+            "172.28.0.0/33",
+            "172.28.0/16",
+            "example.org",
+            "fd00::/129",
+            "1.2.3.4/",
+        ] {
             assert!(cidr(raw).is_err(), "{raw}");
         }
     }
@@ -455,16 +527,28 @@ mod tests {
     fn hosts() {
         let exact = |s: &str| Ok(HostPattern::Exact(s.into()));
         let wild = |s: &str| Ok(HostPattern::Wildcard(s.into()));
-        assert_eq!(host_pattern("Cloud.Example.ORG"), exact("cloud.example.org"));
+        assert_eq!(
+            host_pattern("Cloud.Example.ORG"),
+            exact("cloud.example.org")
+        );
         assert_eq!(host_pattern("example.org."), exact("example.org"));
-        assert_eq!(host_pattern("*.cloud.example.org"), wild("cloud.example.org"));
+        assert_eq!(
+            host_pattern("*.cloud.example.org"),
+            wild("cloud.example.org")
+        );
         assert_eq!(host_pattern("*.Example.org."), wild("example.org"));
-        assert_eq!(host_pattern("_dmarc.example.org"), exact("_dmarc.example.org"));
+        assert_eq!(
+            host_pattern("_dmarc.example.org"),
+            exact("_dmarc.example.org")
+        );
         assert_eq!(host_pattern("localhost"), exact("localhost"));
         assert_eq!(host_pattern("172.28.1.50"), exact("172.28.1.50"));
         assert_eq!(host_pattern("FD00:0::1"), exact("fd00::1"));
         assert_eq!(host_pattern("[fd00::1]"), exact("fd00::1"));
-        assert_eq!(host_pattern(&format!("{}.org", "a".repeat(63))), exact(&format!("{}.org", "a".repeat(63))));
+        assert_eq!(
+            host_pattern(&format!("{}.org", "a".repeat(63))),
+            exact(&format!("{}.org", "a".repeat(63)))
+        );
         for raw in [
             "",
             ".",
@@ -517,7 +601,10 @@ mod tests {
         );
         assert_eq!(
             upstream("Nextcloud-1.vrt.fsn:8080"),
-            Ok(Upstream::Name { host: "nextcloud-1.vrt.fsn".into(), port: 8080 })
+            Ok(Upstream::Name {
+                host: "nextcloud-1.vrt.fsn".into(),
+                port: 8080
+            })
         );
         assert_eq!(upstream("localhost:65535").unwrap().port(), 65535);
         for raw in [
@@ -547,10 +634,23 @@ mod tests {
 
     #[test]
     fn header_names_and_values() {
-        for ok in ["X-Foo", "x-forwarded-proto", "Strict-Transport-Security", "a!#$%&'*+-.^_`|~9"] {
+        for ok in [
+            "X-Foo",
+            "x-forwarded-proto",
+            "Strict-Transport-Security",
+            "a!#$%&'*+-.^_`|~9",
+        ] {
             assert_eq!(header_name(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "X Foo", "X-Foo:", "Ä", "X(Foo)", "Transfer-Encoding", "connection"] {
+        for bad in [
+            "",
+            "X Foo",
+            "X-Foo:",
+            "Ä",
+            "X(Foo)",
+            "Transfer-Encoding",
+            "connection",
+        ] {
             assert!(header_name(bad).is_err(), "{bad}");
         }
         assert_eq!(header_value("X", "SAMEORIGIN"), Ok(()));
@@ -563,14 +663,27 @@ mod tests {
 
     #[test]
     fn paths() {
-        for ok in ["/", "/api", "/api/", "/.well-known/carddav", "/a%20b", "/a.b/c..d"] {
+        for ok in [
+            "/",
+            "/api",
+            "/api/",
+            "/.well-known/carddav",
+            "/a%20b",
+            "/a.b/c..d",
+        ] {
             assert_eq!(route_path(ok).as_deref(), Ok(ok));
         }
-        for bad in ["", "api", "/a b", "/a?b", "/a#b", "//a", "/a//b", "/a/../b", "/..", "/a/./b", "/ü", "/a\tb"] {
+        for bad in [
+            "", "api", "/a b", "/a?b", "/a#b", "//a", "/a//b", "/a/../b", "/..", "/a/./b", "/ü",
+            "/a\tb",
+        ] {
             assert!(route_path(bad).is_err(), "{bad:?}");
         }
         assert_eq!(health_check_path(""), Ok(None));
-        assert_eq!(health_check_path("/status.php?x=1"), Ok(Some("/status.php?x=1".into())));
+        assert_eq!(
+            health_check_path("/status.php?x=1"),
+            Ok(Some("/status.php?x=1".into()))
+        );
         assert!(health_check_path("status").is_err());
         assert!(health_check_path("/a b").is_err());
     }
@@ -578,13 +691,19 @@ mod tests {
     #[test]
     fn redirect_targets() {
         let t = redirect_to("/remote.php/dav/").unwrap();
-        assert_eq!((t.to.as_str(), t.host, t.path.as_str()), ("/remote.php/dav/", None, "/remote.php/dav/"));
+        assert_eq!(
+            (t.to.as_str(), t.host, t.path.as_str()),
+            ("/remote.php/dav/", None, "/remote.php/dav/")
+        );
         let t = redirect_to("https://Example.org").unwrap();
         assert_eq!(t.to, "https://Example.org/");
         assert_eq!(t.host.as_deref(), Some("example.org"));
         assert_eq!(t.path, "/");
         let t = redirect_to("http://example.org:8080/a?b=c").unwrap();
-        assert_eq!((t.host.as_deref(), t.path.as_str(), t.has_query), (Some("example.org"), "/a", true));
+        assert_eq!(
+            (t.host.as_deref(), t.path.as_str(), t.has_query),
+            (Some("example.org"), "/a", true)
+        );
         let t = redirect_to("https://[fd00::1]:8443/x").unwrap();
         assert_eq!(t.host.as_deref(), Some("fd00::1"));
         for bad in [

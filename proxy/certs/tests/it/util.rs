@@ -24,7 +24,12 @@ pub fn self_signed(names: &[&str], from_days: i64, to_days: i64, issuer: &str) -
     params.not_after = now + Duration::days(to_days);
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
     let cert = params.self_signed(&key).unwrap();
-    IssuedCert { names, chain_pem: cert.pem(), key_pem: key.serialize_pem(), issuer: issuer.into() }
+    IssuedCert {
+        names,
+        chain_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        issuer: issuer.into(),
+    }
 }
 
 /// Issues with the local CA and saves.
@@ -55,8 +60,10 @@ pub fn set_mode(path: &Path, mode: u32) {
 
 /// Entry names of a directory, sorted.
 pub fn ls(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     v.sort();
     v
 }

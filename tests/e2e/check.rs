@@ -1,0 +1,243 @@
+//! Offline validation: `proxyd --check` and `proxyctl check`.
+//!
+//! The repository's own routes.toml names upstreams on the production network: it is only
+//! ever validated here, never served. Where the kernel allows it, these commands run in a
+//! network namespace of their own (`unshare -rn`: only a down loopback), so even a
+//! `--check` that did not stop early could not reach anything.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tests::{locate_bin, workspace_root};
+
+fn netns_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        Command::new("unshare")
+            .args(["-rn", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Run `bin args`, isolated from the network when possible, killed after 30 s.
+fn run(bin: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    let mut cmd = if netns_available() {
+        let mut c = Command::new("unshare");
+        c.arg("-rn").arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{} {args:?} still running after 30 s (it should only validate); stderr:\n{}",
+                bin.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn proxyd_check(routes: &Path) -> Output {
+    let store = tempfile::tempdir().unwrap();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let admin = sock_dir.path().join("admin.sock");
+    let upgrade = sock_dir.path().join("upgrade.sock");
+    run(
+        &locate_bin("proxyd", "PROXYD_BIN"),
+        &[
+            "--check".as_ref(),
+            "--routes".as_ref(),
+            routes.as_os_str(),
+            "--certs-store".as_ref(),
+            store.path().as_os_str(),
+            // Loopback only, should --check ever start listening.
+            "--http".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--https".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--admin-socket".as_ref(),
+            admin.as_os_str(),
+            "--upgrade-socket".as_ref(),
+            upgrade.as_os_str(),
+        ],
+    )
+}
+
+fn proxyctl_check(routes: &Path) -> Output {
+    run(
+        &locate_bin("proxyctl", "PROXYCTL_BIN"),
+        &["check".as_ref(), routes.as_os_str()],
+    )
+}
+
+fn write_routes(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn all_output(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Whether `text` has `file:line:COL` for some number COL, followed by `:`.
+fn has_position(text: &str, file: &str, line: usize) -> bool {
+    let needle = format!("{file}:{line}:");
+    text.match_indices(&needle).any(|(i, _)| {
+        let rest = &text[i + needle.len()..];
+        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+        digits > 0 && rest[digits..].starts_with(':')
+    })
+}
+
+fn repo_routes() -> PathBuf {
+    let path = workspace_root().join("routes.toml");
+    assert!(path.is_file(), "{} is missing", path.display());
+    path
+}
+
+const VALID: &str = r#"
+[defaults]
+max_body = "10m"
+health_check_interval = "5s"
+
+[[route]]
+hosts = ["a.test", "alias.test", "*.wild.test"]
+upstreams = ["127.0.0.1:8080", "127.0.0.1:8081"]
+websocket = true
+
+[[route]]
+hosts = ["a.test"]
+path = "/api"
+strip_prefix = true
+upstreams = ["127.0.0.1:9090"]
+
+[[redirect]]
+hosts = ["www.a.test"]
+to = "https://a.test"
+keep_path = true
+status = 301
+"#;
+
+#[test]
+fn proxyd_check_accepts_a_valid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = proxyd_check(&write_routes(&dir, VALID));
+    assert!(
+        out.status.success(),
+        "exit {:?}:\n{}",
+        out.status,
+        all_output(&out)
+    );
+}
+
+#[test]
+fn proxyd_check_rejects_a_broken_file_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_routes(
+        &dir,
+        "[defaults]\nmax_body = \"10m\"\n\n[[route]]\nhosts = [\"a.test\"]\nupstrem = [\"127.0.0.1:1\"]\n",
+    );
+    let out = proxyd_check(&path);
+    let text = all_output(&out);
+    assert!(
+        !out.status.success(),
+        "a broken file passed --check:\n{text}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    assert!(
+        stderr.contains(&format!("{file}:6:1:")),
+        "no {file}:6:1: (the unknown key `upstrem`) in stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("upstrem"), "{stderr}");
+}
+
+#[test]
+fn repo_routes_toml_passes_proxyd_check() {
+    let out = proxyd_check(&repo_routes());
+    assert!(
+        out.status.success(),
+        "exit {:?}:\n{}",
+        out.status,
+        all_output(&out)
+    );
+}
+
+#[test]
+fn proxyctl_check_lists_every_mistake_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    // One mistake on each of lines 3, 8, 12 and 17.
+    let text = r#"
+[defaults]
+read_timeout = "1h30m"
+
+[[route]]
+hosts = ["a.test"]
+upstreams = ["127.0.0.1:8080"]
+max_body = "lots"
+
+[[route]]
+hosts = ["b.test"]
+upstrem = ["127.0.0.1:8081"]
+
+[[redirect]]
+hosts = ["c.test"]
+to = "https://c.test"
+status = 299
+"#;
+    let path = write_routes(&dir, text);
+    let out = proxyctl_check(&path);
+    let all = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "exit {:?}:\n{all}", out.status);
+    let file = path.display().to_string();
+    for line in [3, 8, 12, 17] {
+        assert!(
+            has_position(&all, &file, line),
+            "no {file}:{line}:<col>: in the output:\n{all}"
+        );
+    }
+    assert!(
+        all.contains(&format!("{file}:12:1:")),
+        "unknown key not at 12:1:\n{all}"
+    );
+    assert!(
+        all.contains("upstrem"),
+        "the unknown key is not named:\n{all}"
+    );
+}
+
+#[test]
+fn proxyctl_check_accepts_the_repo_routes_toml_and_a_valid_file() {
+    let out = proxyctl_check(&repo_routes());
+    assert_eq!(out.status.code(), Some(0), "{}", all_output(&out));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = proxyctl_check(&write_routes(&dir, VALID));
+    assert_eq!(out.status.code(), Some(0), "{}", all_output(&out));
+}

@@ -1,0 +1,138 @@
+//! Host, alias, wildcard and longest-prefix routing; unknown hosts.
+
+use tests::{Alpn, Backend, Proxy};
+
+use crate::upstreams;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_alias_wildcard_and_longest_prefix() {
+    let site = Backend::start("site").await;
+    let api = Backend::start("api").await;
+    let app = Backend::start("app").await;
+    let other = Backend::start("other").await;
+    let routes = format!(
+        r#"
+[[route]]
+hosts = ["a.test", "alias.test", "*.wild.test"]
+upstreams = {site}
+
+[[route]]
+hosts = ["a.test"]
+path = "/api"
+upstreams = {api}
+
+[[route]]
+hosts = ["a.test"]
+path = "/app"
+strip_prefix = true
+upstreams = {app}
+
+[[route]]
+hosts = ["other.test"]
+upstreams = {other}
+"#,
+        site = upstreams(&[&site]),
+        api = upstreams(&[&api]),
+        app = upstreams(&[&app]),
+        other = upstreams(&[&other]),
+    );
+    let proxy = Proxy::start(&routes).await;
+
+    // (SNI and Host, request path, backend, path the backend sees)
+    let cases = [
+        ("a.test", "/", "site", "/"),
+        ("a.test", "/index.html?x=1", "site", "/index.html?x=1"),
+        ("alias.test", "/x", "site", "/x"),
+        ("foo.wild.test", "/y", "site", "/y"),
+        ("a.test", "/api", "api", "/api"),
+        ("a.test", "/api/v1/users?id=7", "api", "/api/v1/users?id=7"),
+        // Whole segments only: /apix is not under /api.
+        ("a.test", "/apix", "site", "/apix"),
+        ("a.test", "/app/x?q=1", "app", "/x?q=1"),
+        ("a.test", "/app", "app", "/"),
+        ("a.test", "/app/", "app", "/"),
+        ("other.test", "/api", "other", "/api"),
+    ];
+    for alpn in [Alpn::H1, Alpn::H2] {
+        for (host, path, backend, seen) in cases {
+            let mut conn = proxy.https(host, alpn).await.unwrap();
+            let resp = conn.get(host, path).await.unwrap();
+            assert_eq!(
+                resp.status,
+                200,
+                "{host}{path} over {alpn:?}: {}",
+                resp.text()
+            );
+            assert_eq!(resp.backend(), backend, "{host}{path} over {alpn:?}");
+            assert_eq!(resp.seen_path(), seen, "{host}{path} over {alpn:?}");
+        }
+    }
+
+    // Host header spelled differently from the route: upper case, with the port.
+    let mut conn = proxy.https("a.test", Alpn::H1).await.unwrap();
+    let host_with_port = format!("A.Test:{}", proxy.https_addr().port());
+    let resp = conn.get(&host_with_port, "/api/z").await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.backend(), "api");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_host_over_https_gets_421_without_another_sites_content() {
+    let site = Backend::start("secret-site").await;
+    let routes = format!(
+        "[[route]]\nhosts = [\"a.test\", \"*.wild.test\"]\nupstreams = {}\n",
+        upstreams(&[&site])
+    );
+    let proxy = Proxy::start(&routes).await;
+
+    for alpn in [Alpn::H1, Alpn::H2] {
+        // SNI of a served name, Host of another (or of a wildcard's grandchild).
+        for host in ["unknown.test", "a.b.wild.test", "wild.test"] {
+            let mut conn = proxy.https("a.test", alpn).await.unwrap();
+            let resp = conn.get(host, "/").await.unwrap();
+            assert_eq!(
+                resp.status,
+                421,
+                "Host {host} over {alpn:?}: {}",
+                resp.text()
+            );
+            assert!(
+                !resp.text().contains("secret-site"),
+                "421 for {host} carries the other site's content: {}",
+                resp.text()
+            );
+            assert!(resp.header(tests::BACKEND_HEADER).is_none());
+        }
+    }
+    assert_eq!(
+        site.requests(),
+        0,
+        "the upstream saw a request for a foreign Host"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_host_over_http_gets_404_without_another_sites_content() {
+    let site = Backend::start("secret-site").await;
+    let routes = format!(
+        "[[route]]\nhosts = [\"a.test\"]\nupstreams = {}\nhttps_redirect = false\n",
+        upstreams(&[&site])
+    );
+    let proxy = Proxy::start(&routes).await;
+
+    let resp = tests::http_get(proxy.http_addr(), "unknown.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 404, "{}", resp.text());
+    assert!(!resp.text().contains("secret-site"), "{}", resp.text());
+    assert!(resp.header(tests::BACKEND_HEADER).is_none());
+    assert_eq!(site.requests(), 0);
+
+    // The routed name itself is proxied over plain http (https_redirect = false).
+    let resp = tests::http_get(proxy.http_addr(), "a.test", "/plain")
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.backend(), "secret-site");
+    assert_eq!(resp.seen_header("x-forwarded-proto"), ["http"]);
+}
