@@ -4,12 +4,14 @@
 //!
 //! One test binary (not one per file) so cargo links once and runs them side by side.
 
+mod acme;
 mod body_limits;
 mod check;
 mod headers;
 mod health;
 mod http_listener;
 mod policy;
+mod reload;
 mod routing;
 mod tls;
 mod upstream_errors;

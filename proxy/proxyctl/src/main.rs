@@ -1,6 +1,8 @@
 //! `proxyctl`: the admin CLI.
 //!
-//! Exit status: 0 ok, 1 rejected or failed, 2 usage error (clap's own). A closed stdout
+//! Exit status: 0 ok, 1 rejected or failed, 2 usage error (clap's own), 3 proxyd not
+//! running (no admin socket, or nobody listening), 4 permission denied on the socket,
+//! 5 timeout waiting for proxyd. A closed stdout
 //! (`proxyctl check | head`) is not an error. `--json` prints one JSON object per
 //! command on stdout instead of text, for scripts.
 //!
@@ -10,6 +12,8 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+mod client;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -27,8 +31,6 @@ struct Cli {
     json: bool,
 
     /// The admin socket of a running proxyd.
-    // Read by the commands that talk to the daemon (reload, status: a later issue).
-    #[allow(dead_code)]
     #[arg(
         long,
         global = true,
@@ -37,6 +39,10 @@ struct Cli {
         value_name = "PATH"
     )]
     socket: PathBuf,
+
+    /// Seconds to wait for proxyd's answer.
+    #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS")]
+    timeout: u64,
 
     #[command(subcommand)]
     command: Command,
@@ -50,6 +56,28 @@ enum Command {
         #[arg(default_value = "routes.toml")]
         file: PathBuf,
     },
+    /// Re-read the daemon's routes file, validate it, and swap it in; print what changed
+    /// (or every error, leaving the running table in place).
+    Reload,
+    /// What a reload would change now, applying nothing.
+    Diff,
+    /// Generation, last reload, listeners, upstream health, certificates.
+    Status,
+    /// Certificates: names, issuer, not-after, next renewal, last error.
+    Certs {
+        #[command(subcommand)]
+        action: Option<CertsAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsAction {
+    /// Order a new ACME certificate for NAME (and the other names of its route) now,
+    /// ignoring its renewal time and backoff.
+    Renew {
+        /// A name of the certificate.
+        name: String,
+    },
 }
 
 /// How a command ended, for the exit status.
@@ -58,6 +86,8 @@ enum Outcome {
     Ok,
     /// Rejected input or a failed operation: exit 1.
     Failed,
+    /// Another documented status (the daemon could not be asked).
+    Exit(u8),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +95,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(1),
+        Ok(Outcome::Exit(code)) => ExitCode::from(code),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(io::stderr(), "proxyctl: {e:#}");
@@ -85,6 +116,13 @@ fn output(r: io::Result<()>) -> io::Result<()> {
 fn run(cli: &Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Check { file } => check(cli, file),
+        Command::Reload => reload(cli, "POST", "/v1/reload"),
+        Command::Diff => reload(cli, "GET", "/v1/diff"),
+        Command::Status => status(cli),
+        Command::Certs { action: None } => certs(cli),
+        Command::Certs {
+            action: Some(CertsAction::Renew { name }),
+        } => certs_renew(cli, name),
     }
 }
 
@@ -227,5 +265,335 @@ mod tests {
     fn usage_errors_are_clap_errors() {
         let e = Cli::try_parse_from(["proxyctl", "chek"]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
+    }
+}
+
+/// Ask the daemon; on failure print why (or a JSON error) and give the exit status.
+fn ask(
+    cli: &Cli,
+    method: &str,
+    path: &str,
+) -> Result<std::result::Result<(u16, serde_json::Value), Outcome>> {
+    match client::call(
+        &cli.socket,
+        method,
+        path,
+        std::time::Duration::from_secs(cli.timeout),
+    ) {
+        Ok(answer) => Ok(Ok(answer)),
+        Err(e) => {
+            if cli.json {
+                output(print_json(&json!({"ok": false, "error": e.to_string()})))?;
+            } else {
+                output(writeln!(io::stderr(), "proxyctl: {e}"))?;
+            }
+            Ok(Err(Outcome::Exit(e.exit_code())))
+        }
+    }
+}
+
+/// `proxyctl reload` and `proxyctl diff`: the same answer, applied or not.
+fn reload(cli: &Cli, method: &str, path: &str) -> Result<Outcome> {
+    let (status, v) = match ask(cli, method, path)? {
+        Ok(answer) => answer,
+        Err(outcome) => return Ok(outcome),
+    };
+    let ok = status == 200 && v["ok"] == true;
+    if cli.json {
+        output(print_json(&v))?;
+        return Ok(if ok { Outcome::Ok } else { Outcome::Failed });
+    }
+    if !ok {
+        let mut err = io::stderr().lock();
+        for e in v["errors"].as_array().into_iter().flatten() {
+            output(writeln!(
+                err,
+                "{}",
+                e["rendered"].as_str().unwrap_or_default()
+            ))?;
+        }
+        output(writeln!(
+            err,
+            "{}",
+            v["message"].as_str().unwrap_or("rejected")
+        ))?;
+        return Ok(Outcome::Failed);
+    }
+    let mut out = io::stdout().lock();
+    output(writeln!(
+        out,
+        "{}",
+        v["message"].as_str().unwrap_or_default()
+    ))?;
+    let changes = &v["changes"];
+    for (key, label) in [
+        ("routes_added", "+ route"),
+        ("routes_removed", "- route"),
+        ("routes_changed", "~ route"),
+        ("redirects_added", "+ redirect"),
+        ("redirects_removed", "- redirect"),
+        ("redirects_changed", "~ redirect"),
+        ("names_added", "+ name"),
+        ("names_removed", "- name"),
+    ] {
+        for item in changes[key].as_array().into_iter().flatten() {
+            output(writeln!(
+                out,
+                "  {label} {}",
+                item.as_str().unwrap_or_default()
+            ))?;
+        }
+    }
+    for name in v["certificates_needed"].as_array().into_iter().flatten() {
+        output(writeln!(
+            out,
+            "  certificate needed for {}",
+            name.as_str().unwrap_or_default()
+        ))?;
+    }
+    for id in v["certificates_issued"].as_array().into_iter().flatten() {
+        output(writeln!(
+            out,
+            "  certificate issued: {}",
+            id.as_str().unwrap_or_default()
+        ))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `proxyctl status`.
+fn status(cli: &Cli) -> Result<Outcome> {
+    let (code, v) = match ask(cli, "GET", "/v1/status")? {
+        Ok(answer) => answer,
+        Err(outcome) => return Ok(outcome),
+    };
+    if cli.json {
+        output(print_json(&v))?;
+        return Ok(if code == 200 {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        });
+    }
+    let mut out = io::stdout().lock();
+    let s = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+    };
+    output(writeln!(
+        out,
+        "proxyd {} (pid {}), generation {}, routes file {}",
+        s(&v["version"]),
+        v["pid"],
+        v["generation"],
+        s(&v["routes_file"])
+    ))?;
+    match v["last_reload"].as_object() {
+        Some(r) => output(writeln!(
+            out,
+            "last reload: {} ({}, via {}, at {}): {}",
+            if r["ok"] == true { "ok" } else { "REJECTED" },
+            format_args!("generation {}", r["generation"]),
+            s(&r["trigger"]),
+            unix_time(&r["at"]),
+            s(&r["message"])
+        ))?,
+        None => output(writeln!(
+            out,
+            "last reload: none since start at {}",
+            unix_time(&v["started_at"])
+        ))?,
+    }
+    let l = &v["listeners"];
+    output(writeln!(
+        out,
+        "listeners: https {} · http {} · admin {}",
+        l["https"],
+        l["http"],
+        s(&l["admin"])
+    ))?;
+    output(writeln!(
+        out,
+        "routes: {} · redirects: {} · names: {} · upstreams healthy: {}/{}",
+        v["routes"], v["redirects"], v["names"], v["upstreams_healthy"], v["upstreams_total"]
+    ))?;
+    for u in v["upstreams"].as_array().into_iter().flatten() {
+        let state = if u["healthy"] == true { "up" } else { "DOWN" };
+        output(writeln!(
+            out,
+            "  {:<5} {:<40} {}",
+            state,
+            s(&u["address"]),
+            s(&u["route"])
+        ))?;
+    }
+    output(writeln!(out, "certificates:"))?;
+    for c in v["certificates"].as_array().into_iter().flatten() {
+        output(writeln!(
+            out,
+            "  {:<30} until {}  {}  {}",
+            s(&c["id"]),
+            unix_time(&c["not_after"]),
+            s(&c["issuer"]),
+            c["names"]
+        ))?;
+    }
+    Ok(if code == 200 {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    })
+}
+
+/// `proxyctl certs`.
+fn certs(cli: &Cli) -> Result<Outcome> {
+    let (code, v) = match ask(cli, "GET", "/v1/certs")? {
+        Ok(answer) => answer,
+        Err(outcome) => return Ok(outcome),
+    };
+    if cli.json {
+        output(print_json(&v))?;
+        return Ok(if code == 200 {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        });
+    }
+    let mut out = io::stdout().lock();
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+    match v["acme"].as_object() {
+        Some(a) => output(writeln!(
+            out,
+            "ACME: {} ({} first), {} orders since start",
+            s(&a["directory"]),
+            s(&a["challenge"]),
+            a["orders_placed"]
+        ))?,
+        None => output(writeln!(
+            out,
+            "ACME: off (local issuer and certificates dropped in by hand)"
+        ))?,
+    }
+    for g in v["groups"].as_array().into_iter().flatten() {
+        output(writeln!(
+            out,
+            "{:<30} {:<10} until {}  renew {}  {}",
+            s(&g["id"]),
+            s(&g["issuer"]).chars().take(60).collect::<String>(),
+            unix_time(&g["not_after"]),
+            if g["ordering"] == true {
+                "now (ordering)".to_string()
+            } else {
+                unix_time(&g["next_renewal"])
+            },
+            g["names"]
+        ))?;
+        if let Some(e) = g["last_error"].as_str() {
+            output(writeln!(
+                out,
+                "  last error ({} in a row, at {}; next attempt {}): {e}",
+                g["failures"],
+                unix_time(&g["last_attempt"]),
+                unix_time(&g["next_attempt"])
+            ))?;
+        }
+    }
+    for c in v["certificates"].as_array().into_iter().flatten() {
+        output(writeln!(
+            out,
+            "{:<30} {:<10} until {}  renew -  {}",
+            s(&c["id"]),
+            s(&c["issuer"]),
+            unix_time(&c["not_after"]),
+            c["names"]
+        ))?;
+    }
+    Ok(if code == 200 {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    })
+}
+
+/// `proxyctl certs renew NAME`.
+fn certs_renew(cli: &Cli, name: &str) -> Result<Outcome> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+    {
+        output(writeln!(
+            io::stderr(),
+            "proxyctl: {name:?} is not a host name"
+        ))?;
+        return Ok(Outcome::Failed);
+    }
+    let path = format!("/v1/certs/renew?name={name}");
+    let (code, v) = match ask(cli, "POST", &path)? {
+        Ok(answer) => answer,
+        Err(outcome) => return Ok(outcome),
+    };
+    let ok = code == 202;
+    if cli.json {
+        output(print_json(&v))?;
+    } else if ok {
+        output(writeln!(
+            io::stdout(),
+            "renewing {} (certificate {}): see proxyctl certs",
+            name,
+            v["renewing"].as_str().unwrap_or("?")
+        ))?;
+    } else {
+        output(writeln!(
+            io::stderr(),
+            "proxyctl: {}",
+            v["error"].as_str().unwrap_or("renewal refused")
+        ))?;
+    }
+    Ok(if ok { Outcome::Ok } else { Outcome::Failed })
+}
+
+/// Unix seconds as an ISO-8601 UTC date (no time-zone database needed).
+fn unix_time(v: &serde_json::Value) -> String {
+    let Some(secs) = v.as_u64() else {
+        return "-".into();
+    };
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn unix_time_renders_utc_dates() {
+        assert_eq!(
+            super::unix_time(&serde_json::json!(0)),
+            "1970-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            super::unix_time(&serde_json::json!(1_798_215_041u64)),
+            "2026-12-25T16:10:41Z"
+        );
+        assert_eq!(
+            super::unix_time(&serde_json::json!(951_782_400u64)),
+            "2000-02-29T00:00:00Z"
+        );
     }
 }

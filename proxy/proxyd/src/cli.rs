@@ -33,6 +33,10 @@ pub struct Args {
     #[arg(long, value_name = "PATH", default_value = "/run/proxyd/admin.sock")]
     pub admin_socket: PathBuf,
 
+    /// Mode of the admin socket: 600 (owner only) or 660 (owner and group).
+    #[arg(long, default_value = "600", value_parser = parse_mode, value_name = "MODE")]
+    pub admin_socket_mode: u32,
+
     /// Validate the routes file and the certificate store, print the result, and exit
     /// before binding any port.
     #[arg(long)]
@@ -41,6 +45,36 @@ pub struct Args {
     /// Issue certificates from the embedded local CA for names that have none.
     #[arg(long, value_enum, default_value_t = OnOff::On, value_name = "on|off")]
     pub local_issuer: OnOff,
+
+    /// ACME directory: `letsencrypt`, `letsencrypt-staging` or a URL. Without it the
+    /// local issuer serves every name.
+    #[arg(long, value_name = "URL|letsencrypt|letsencrypt-staging")]
+    pub acme_directory: Option<String>,
+
+    /// Extra root certificate(s) (PEM) to trust for the ACME directory's HTTPS (test CAs).
+    #[arg(long, value_name = "FILE")]
+    pub acme_ca_root: Option<PathBuf>,
+
+    /// Contact e-mail of the ACME account. Repeatable.
+    #[arg(long, value_name = "EMAIL")]
+    pub acme_contact: Vec<String>,
+
+    /// Challenge tried first (the other one is tried when it fails).
+    #[arg(long, value_enum, default_value_t = AcmeChallenge::Http01, value_name = "http-01|tls-alpn-01")]
+    pub acme_challenge: AcmeChallenge,
+
+    /// External Account Binding key id (with --acme-eab-hmac).
+    #[arg(long, value_name = "KID", requires = "acme_eab_hmac")]
+    pub acme_eab_kid: Option<String>,
+
+    /// External Account Binding MAC key, base64url (with --acme-eab-kid).
+    #[arg(long, value_name = "KEY", requires = "acme_eab_kid")]
+    pub acme_eab_hmac: Option<String>,
+
+    /// With ACME: what serves a name until its ACME certificate arrives: the local
+    /// issuer, or nothing (handshakes for it fail).
+    #[arg(long, value_enum, default_value_t = AcmeFallback::Local, value_name = "local|none")]
+    pub acme_fallback: AcmeFallback,
 
     /// Port written into http->https redirects (default: the port of the first --https
     /// address; omitted when it is 443).
@@ -75,6 +109,20 @@ pub enum OnOff {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AcmeChallenge {
+    #[value(name = "http-01")]
+    Http01,
+    #[value(name = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AcmeFallback {
+    Local,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -90,4 +138,12 @@ fn default_https() -> Vec<SocketAddr> {
 
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match s.trim_start_matches('0') {
+        "600" => Ok(0o600),
+        "660" => Ok(0o660),
+        _ => Err(format!("`{s}`: the admin socket mode is 600 or 660")),
+    }
 }

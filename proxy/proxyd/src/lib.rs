@@ -4,7 +4,10 @@
 //! -> upstream ([`upstream`]). Control plane: routes file -> validated table -> new
 //! snapshot -> one atomic swap.
 
+pub mod acme_service;
+pub mod admin;
 pub mod cli;
+pub mod control;
 pub mod logging;
 mod pages;
 pub mod proxy;

@@ -14,7 +14,11 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use routes::RouteTable;
 
-use crate::cli::{Args, OnOff};
+use std::os::unix::fs::PermissionsExt;
+
+use crate::admin::{AdminApp, SighupReload};
+use crate::cli::{AcmeFallback, Args, OnOff};
+use crate::control::{Control, Listeners};
 use crate::proxy::Proxy;
 use crate::state::Shared;
 use crate::tls::TlsApp;
@@ -38,6 +42,7 @@ pub fn load_routes(path: &Path) -> anyhow::Result<RouteTable> {
 /// runs until a signal ends the process.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let table = load_routes(&args.routes)?;
+    let acme_config = crate::acme_service::config(&args)?;
     if args.check {
         println!(
             "{}: OK: {} routes, {} redirects, {} names",
@@ -58,9 +63,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.certs_store.display()
         )
     })?;
+    // With ACME and `--acme-fallback none`, names wait for their ACME certificate.
+    let acme_only = acme_config.is_some() && args.acme_fallback == AcmeFallback::None;
     let issuer = match args.local_issuer {
-        OnOff::On => Some(certs::LocalIssuer::load_or_create(&store).context("local issuer")?),
-        OnOff::Off => None,
+        OnOff::On if !acme_only => {
+            Some(certs::LocalIssuer::load_or_create(&store).context("local issuer")?)
+        }
+        _ => None,
     };
     let resolver = Arc::new(certs::CertResolver::new());
     let manager = certs::CertManager::new(store, issuer, resolver.clone());
@@ -82,6 +91,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .or_else(|| args.https.first().map(|a| a.port()))
         .filter(|p| *p != 443);
     let shared = Shared::new(table, manager, redirect_port);
+    let acme_service = acme_config.map(|config| {
+        let manager = acme::Manager::new(
+            config,
+            Arc::new(crate::acme_service::AcmeHost(shared.clone())),
+        );
+        let _ = shared.acme.set(manager.clone());
+        background_service("acme", crate::acme_service::AcmeService(manager))
+    });
 
     let conf = ServerConf {
         threads: args.threads.max(1),
@@ -97,8 +114,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let tls_config = certs::server_config(resolver, vec![b"h2".to_vec(), b"http/1.1".to_vec()])
-        .context("TLS configuration")?;
+    let mut alpn = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme_service.is_some() {
+        // TLS-ALPN-01 validations (answered by the resolver, closed by TlsApp).
+        alpn.push(certs::ACME_TLS_ALPN.to_vec());
+    }
+    let tls_config = certs::server_config(resolver, alpn).context("TLS configuration")?;
     let https_app = TlsApp::new(
         pingora::proxy::http_proxy(
             &server.configuration,
@@ -131,6 +152,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
     );
 
+    let control = Control::new(
+        shared.clone(),
+        args.routes.clone(),
+        Listeners {
+            https: args.https.clone(),
+            http: args.http.clone(),
+            admin: args.admin_socket.clone(),
+        },
+    );
+    if let Some(dir) = args
+        .admin_socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create the admin socket's directory {}",
+                dir.display()
+            )
+        })?;
+    }
+    let mut admin = Service::new(
+        "admin".to_string(),
+        pingora::apps::http_app::HttpServer::new_app(AdminApp {
+            control: control.clone(),
+        }),
+    );
+    admin.add_uds(
+        &args.admin_socket.display().to_string(),
+        Some(std::fs::Permissions::from_mode(args.admin_socket_mode)),
+    );
+    let sighup = background_service("SIGHUP reload", SighupReload { control });
+
     if !args.https.is_empty() {
         server.add_service(https);
     }
@@ -138,6 +192,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         server.add_service(http);
     }
     server.add_service(health);
+    if let Some(acme_service) = acme_service {
+        server.add_service(acme_service);
+    }
+    server.add_service(admin);
+    server.add_service(sighup);
     tracing::info!(
         https = ?args.https,
         http = ?args.http,

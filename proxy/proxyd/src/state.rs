@@ -29,6 +29,8 @@ pub struct Shared {
     pub http01: ArcSwap<HashMap<String, String>>,
     /// Port to put in http->https redirects; `None` for 443.
     pub redirect_port: Option<u16>,
+    /// The ACME client, when `--acme-directory` is given (set once at start).
+    pub acme: std::sync::OnceLock<Arc<acme::Manager>>,
 }
 
 impl Shared {
@@ -45,6 +47,7 @@ impl Shared {
             certs,
             http01: ArcSwap::from_pointee(HashMap::new()),
             redirect_port,
+            acme: std::sync::OnceLock::new(),
         })
     }
 

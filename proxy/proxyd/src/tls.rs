@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, Stream};
+use pingora::protocols::{GetSocketDigest, Ssl, Stream, ALPN};
 use pingora::server::ShutdownWatch;
+use tokio::io::AsyncWriteExt;
 
 /// How long a client gets to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +61,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsApp<A> {
                     return None;
                 }
             };
+        if tls
+            .selected_alpn_proto()
+            .is_some_and(|p| matches!(&p, ALPN::Custom(c) if c.protocol() == certs::ACME_TLS_ALPN))
+        {
+            // A TLS-ALPN-01 validation: the handshake was the whole answer (RFC 8737).
+            tracing::debug!(client = %peer, "answered an ACME TLS-ALPN-01 validation");
+            let mut tls = tls;
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.shutdown()).await;
+            return None;
+        }
         self.inner.process_new(Box::new(tls), shutdown).await
     }
 

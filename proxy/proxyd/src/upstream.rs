@@ -214,7 +214,7 @@ pub async fn refresh_names(pool: &Pool, registry: &Registry) {
     for spec in &pool.specs {
         match spec {
             Upstream::Addr(a) => addrs.push(*a),
-            Upstream::Name { host, port } => {
+            Upstream::Name { host, port, .. } => {
                 match tokio::time::timeout(
                     Duration::from_secs(5),
                     tokio::net::lookup_host((host.as_str(), *port)),

@@ -19,14 +19,45 @@ use std::time::Duration;
 
 pub use ipnet::IpNet;
 
+mod diff;
 mod host;
 mod parse;
 #[cfg(test)]
 mod tests;
 mod values;
 
+pub use diff::{diff, TableDiff};
 pub use host::{normalize_host, HostPattern};
 pub use parse::parse;
+
+/// Checks of single values, for tools that write routes files (the inventory
+/// generator): the very functions the parser uses, with messages but no position.
+pub mod check {
+    use crate::{values, HostPattern, IpNet};
+
+    /// The policy keys of `[defaults]` (also route keys), in the reference file's order.
+    pub use crate::parse::POLICY_KEYS;
+
+    /// A host pattern as in `hosts`: `cloud.example.org`, `*.example.org` or an IP.
+    pub fn host(raw: &str) -> Result<HostPattern, String> {
+        values::host_pattern(raw)
+    }
+
+    /// A route or redirect `path` prefix.
+    pub fn path(raw: &str) -> Result<String, String> {
+        values::route_path(raw)
+    }
+
+    /// The DNS name of an upstream (`name` of an upstream table), normalised.
+    pub fn upstream_name(raw: &str) -> Result<String, String> {
+        values::upstream_name(raw)
+    }
+
+    /// A network as in `allow`: `172.28.0.0/16`, `fd00::/48` or a bare address.
+    pub fn network(raw: &str) -> Result<IpNet, String> {
+        values::cidr(raw)
+    }
+}
 
 /// A validated routing table. Built only by [`parse`] (the default is the empty table
 /// that an empty file gives); immutable afterwards.
@@ -235,7 +266,14 @@ pub enum LbPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Upstream {
     Addr(SocketAddr),
-    Name { host: String, port: u16 },
+    /// A DNS name, resolved by the daemon in the background. `fallback` (possibly
+    /// empty) holds the addresses to use, with `port`, while the name does not resolve
+    /// (written `{ name = "...", port = 80, fallback = ["172.28.1.2"] }`).
+    Name {
+        host: String,
+        port: u16,
+        fallback: Vec<IpAddr>,
+    },
 }
 
 impl Upstream {
@@ -254,10 +292,11 @@ impl Upstream {
 }
 
 impl fmt::Display for Upstream {
+    /// `172.28.1.2:80`, `[fd00::2]:80` or `gitlab-1.vrt.fsn:80` (fallbacks not shown).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Upstream::Addr(a) => write!(f, "{a}"),
-            Upstream::Name { host, port } => write!(f, "{host}:{port}"),
+            Upstream::Name { host, port, .. } => write!(f, "{host}:{port}"),
         }
     }
 }

@@ -1,0 +1,124 @@
+//! The admin API: HTTP/1.1 + JSON on a Unix socket (never TCP), served inside the same
+//! pingora server. `proxyctl` is its client; `curl --unix-socket` works too.
+//!
+//! | method and path        | what                                              |
+//! |------------------------|---------------------------------------------------|
+//! | `GET /v1/status`       | generation, last reload, listeners, upstreams, certs |
+//! | `POST /v1/reload`      | validate the routes file, then swap it in (422 if invalid) |
+//! | `GET /v1/diff`         | what a reload would change, applying nothing      |
+//! | `GET /v1/certs`        | certificates: names, issuer, not-after, next renewal, last error |
+//! | `POST /v1/certs/renew?name=NAME` | order a new ACME certificate for NAME's group now |
+//! | `GET /v1/health/live`  | the process answers                               |
+//! | `GET /v1/health/ready` | a route table is in force                         |
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::{json, Value};
+
+use crate::control::Control;
+
+pub struct AdminApp {
+    pub control: Arc<Control>,
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_owned();
+        let (status, body) = match (method, path.as_str()) {
+            (Method::GET, "/v1/status") => (StatusCode::OK, self.control.status()),
+            (Method::POST, "/v1/reload") => {
+                let outcome = self.control.reload(true, "admin api").await;
+                let status = if outcome.ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                (status, outcome.to_json())
+            }
+            (Method::GET, "/v1/diff") => {
+                let outcome = self.control.reload(false, "admin api").await;
+                let status = if outcome.ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                (status, outcome.to_json())
+            }
+            (Method::GET, "/v1/certs") => (
+                StatusCode::OK,
+                crate::acme_service::certs_json(&self.control.shared),
+            ),
+            (Method::POST, "/v1/certs/renew") => {
+                let query = session.req_header().uri.query().map(str::to_owned);
+                let (code, body) =
+                    crate::acme_service::renew(&self.control.shared, query.as_deref());
+                (
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    body,
+                )
+            }
+            (Method::GET, "/v1/health/live") => (StatusCode::OK, json!({"live": true})),
+            (Method::GET, "/v1/health/ready") => {
+                let generation = self.control.shared.snapshot.load().generation;
+                (
+                    StatusCode::OK,
+                    json!({"ready": true, "generation": generation}),
+                )
+            }
+            (_, p) => (
+                StatusCode::NOT_FOUND,
+                json!({"error": format!("no such admin endpoint: {p}")}),
+            ),
+        };
+        json_response(status, &body)
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
+    bytes.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", bytes.len())
+        .body(bytes)
+        .unwrap_or_default()
+}
+
+/// SIGHUP reloads the routes file, like `proxyctl reload` (for systemd's ExecReload
+/// users who prefer a signal); the result goes to the log.
+pub struct SighupReload {
+    pub control: Arc<Control>,
+}
+
+#[async_trait]
+impl BackgroundService for SighupReload {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload with proxyctl");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    self.control.reload(true, "SIGHUP").await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! Hot reload and the admin API: `proxyctl reload/diff/status` against the real daemon
+//! while traffic flows.
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tests::{wait_until, wss_connect, Alpn, Backend, Conn, Proxy};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::upstreams;
+
+/// Run proxyctl against this proxy's admin socket.
+async fn proxyctl(proxy: &Proxy, args: &[&str]) -> Output {
+    let socket = proxy.dir().join("admin.sock");
+    proxyctl_at(&socket, args).await
+}
+
+async fn proxyctl_at(socket: &Path, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(tests::locate_bin("proxyctl", "PROXYCTL_BIN"));
+    cmd.arg("--socket").arg(socket).args(args);
+    tokio::task::spawn_blocking(move || cmd.output().expect("run proxyctl"))
+        .await
+        .unwrap()
+}
+
+/// Failed requests: a count and the first few messages (a broken run must not eat memory).
+#[derive(Default)]
+struct Failures {
+    count: AtomicU64,
+    first: Mutex<Vec<String>>,
+}
+
+impl Failures {
+    fn push(&self, msg: String) {
+        if self.count.fetch_add(1, Ordering::Relaxed) < 10 {
+            self.first.lock().unwrap().push(msg);
+        }
+    }
+
+    fn take(&self) -> (u64, Vec<String>) {
+        (
+            self.count.load(Ordering::Relaxed),
+            std::mem::take(&mut self.first.lock().unwrap()),
+        )
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Replace the routes file as a deploy would (whole file, then rename).
+fn write_routes(proxy: &Proxy, text: &str) {
+    let tmp = proxy.dir().join("routes.toml.new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, proxy.routes_path()).unwrap();
+}
+
+/// `r.test` -> `backend`, tagged so the upstream can tell which table routed it, plus a
+/// route that never changes.
+fn table(tag: &str, backend: &Backend, steady: &Backend) -> String {
+    format!(
+        "[[route]]\nname = \"r\"\nhosts = [\"r.test\"]\nupstreams = {}\nrequest_headers = {{ \"X-Table\" = \"{tag}\" }}\n\n\
+         [[route]]\nname = \"steady\"\nhosts = [\"steady.test\"]\nupstreams = {}\nwebsocket = true\n",
+        upstreams(&[backend]),
+        upstreams(&[steady]),
+    )
+}
+
+/// Four problems (an empty upstream list, a bad CIDR, an unknown key and so a missing
+/// `upstreams`): the answer must list all of them.
+const INVALID: &str = r#"
+[[route]]
+name = "r"
+hosts = ["r.test"]
+upstreams = []
+allow = ["300.1.2.3/8"]
+
+[[route]]
+hosts = ["steady.test"]
+upstrem = ["127.0.0.1:1"]
+"#;
+
+fn assert_all_errors_reported(out: &Output) {
+    let stderr = text(&out.stderr);
+    let located = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: ") && l.contains("routes.toml:"))
+        .count();
+    assert!(
+        located >= 4,
+        "expected every error with file:line:col, got:\n{stderr}"
+    );
+    assert!(stderr.contains("unchanged"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_under_steady_traffic_lose_no_request_and_route_as_the_table_says() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let steady = Backend::start("steady").await;
+    let one = table("one", &a, &steady);
+    let two = table("two", &b, &steady);
+    let proxy = Proxy::start(&one).await;
+    let ca = proxy.ca_pem();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Failures::default());
+    let mut workers = Vec::new();
+    for (i, alpn) in [Alpn::H1, Alpn::H1, Alpn::H2, Alpn::H2]
+        .into_iter()
+        .enumerate()
+    {
+        let (stop, ok, failures, ca) = (stop.clone(), ok.clone(), failures.clone(), ca.clone());
+        let addr = proxy.https_addr();
+        workers.push(tokio::spawn(async move {
+            // Keep-alive: one connection for the whole run.
+            let mut conn = Conn::https(addr, &ca, "r.test", alpn).await.unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let host = if n % 2 == 0 { "r.test" } else { "steady.test" };
+                match conn.get(host, &format!("/w{i}/{n}")).await {
+                    Ok(resp) if resp.status == 200 => {
+                        let backend = resp.backend();
+                        let tag = resp.seen_header("x-table");
+                        let consistent = match backend.as_str() {
+                            "a" => tag == ["one"],
+                            "b" => tag == ["two"],
+                            "steady" => host == "steady.test",
+                            _ => false,
+                        };
+                        if consistent {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failures
+                                .push(format!("{host}: backend {backend} with X-Table {tag:?}"));
+                        }
+                    }
+                    Ok(resp) => {
+                        failures.push(format!("{host}: status {} {}", resp.status, resp.text()))
+                    }
+                    Err(e) => {
+                        failures.push(format!("{host}: {e:#}"));
+                        // A broken connection stays broken: open a new one.
+                        match Conn::https(addr, &ca, "r.test", alpn).await {
+                            Ok(c) => conn = c,
+                            Err(e) => failures.push(format!("reconnect: {e:#}")),
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    let mut valid_reloads = 0;
+    for i in 0..120 {
+        match i % 4 {
+            1 | 3 => {
+                write_routes(&proxy, INVALID);
+                let out = proxyctl(&proxy, &["reload"]).await;
+                assert_eq!(
+                    out.status.code(),
+                    Some(1),
+                    "invalid file accepted:\n{}",
+                    text(&out.stdout)
+                );
+                assert_all_errors_reported(&out);
+            }
+            k => {
+                let (file, want) = if k == 0 { (&two, "b") } else { (&one, "a") };
+                write_routes(&proxy, file);
+                let out = proxyctl(&proxy, &["reload"]).await;
+                assert_eq!(
+                    out.status.code(),
+                    Some(0),
+                    "reload failed: {}",
+                    text(&out.stderr)
+                );
+                assert!(
+                    text(&out.stdout).contains("applied generation"),
+                    "{}",
+                    text(&out.stdout)
+                );
+                assert!(
+                    text(&out.stdout).contains("~ route r"),
+                    "{}",
+                    text(&out.stdout)
+                );
+                valid_reloads += 1;
+                // In force at once: a new connection after the answer gets the new table.
+                let resp = tests::https_get(proxy.https_addr(), &ca, "r.test", "/after")
+                    .await
+                    .unwrap();
+                assert_eq!(resp.backend(), want, "after reload {i}");
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (count, first) = failures.take();
+    assert_eq!(count, 0, "failed requests, the first ones: {first:#?}");
+    let served = ok.load(Ordering::Relaxed);
+    assert!(
+        served > 200,
+        "too little traffic to mean anything: {served}"
+    );
+    assert!(a.requests() > 0 && b.requests() > 0);
+
+    let status = proxyctl(&proxy, &["status", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["generation"], 1 + valid_reloads);
+    assert_eq!(
+        v["last_reload"]["ok"], false,
+        "the last reload was of the invalid file"
+    );
+    assert_eq!(v["routes"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_keeps_echoing_across_50_reloads_of_other_routes() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let chat = Backend::start("chat").await;
+    let proxy = Proxy::start(&table("one", &a, &chat)).await;
+    let (mut ws, _) = wss_connect(proxy.https_addr(), &proxy.ca_pem(), "steady.test", "/ws")
+        .await
+        .unwrap();
+    for i in 0..50 {
+        let (tag, backend) = if i % 2 == 0 { ("two", &b) } else { ("one", &a) };
+        write_routes(&proxy, &table(tag, backend, &chat));
+        let out = proxyctl(&proxy, &["reload"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let msg = format!("still there after reload {i}");
+        ws.send(Message::text(msg.clone())).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("echo in time")
+            .expect("socket open")
+            .unwrap();
+        assert_eq!(echo, Message::text(msg));
+    }
+    assert_eq!(chat.websockets(), 1, "the websocket was never re-opened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_reload_is_rejected_and_the_old_table_keeps_serving() {
+    let a = Backend::start("a").await;
+    let steady = Backend::start("steady").await;
+    let proxy = Proxy::start(&table("one", &a, &steady)).await;
+    write_routes(&proxy, INVALID);
+
+    let diff = proxyctl(&proxy, &["diff"]).await;
+    assert_eq!(diff.status.code(), Some(1));
+    assert_all_errors_reported(&diff);
+
+    let out = proxyctl(&proxy, &["reload", "--json"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["applied"], false);
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 4, "{v:#}");
+    assert!(errors
+        .iter()
+        .all(|e| e["line"].as_u64().unwrap() > 0 && e["col"].as_u64().unwrap() > 0));
+
+    let resp = tests::https_get(proxy.https_addr(), &proxy.ca_pem(), "r.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(resp.backend(), "a");
+    let status = proxyctl(&proxy, &["status"]).await;
+    let shown = text(&status.stdout);
+    assert!(shown.contains("generation 1"), "{shown}");
+    assert!(shown.contains("REJECTED"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_shows_changes_without_applying_and_new_names_get_certificates() {
+    let a = Backend::start("a").await;
+    let steady = Backend::start("steady").await;
+    let proxy = Proxy::start(&table("one", &a, &steady)).await;
+    let added = format!(
+        "{}\n[[route]]\nname = \"new\"\nhosts = [\"new.test\"]\nupstreams = {}\n",
+        table("one", &a, &steady),
+        upstreams(&[&a])
+    );
+    write_routes(&proxy, &added);
+
+    let out = proxyctl(&proxy, &["diff"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("+ route new") && shown.contains("+ name new.test"),
+        "{shown}"
+    );
+    assert!(shown.contains("certificate needed for new.test"), "{shown}");
+    // Not applied: the name is unknown still (and has no certificate).
+    assert!(
+        tests::https_get(proxy.https_addr(), &proxy.ca_pem(), "new.test", "/")
+            .await
+            .is_err()
+    );
+
+    let out = proxyctl(&proxy, &["reload"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("certificate issued: new.test"),
+        "{}",
+        text(&out.stdout)
+    );
+    let resp = tests::https_get(proxy.https_addr(), &proxy.ca_pem(), "new.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(resp.backend(), "a");
+
+    let again = proxyctl(&proxy, &["reload"]).await;
+    assert!(
+        text(&again.stdout).contains("nothing changed"),
+        "{}",
+        text(&again.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_like_proxyctl() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let steady = Backend::start("steady").await;
+    let proxy = Proxy::start(&table("one", &a, &steady)).await;
+    write_routes(&proxy, &table("two", &b, &steady));
+    // SAFETY: signalling our own child by its PID.
+    assert_eq!(unsafe { libc::kill(proxy.pid() as i32, libc::SIGHUP) }, 0);
+    let ca = proxy.ca_pem();
+    wait_until(
+        "the SIGHUP reload to be in force",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            let resp = tests::https_get(proxy.https_addr(), &ca, "r.test", "/")
+                .await
+                .ok()?;
+            (resp.backend() == "b").then_some(())
+        },
+    )
+    .await;
+    let out = proxyctl(&proxy, &["status", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["last_reload"]["trigger"], "SIGHUP");
+    assert_eq!(v["generation"], 2);
+    assert_eq!(v["upstreams_total"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxyctl_says_why_it_cannot_reach_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // No daemon: exit 3, and says what to do.
+    let out = proxyctl_at(&dir.path().join("missing.sock"), &["status"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not running"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A daemon that never answers: exit 5 after --timeout.
+    let socket = dir.path().join("mute.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let out = proxyctl_at(&socket, &["--timeout", "1", "reload"]).await;
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("did not answer"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(listener);
+
+    // A socket this user may not use: exit 4. Root passes permission checks, so the
+    // client runs as nobody there.
+    let a = Backend::start("a").await;
+    let steady = Backend::start("steady").await;
+    let proxy = Proxy::start(&table("one", &a, &steady)).await;
+    let socket = proxy.dir().join("admin.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        mode.mode() & 0o777,
+        0o600,
+        "admin socket must be 0600 by default"
+    );
+    let bin = tests::locate_bin("proxyctl", "PROXYCTL_BIN");
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if is_root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
+        c
+    } else {
+        std::process::Command::new(&bin)
+    };
+    // The socket's directory must be reachable for the permission check to be the socket's.
+    std::fs::set_permissions(proxy.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    cmd.arg("--socket").arg(&socket).arg("status");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    if is_root || !socket_owned_by_us(&socket) {
+        assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("permission denied"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+fn socket_owned_by_us(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| m.uid() == unsafe { libc::geteuid() })
+        .unwrap_or(false)
+}
