@@ -208,7 +208,7 @@ upstrem = ["127.0.0.1:8081"]
 
 [[redirect]]
 hosts = ["c.test"]
-to = "https://c.test"
+to = "https://d.test"
 status = 299
 "#;
     let path = write_routes(&dir, text);

@@ -140,7 +140,7 @@ async fn hsts_on_https_responses_only() {
             Some("max-age=31536000"),
             "default HSTS over {alpn:?}"
         );
-        // Also on answers the proxy makes itself (the upstream's 404 here).
+        // Also on error statuses the upstream answers.
         let resp = proxy
             .https("a.test", alpn)
             .await

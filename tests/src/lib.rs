@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod body;
 pub mod client;
+pub mod pebble;
 pub mod proxy;
 pub mod ws;
 

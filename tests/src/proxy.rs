@@ -112,18 +112,26 @@ impl ProxyBuilder {
     /// ready in time. Ports that were picked here are picked again if proxyd could not
     /// bind them (another process took them in between).
     pub async fn start(self) -> Proxy {
-        let mut last_log = String::new();
-        for _attempt in 0..3 {
-            match self.try_start().await {
-                Ok(proxy) => return proxy,
-                Err(StartError::PortTaken(log)) => last_log = log,
-                Err(StartError::Failed(msg)) => panic!("{msg}"),
-            }
+        match self.try_start().await {
+            Ok(proxy) => proxy,
+            Err(e) => panic!("{e:#}"),
         }
-        panic!("proxyd could not bind its ports three times:\n{last_log}");
     }
 
-    async fn try_start(&self) -> Result<Proxy, StartError> {
+    /// [`ProxyBuilder::start`] returning the failure instead of panicking.
+    pub async fn try_start(self) -> anyhow::Result<Proxy> {
+        let mut last = String::new();
+        for _attempt in 0..3 {
+            match self.attempt().await {
+                Ok(proxy) => return Ok(proxy),
+                Err(StartError::PortTaken(msg)) => last = msg,
+                Err(StartError::Failed(msg)) => anyhow::bail!("{msg}"),
+            }
+        }
+        anyhow::bail!("proxyd could not bind its ports three times:\n{last}")
+    }
+
+    async fn attempt(&self) -> Result<Proxy, StartError> {
         let (tmp, dir) = match &self.dir {
             Some(d) => {
                 std::fs::create_dir_all(d).expect("create proxy dir");
@@ -165,6 +173,8 @@ impl ProxyBuilder {
             .arg(dir.join("upgrade.sock"))
             .args(&self.args)
             .current_dir(&dir)
+            // The log is a file read by people in test output: no colour codes.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log);
@@ -206,7 +216,20 @@ impl ProxyBuilder {
                     },
                 );
             }
-            if proxy.ready().await {
+            // pingora retries a busy port for 30 s instead of exiting: meanwhile the port
+            // answers, but not as proxyd. Fail at once (or pick new ports).
+            if proxy.log().contains(" is in use") {
+                let msg = format!(
+                    "a port of proxyd (http {http}, https {https}) is taken; its log:\n{}",
+                    proxy.log_tail(20)
+                );
+                return Err(if self.http.is_none() && self.https.is_none() {
+                    StartError::PortTaken(msg)
+                } else {
+                    StartError::Failed(msg)
+                });
+            }
+            if proxy.ready().await && !proxy.log().contains(" is in use") {
                 return Ok(proxy);
             }
             if Instant::now() > deadline {

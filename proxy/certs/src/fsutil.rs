@@ -1,4 +1,6 @@
 //! Crash-safe file and directory writes (see the crate docs, "Writing atomically").
+//! Public so that the other writer of the store (`proxy/acme`, the account and its lock
+//! files) writes the same way.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -8,14 +10,14 @@ use std::path::Path;
 use crate::StoreError;
 
 /// Mode of private keys.
-pub(crate) const KEY_MODE: u32 = 0o600;
+pub const KEY_MODE: u32 = 0o600;
 /// Mode of certificates and metadata (public data, in a 0700 directory anyway).
-pub(crate) const PUBLIC_MODE: u32 = 0o644;
+pub const PUBLIC_MODE: u32 = 0o644;
 /// Mode of every directory the store creates.
-pub(crate) const DIR_MODE: u32 = 0o700;
+pub const DIR_MODE: u32 = 0o700;
 
 /// Random lower-case hex, for temporary names.
-pub(crate) fn random_hex(bytes: usize) -> String {
+pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     if crate::crypto_provider()
         .secure_random
@@ -34,7 +36,7 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub(crate) fn create_dir(path: &Path) -> Result<(), StoreError> {
+pub fn create_dir(path: &Path) -> Result<(), StoreError> {
     DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
@@ -43,7 +45,7 @@ pub(crate) fn create_dir(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Creates `path` (which must not exist) with `mode`, writes `data` and fsyncs it.
-pub(crate) fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
+pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
     let write = || -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
@@ -58,7 +60,7 @@ pub(crate) fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), Store
 
 /// Replaces the file `path` atomically: temporary file in the same directory, write,
 /// fsync, rename, fsync the directory.
-pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
     let dir = parent(path);
     let name = path
         .file_name()
@@ -72,7 +74,7 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), St
     sync_dir(dir)
 }
 
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(dir, e))

@@ -60,7 +60,7 @@
 //! certificate in by hand should build the directory elsewhere (on the same file system)
 //! and `mv` it into `certs/`.
 
-mod fsutil;
+pub mod fsutil;
 mod local;
 mod manager;
 mod parse;
@@ -73,7 +73,7 @@ use std::path::PathBuf;
 pub use local::{LocalIssuer, LEAF_LIFETIME, LOCAL_CA_NAME};
 pub use manager::{CertInfo, CertManager, EnsureReport};
 pub use parse::{cert_id, normalize_name};
-pub use resolver::CertResolver;
+pub use resolver::{CertResolver, ACME_TLS_ALPN};
 pub use store::{IssuedCert, LoadReport, Meta, Store, StoredCert};
 pub use tls::{crypto_provider, install_crypto_provider, server_config, SESSION_CACHE_SIZE};
 

@@ -171,6 +171,15 @@ impl CertManager {
         report
     }
 
+    /// Serves a certificate saved by another issuer (ACME) at once: it replaces the one
+    /// held under the same id, and the resolver is swapped once.
+    pub fn install(&self, cert: Arc<StoredCert>) {
+        let mut state = self.lock();
+        state.certs.insert(cert.id.clone(), cert);
+        let all: Vec<_> = state.certs.values().cloned().collect();
+        self.resolver.replace(&all);
+    }
+
     /// The certificates held (loaded or issued), sorted by id.
     pub fn list(&self) -> Vec<CertInfo> {
         self.lock()

@@ -24,7 +24,13 @@ struct CertMap {
 /// handshake fails cleanly (rustls sends an access_denied alert).
 pub struct CertResolver {
     map: ArcSwap<CertMap>,
+    /// ACME TLS-ALPN-01 (RFC 8737) challenge certificates by name, answered only to
+    /// clients that offer ALPN `acme-tls/1`. Empty but for the seconds of a validation.
+    acme: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
 }
+
+/// The ALPN protocol of TLS-ALPN-01 validations.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 impl Default for CertResolver {
     fn default() -> Self {
@@ -46,7 +52,28 @@ impl CertResolver {
     pub fn new() -> CertResolver {
         CertResolver {
             map: ArcSwap::from_pointee(CertMap::default()),
+            acme: ArcSwap::from_pointee(HashMap::new()),
         }
+    }
+
+    /// Answers TLS-ALPN-01 validations for `name` with `key` (a self-signed certificate
+    /// with the acmeIdentifier extension) until [`CertResolver::remove_acme_challenge`].
+    pub fn set_acme_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
+        let name = normalize(name).into_owned();
+        self.acme.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(name.clone(), key.clone());
+            m
+        });
+    }
+
+    pub fn remove_acme_challenge(&self, name: &str) {
+        let name = normalize(name);
+        self.acme.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.remove(name.as_ref());
+            m
+        });
     }
 
     /// Replaces the whole map in one atomic store. Each cert is indexed under every SAN
@@ -109,6 +136,14 @@ fn normalize(sni: &str) -> Cow<'_, str> {
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let sni = client_hello.server_name()?;
+        if client_hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN))
+        {
+            // A TLS-ALPN-01 validation: the challenge certificate or nothing, never the
+            // certificate served to browsers.
+            return self.acme.load().get(normalize(sni).as_ref()).cloned();
+        }
         let found = self.lookup(sni);
         if found.is_none() {
             tracing::debug!("no certificate for SNI {sni:?}");

@@ -102,9 +102,15 @@ pub struct Meta {
     pub issuer: String,
     /// Unix seconds.
     pub not_after: i64,
-    /// Unix seconds of the last (failed) attempt to renew, for the ACME issuer.
+    /// Unix seconds of the last attempt to obtain or renew it, for the ACME issuer.
     pub last_attempt: Option<i64>,
+    /// Why the last attempt failed (`None` after a success).
     pub last_error: Option<String>,
+    /// Unix seconds before which no new order may be made (the ACME backoff; it is
+    /// written before each order, so that a crash loop cannot order again and again).
+    pub next_attempt: Option<i64>,
+    /// Failed attempts in a row (0 after a success).
+    pub failures: u32,
 }
 
 /// The result of [`Store::load_all`].
@@ -290,6 +296,8 @@ impl Store {
             not_after: parse::system_to_unix(parsed.not_after),
             last_attempt: None,
             last_error: None,
+            next_attempt: None,
+            failures: 0,
         };
         let meta_json = serde_json::to_string_pretty(&meta).expect("Meta serialises") + "\n";
 
@@ -321,6 +329,67 @@ impl Store {
             not_after: parsed.not_after,
             key: parsed.key,
         }))
+    }
+}
+
+impl Store {
+    /// Where the bookkeeping of certificate `id` lives: `certs/<id>/meta.json` when the
+    /// certificate exists, else `acme/pending/<id>.json` (a name still waiting for its
+    /// first ACME certificate).
+    fn meta_path(&self, id: &str) -> PathBuf {
+        let dir = self.certs_dir().join(id);
+        if dir.is_dir() {
+            dir.join(META_FILE)
+        } else {
+            self.acme_dir().join("pending").join(format!("{id}.json"))
+        }
+    }
+
+    /// The bookkeeping of certificate `id` (see [`Store::write_meta`]); `None` when there
+    /// is none or it does not parse (reported at debug level: the certificate itself is
+    /// what matters).
+    pub fn read_meta(&self, id: &str) -> Option<Meta> {
+        let _g = self.guard();
+        let path = self.meta_path(id);
+        let bytes = fs::read(&path).ok()?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| tracing::debug!("{}: {e}", path.display()))
+            .ok()
+    }
+
+    /// Writes the bookkeeping of certificate `id` atomically, into `certs/<id>/meta.json`
+    /// when the certificate exists, else into `acme/pending/<id>.json`. A pending file is
+    /// removed when the certificate directory exists.
+    pub fn write_meta(&self, id: &str, meta: &Meta) -> Result<(), StoreError> {
+        parse::cert_id(id)?;
+        let json = serde_json::to_string_pretty(meta).expect("Meta serialises") + "\n";
+        let _g = self.guard();
+        let path = self.meta_path(id);
+        if let Some(dir) = path.parent() {
+            fsutil::create_dir(dir)?;
+        }
+        fsutil::write_atomic(&path, json.as_bytes(), PUBLIC_MODE)?;
+        let pending = self.acme_dir().join("pending").join(format!("{id}.json"));
+        if path != pending && pending.exists() {
+            let _ = fs::remove_file(&pending);
+        }
+        Ok(())
+    }
+
+    /// Reads one certificate, `certs/<id>`, as [`Store::load_all`] would, but moves
+    /// nothing aside: `Ok(None)` when it does not exist, `Err` when it is unusable.
+    /// For a process that must see what another process may have just saved.
+    pub fn load_one(&self, id: &str) -> Result<Option<Arc<StoredCert>>, String> {
+        let _g = self.guard();
+        let path = self.certs_dir().join(id);
+        if !path.is_dir() {
+            return Ok(None);
+        }
+        let mut problems = Vec::new();
+        match load_entry(id, &path, &mut problems) {
+            Ok(c) => Ok(Some(Arc::new(c))),
+            Err(EntryError::Corrupt(m) | EntryError::Unreadable(m)) => Err(m),
+        }
     }
 }
 

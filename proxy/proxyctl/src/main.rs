@@ -257,7 +257,9 @@ mod tests {
             Cli::try_parse_from(["proxyctl", "check", "--json", "--socket", "/tmp/s"]).unwrap();
         assert!(cli.json);
         assert_eq!(cli.socket, PathBuf::from("/tmp/s"));
-        let Command::Check { file } = cli.command;
+        let Command::Check { file } = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
         assert_eq!(file, PathBuf::from("routes.toml"));
     }
 

@@ -24,7 +24,7 @@ type Value<'i> = Spanned<DeValue<'i>>;
 pub(crate) const TOP_KEYS: &[&str] = &["defaults", "route", "redirect"];
 
 /// Keys of `[defaults]`, also accepted in a `[[route]]` as overrides.
-pub(crate) const POLICY_KEYS: &[&str] = &[
+pub const POLICY_KEYS: &[&str] = &[
     "max_body",
     "connect_timeout",
     "read_timeout",
@@ -569,32 +569,127 @@ impl<'a> Cx<'a> {
         })
     }
 
-    /// `upstreams`: required, non-empty, no duplicates.
+    /// `upstreams`: required, non-empty, no duplicates. Each item is a string
+    /// (`"172.28.1.50:80"`, `"[fd00::1]:80"`, `"name:80"`) or a table
+    /// `{ name = "...", port = 80, fallback = ["172.28.1.50", ...] }`.
     fn upstreams(&mut self, table: &DeTable, header_at: usize) -> Option<Vec<Upstream>> {
+        const EXPECTED: &str =
+            "an array of upstreams (\"host:port\" or { name = \"...\", port = 80 })";
         let Some(v) = table.get("upstreams") else {
             self.error(header_at, "missing field `upstreams`");
             return None;
         };
-        let (items, mut ok) = self.str_array("upstreams", v)?;
-        if items.is_empty() && ok {
+        let DeValue::Array(items) = v.get_ref() else {
+            self.type_error("upstreams", EXPECTED, v);
+            return None;
+        };
+        if items.is_empty() {
             self.error(v.span().start, "`upstreams` must not be empty");
             return None;
         }
+        let mut ok = true;
         let mut out: Vec<Upstream> = Vec::new();
-        for (s, span) in items {
-            match values::upstream(s) {
-                Ok(u) if out.contains(&u) => {
-                    self.error(span.start, format!("duplicate upstream `{u}`"));
+        for item in items.iter() {
+            let parsed = match item.get_ref() {
+                DeValue::String(s) => match values::upstream(s) {
+                    Ok(u) => Some(u),
+                    Err(msg) => {
+                        self.error(item.span().start, msg);
+                        None
+                    }
+                },
+                DeValue::Table(t) => self.upstream_table(t, item.span().start),
+                other => {
+                    self.error(
+                        item.span().start,
+                        format!(
+                            "`upstreams` must contain strings (\"host:port\") or tables ({{ name = \"...\", port = 80 }}), found {}",
+                            found(other)
+                        ),
+                    );
+                    None
+                }
+            };
+            match parsed {
+                // Same target twice (whatever the fallbacks): `host:port` is the key.
+                Some(u) if out.iter().any(|o| o.to_string() == u.to_string()) => {
+                    self.error(item.span().start, format!("duplicate upstream `{u}`"));
                     ok = false;
                 }
-                Ok(u) => out.push(u),
-                Err(msg) => {
-                    self.error(span.start, msg);
-                    ok = false;
-                }
+                Some(u) => out.push(u),
+                None => ok = false,
             }
         }
         ok.then_some(out)
+    }
+
+    /// `{ name = "gitlab-1.vrt.fsn", port = 80, fallback = ["172.28.1.2"] }`.
+    fn upstream_table(&mut self, t: &DeTable, at: usize) -> Option<Upstream> {
+        const KEYS: &[&str] = &["name", "port", "fallback"];
+        let mut ok = true;
+        for (key, _) in entries(t) {
+            if !KEYS.contains(&key.get_ref().as_ref()) {
+                self.unknown_key(key, KEYS, " in an upstream table");
+                ok = false;
+            }
+        }
+        let host = match t.get("name") {
+            None => {
+                self.error(at, "missing field `name` in upstream table");
+                None
+            }
+            Some(v) => self.checked("name", v, "a string (a DNS name)", values::upstream_name),
+        };
+        let port = match t.get("port") {
+            None => {
+                self.error(at, "missing field `port` in upstream table");
+                None
+            }
+            Some(v) => match v.get_ref() {
+                DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                    Ok(p @ 1..=65535) => Some(p as u16),
+                    _ => {
+                        self.error(
+                            v.span().start,
+                            format!("invalid upstream `port` {i}, expected 1-65535"),
+                        );
+                        None
+                    }
+                },
+                _ => {
+                    self.type_error("port", "an integer (1-65535)", v);
+                    None
+                }
+            },
+        };
+        let mut fallback = Vec::new();
+        if let Some(v) = t.get("fallback") {
+            match self.str_array("fallback", v) {
+                None => ok = false,
+                Some((items, all_strings)) => {
+                    ok &= all_strings;
+                    for (s, span) in items {
+                        match values::fallback_addr(s) {
+                            Ok(ip) if fallback.contains(&ip) => {
+                                self.error(span.start, format!("duplicate fallback address `{ip}`"));
+                                ok = false;
+                            }
+                            Ok(ip) => fallback.push(ip),
+                            Err(msg) => {
+                                self.error(span.start, msg);
+                                ok = false;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let (host, port) = (host?, port?);
+        ok.then_some(Upstream::Name {
+            host,
+            port,
+            fallback,
+        })
     }
 
     fn redirect(

@@ -193,6 +193,77 @@ fn small_cases() {
 }
 
 #[test]
+fn upstream_tables_name_a_dns_name_with_fallback_addresses() {
+    let t = table(
+        r#"
+[[route]]
+hosts = ["git.example.org"]
+upstreams = [
+    { name = "GitLab-1.vrt.fsn.", port = 80, fallback = ["172.28.1.2", "fd00:7fd7:e9a5:1::2"] },
+    { name = "gitlab-2.vrt.fsn", port = 8080 },
+    "172.28.1.3:80",
+]
+"#,
+    );
+    assert_eq!(
+        t.routes[0].upstreams,
+        [
+            Upstream::Name {
+                host: "gitlab-1.vrt.fsn".into(),
+                port: 80,
+                fallback: vec![
+                    "172.28.1.2".parse().unwrap(),
+                    "fd00:7fd7:e9a5:1::2".parse().unwrap()
+                ],
+            },
+            Upstream::Name {
+                host: "gitlab-2.vrt.fsn".into(),
+                port: 8080,
+                fallback: vec![],
+            },
+            Upstream::Addr("172.28.1.3:80".parse().unwrap()),
+        ]
+    );
+    assert_eq!(t.routes[0].upstreams[0].to_string(), "gitlab-1.vrt.fsn:80");
+
+    #[rustfmt::skip]
+    let cases: &[(&str, Expect)] = &[
+        ("[[route]]\nhosts = ['a.example.org']\nupstreams = [{ name = 'a.internal', port = 80, fallbak = ['10.0.0.1'] }]\n", expect![[r#"
+            error: routes.toml:3:48: unknown field `fallbak` in an upstream table, expected one of `name`, `port`, `fallback`
+              in [[route]] #1 (hosts = ["a.example.org"])"#]]),
+        ("[[route]]\nhosts = ['a.example.org']\nupstreams = [{ name = '10.0.0.1' }, { port = 0, fallback = ['10.0.0.1:80', 'x', 3, '10.0.0.2', '10.0.0.2'] }, 7]\n", expect![[r#"
+            error: routes.toml:3:14: missing field `port` in upstream table
+              in [[route]] #1 (hosts = ["a.example.org"])
+            error: routes.toml:3:23: invalid upstream name `10.0.0.1`: an IP address is written as a string upstream (e.g. `"10.0.0.1:80"`), not as `name`
+              in [[route]] #1 (hosts = ["a.example.org"])
+            error: routes.toml:3:37: missing field `name` in upstream table
+              in [[route]] #1 (hosts = ["a.example.org"])
+            error: routes.toml:3:46: invalid upstream `port` 0, expected 1-65535
+              in [[route]] #1 (hosts = ["a.example.org"])
+            error: routes.toml:3:61: invalid fallback address `10.0.0.1:80`: expected an IP address without port (e.g. `172.28.1.2` or `fd00::2`)
+              in [[route]] #1 (hosts = ["a.example.org"])
+            error: routes.toml:3:76: invalid fallback address `x`: expected an IP address without port (e.g. `172.28.1.2` or `fd00::2`)
+              in [[route]] #1 (hosts = ["a.example.org"])
+            error: routes.toml:3:81: `fallback` must contain only strings, found an integer
+              in [[route]] #1 (hosts = ["a.example.org"])
+            error: routes.toml:3:96: duplicate fallback address `10.0.0.2`
+              in [[route]] #1 (hosts = ["a.example.org"])
+            error: routes.toml:3:111: `upstreams` must contain strings ("host:port") or tables ({ name = "...", port = 80 }), found an integer
+              in [[route]] #1 (hosts = ["a.example.org"])"#]]),
+        // One target twice is a duplicate whatever its fallbacks.
+        ("[[route]]\nhosts = ['a.example.org']\nupstreams = ['a.internal:80', { name = 'A.internal', port = 80, fallback = ['10.0.0.1'] }]\n", expect![[r#"
+            error: routes.toml:3:31: duplicate upstream `a.internal:80`
+              in [[route]] #1 (hosts = ["a.example.org"])"#]]),
+        ("[[route]]\nhosts = ['a.example.org']\nupstreams = []\n", expect![[r#"
+            error: routes.toml:3:13: `upstreams` must not be empty
+              in [[route]] #1 (hosts = ["a.example.org"])"#]]),
+    ];
+    for (text, want) in cases {
+        check(text, want);
+    }
+}
+
+#[test]
 fn columns_count_characters_and_crlf_lines_work() {
     let d = parse("f", "# ünïcödé\r\n[defaults]\r\nlb = 'ü'\r\n").unwrap_err();
     assert_eq!((d.0[0].line, d.0[0].col), (3, 6), "{d}");
@@ -297,7 +368,8 @@ health_check_path = ""
         [
             Upstream::Name {
                 host: "backend.internal".into(),
-                port: 8080
+                port: 8080,
+                fallback: vec![],
             },
             Upstream::Addr("[fd00::2]:8080".parse().unwrap()),
         ]
@@ -737,7 +809,7 @@ fn repository_routes_toml_is_valid() {
     assert!(t.routes.len() >= 8, "{}", t.routes.len());
     assert!(t.redirects.len() >= 3);
     let id = |host: &str, path: &str| t.lookup(host, path).map(|t| t.id().to_string());
-    assert_eq!(id("www.example.org", "/x").as_deref(), Some("www-to-apex"));
+    assert_eq!(id("www.example.org", "/x").as_deref(), Some("site-redirect"));
     assert!(
         matches!(t.lookup("cloud.example.org", "/.well-known/caldav"), Some(Target::Redirect(r)) if r.status == 301)
     );

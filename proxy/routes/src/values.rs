@@ -228,6 +228,33 @@ pub(crate) fn upstream(raw: &str) -> Result<Upstream, String> {
     Ok(Upstream::Name {
         host: name.to_string(),
         port,
+        fallback: Vec::new(),
+    })
+}
+
+/// The `name` of an upstream table (`{ name = "gitlab-1.vrt.fsn", port = 80 }`): a DNS
+/// name, lower-cased, without a trailing dot. IP literals belong in the string form.
+pub(crate) fn upstream_name(raw: &str) -> Result<String, String> {
+    if raw.parse::<IpAddr>().is_ok() || looks_like_ipv4(raw) {
+        return Err(format!(
+            "invalid upstream name `{raw}`: an IP address is written as a string upstream (e.g. `\"{raw}:80\"`), not as `name`"
+        ));
+    }
+    let lower = raw.to_ascii_lowercase();
+    let name = lower.strip_suffix('.').unwrap_or(&lower);
+    dns_name(name).map_err(|why| format!("invalid upstream name `{raw}`: {why}"))?;
+    Ok(name.to_string())
+}
+
+/// One `fallback` address of an upstream table: a bare IPv4 or IPv6 address (the port
+/// is the table's `port`).
+pub(crate) fn fallback_addr(raw: &str) -> Result<IpAddr, String> {
+    let bare = raw
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(raw);
+    bare.parse::<IpAddr>().map_err(|_| {
+        format!("invalid fallback address `{raw}`: expected an IP address without port (e.g. `172.28.1.2` or `fd00::2`)")
     })
 }
 
@@ -603,7 +630,8 @@ mod tests {
             upstream("Nextcloud-1.vrt.fsn:8080"),
             Ok(Upstream::Name {
                 host: "nextcloud-1.vrt.fsn".into(),
-                port: 8080
+                port: 8080,
+                fallback: vec![],
             })
         );
         assert_eq!(upstream("localhost:65535").unwrap().port(), 65535);
@@ -630,6 +658,20 @@ mod tests {
             upstream("fd00::1:80").unwrap_err(),
             "invalid upstream `fd00::1:80`: an IPv6 address must be in brackets (e.g. `[fd00::1]:80`)"
         );
+    }
+
+    #[test]
+    fn upstream_names_and_fallbacks() {
+        assert_eq!(upstream_name("GitLab-1.vrt.fsn."), Ok("gitlab-1.vrt.fsn".into()));
+        for bad in ["", "172.28.1.2", "fd00::2", "300.1.1.1", "a..b", "*.example.org", "a b"] {
+            assert!(upstream_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(fallback_addr("172.28.1.2"), Ok("172.28.1.2".parse().unwrap()));
+        assert_eq!(fallback_addr("[fd00::2]"), Ok("fd00::2".parse().unwrap()));
+        assert_eq!(fallback_addr("fd00::2"), Ok("fd00::2".parse().unwrap()));
+        for bad in ["", "172.28.1.2:80", "gitlab-1", "[fd00::2]:80"] {
+            assert!(fallback_addr(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

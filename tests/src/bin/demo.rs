@@ -87,8 +87,8 @@ status = 301
         .dir(&dir)
         .https_addr(SocketAddr::from(([127, 0, 0, 1], https_port)))
         .http_addr(SocketAddr::from(([127, 0, 0, 1], http_port)))
-        .start()
-        .await;
+        .try_start()
+        .await?;
 
     self_check(&proxy).await.with_context(|| {
         format!(

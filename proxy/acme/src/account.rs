@@ -1,0 +1,177 @@
+//! The ACME account: created once per directory, kept in `acme/accounts/` (0600).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use instant_acme::{
+    Account, AccountBuilder, AccountCredentials, BodyWrapper, ExternalAccountKey, NewAccount,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+
+use crate::lock::FileLock;
+use crate::Config;
+
+/// What `acme/accounts/<directory>.json` holds.
+#[derive(Serialize, Deserialize)]
+struct StoredAccount {
+    directory: String,
+    contact: Vec<String>,
+    /// Unix seconds.
+    created: i64,
+    credentials: AccountCredentials,
+}
+
+/// `acme/accounts/<host>_<path>.json` for a directory URL.
+pub(crate) fn account_path(acme_dir: &Path, directory: &str) -> PathBuf {
+    let slug: String = directory
+        .trim_start_matches("https://")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect();
+    acme_dir.join("accounts").join(format!("{slug}.json"))
+}
+
+/// An HTTP client for the directory: the platform's roots, or with `--acme-ca-root`
+/// the system roots plus that file's certificates. ring only.
+fn builder(config: &Config) -> Result<AccountBuilder, String> {
+    let Some(root) = &config.ca_root else {
+        return Account::builder().map_err(|e| format!("ACME HTTP client: {e}"));
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    let extra = CertificateDer::pem_file_iter(root)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--acme-ca-root {}: {e}", root.display()))?;
+    if extra.is_empty() {
+        return Err(format!("--acme-ca-root {}: no certificate", root.display()));
+    }
+    for c in extra {
+        roots
+            .add(c)
+            .map_err(|e| format!("--acme-ca-root {}: {e}", root.display()))?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(certs::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("ACME TLS client: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let client: HyperClient<_, BodyWrapper<Bytes>> =
+        HyperClient::builder(TokioExecutor::new()).build(https);
+    Ok(Account::builder_with_http(Box::new(client)))
+}
+
+/// Loads the account for `config.directory` from the store, or creates it at the CA
+/// (agreeing to its terms, with the contact and EAB given) and stores it. A lock file
+/// keeps two processes from creating two accounts.
+pub(crate) async fn load_or_create(store: &certs::Store, config: &Config) -> Result<Account, String> {
+    let path = account_path(&store.acme_dir(), &config.directory);
+    let _lock = FileLock::acquire(&path.with_extension("lock"), Duration::from_secs(60))
+        .await
+        .map_err(|e| format!("account lock: {e}"))?;
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let stored: StoredAccount = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: {e} (move it aside to create a new account)", path.display()))?;
+            let account = builder(config)?
+                .from_credentials(stored.credentials)
+                .await
+                .map_err(|e| format!("ACME directory {}: {e}", config.directory))?;
+            if stored.contact != config.contact {
+                let refs: Vec<&str> = config.contact.iter().map(String::as_str).collect();
+                match account.update_contacts(&refs).await {
+                    Ok(()) => {
+                        let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+                        let mut again: StoredAccount =
+                            serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                        again.contact = config.contact.clone();
+                        write(&path, &again)?;
+                        tracing::info!(contact = ?config.contact, "ACME account contact updated");
+                    }
+                    Err(e) => tracing::warn!("ACME account contact not updated: {e}"),
+                }
+            }
+            Ok(account)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let refs: Vec<&str> = config.contact.iter().map(String::as_str).collect();
+            let eab = config
+                .eab
+                .as_ref()
+                .map(|e| ExternalAccountKey::new(e.kid.clone(), &e.hmac_key));
+            let (account, credentials) = builder(config)?
+                .create(
+                    &NewAccount {
+                        contact: &refs,
+                        terms_of_service_agreed: true,
+                        only_return_existing: false,
+                    },
+                    config.directory.clone(),
+                    eab.as_ref(),
+                )
+                .await
+                .map_err(|e| format!("creating an ACME account at {}: {e}", config.directory))?;
+            let stored = StoredAccount {
+                directory: config.directory.clone(),
+                contact: config.contact.clone(),
+                created: unix_now(),
+                credentials,
+            };
+            write(&path, &stored)?;
+            tracing::info!(directory = %config.directory, id = %account.id(), "ACME account created");
+            Ok(account)
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Moves the stored account aside (the CA no longer knows it), so that the next
+/// [`load_or_create`] makes a new one.
+pub(crate) fn forget(store: &certs::Store, config: &Config) {
+    let path = account_path(&store.acme_dir(), &config.directory);
+    let aside = path.with_extension(format!("json.unknown-{}", unix_now()));
+    if let Err(e) = std::fs::rename(&path, &aside) {
+        tracing::warn!("{}: could not move aside: {e}", path.display());
+    }
+}
+
+fn write(path: &Path, account: &StoredAccount) -> Result<(), String> {
+    let json = serde_json::to_string_pretty(account).map_err(|e| e.to_string())? + "\n";
+    if let Some(dir) = path.parent() {
+        certs::fsutil::create_dir(dir).map_err(|e| e.to_string())?;
+    }
+    certs::fsutil::write_atomic(path, json.as_bytes(), certs::fsutil::KEY_MODE)
+        .map_err(|e| e.to_string())
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_file_per_directory() {
+        let p = account_path(Path::new("/s/acme"), "https://acme-v02.api.letsencrypt.org/directory");
+        assert_eq!(p, Path::new("/s/acme/accounts/acme-v02.api.letsencrypt.org_directory.json"));
+        let p = account_path(Path::new("/s/acme"), "https://127.0.0.1:14000/dir");
+        assert_eq!(p, Path::new("/s/acme/accounts/127.0.0.1_14000_dir.json"));
+    }
+}

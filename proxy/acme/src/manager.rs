@@ -1,0 +1,726 @@
+//! The ACME manager: one entry per certificate group, a loop that orders what is
+//! missing and renews what is due, each order a task of its own.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use certs::{IssuedCert, Meta, StoredCert};
+use instant_acme::{
+    Account, AuthorizationStatus, CertificateIdentifier, Identifier, NewOrder, OrderStatus,
+    RetryPolicy,
+};
+use serde::Serialize;
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::challenge::{tls_alpn_certificate, Published};
+use crate::lock::FileLock;
+use crate::schedule::{self, Window};
+use crate::{account, ChallengeKind, Config, Host};
+
+/// How often the loop looks at the route generation and at due entries.
+const TICK: Duration = Duration::from_millis(250);
+/// Orders running at once.
+const CONCURRENT_ORDERS: usize = 4;
+/// One order, from new-order to the saved certificate, may take this long.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
+/// Waiting for the CA to validate, and then to issue.
+const POLL_TIMEOUT: Duration = Duration::from_secs(90);
+/// When another process holds a certificate's lock: look again after this.
+const LOCKED_RETRY: Duration = Duration::from_secs(30);
+/// A failed ARI query (network, CA error): fall back, and ask again after this.
+const ARI_RETRY: Duration = Duration::from_secs(3600);
+/// Bounds on the CA's Retry-After for ARI.
+const ARI_RECHECK_MIN: Duration = Duration::from_secs(60);
+const ARI_RECHECK_MAX: Duration = Duration::from_secs(24 * 3600);
+
+const ARI_UNKNOWN: u8 = 0;
+const ARI_YES: u8 = 1;
+const ARI_NO: u8 = 2;
+
+/// One certificate group as the manager sees it.
+#[derive(Debug, Clone)]
+struct Entry {
+    names: Vec<String>,
+    /// When to look at it next (renewal time, backoff, recheck).
+    next_check: SystemTime,
+    /// When the current ACME certificate is to be renewed, once known.
+    renew_at: Option<SystemTime>,
+    ari_window: Option<Window>,
+    failures: u32,
+    last_attempt: Option<i64>,
+    last_error: Option<String>,
+    next_attempt: Option<i64>,
+    force: bool,
+    in_flight: bool,
+}
+
+/// A certificate group, for `proxyctl certs` and the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertStatus {
+    /// Store id (main name).
+    pub id: String,
+    /// The names routed together (the ACME order asks for all of them).
+    pub names: Vec<String>,
+    /// Issuer of the certificate served now: the directory URL, `local`, `manual`, or
+    /// `None` when no certificate covers the names yet.
+    pub issuer: Option<String>,
+    /// Unix seconds.
+    pub not_after: Option<i64>,
+    /// Unix seconds: when the ACME certificate will be renewed (or ordered), once known.
+    pub next_renewal: Option<i64>,
+    /// The CA's ARI window, when it offers one (unix seconds).
+    pub ari_window: Option<(i64, i64)>,
+    pub failures: u32,
+    pub last_attempt: Option<i64>,
+    pub last_error: Option<String>,
+    /// No new order before this (backoff), unix seconds.
+    pub next_attempt: Option<i64>,
+    pub ordering: bool,
+}
+
+/// The ACME client of the daemon. Create with [`Manager::new`], drive with
+/// [`Manager::run`].
+pub struct Manager {
+    config: Config,
+    host: Arc<dyn Host>,
+    entries: Mutex<BTreeMap<String, Entry>>,
+    account: tokio::sync::Mutex<Option<Account>>,
+    wake: Notify,
+    orders: Semaphore,
+    ari: AtomicU8,
+    orders_placed: AtomicU64,
+    /// Bumped after each finished attempt (success or failure), for waiters.
+    attempts: watch::Sender<u64>,
+}
+
+enum OrderError {
+    /// The CA did not accept our answer to a challenge: the other type may work.
+    Challenge(String),
+    /// Anything else (network, account, store).
+    Other(String),
+}
+
+impl OrderError {
+    fn text(&self) -> &str {
+        match self {
+            OrderError::Challenge(s) | OrderError::Other(s) => s,
+        }
+    }
+}
+
+impl Manager {
+    pub fn new(config: Config, host: Arc<dyn Host>) -> Arc<Manager> {
+        Arc::new(Manager {
+            config,
+            host,
+            entries: Mutex::new(BTreeMap::new()),
+            account: tokio::sync::Mutex::new(None),
+            wake: Notify::new(),
+            orders: Semaphore::new(CONCURRENT_ORDERS),
+            ari: AtomicU8::new(ARI_UNKNOWN),
+            orders_placed: AtomicU64::new(0),
+            attempts: watch::channel(0).0,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The `issuer` recorded for certificates from this directory.
+    pub fn issuer(&self) -> &str {
+        &self.config.directory
+    }
+
+    /// New orders placed at the CA since start.
+    pub fn orders_placed(&self) -> u64 {
+        self.orders_placed.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs until `shutdown` turns true: follows the route generation, orders what is
+    /// missing at once, renews what is due.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut generation = None;
+        loop {
+            let g = self.host.generation();
+            if generation != Some(g) {
+                generation = Some(g);
+                self.set_groups(&self.host.groups());
+            }
+            self.start_due();
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { return; }
+                }
+            }
+        }
+    }
+
+    /// Replaces the set of certificate groups (the hosts of each route, main name first).
+    /// Wildcards are left to other issuers (HTTP-01 and TLS-ALPN-01 cannot prove them).
+    /// New groups are looked at on the next tick.
+    pub fn set_groups(&self, groups: &[Vec<String>]) {
+        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for group in groups {
+            let mut names: Vec<String> = Vec::new();
+            for raw in group {
+                let n = certs::normalize_name(raw);
+                if n.starts_with("*.") {
+                    tracing::warn!(name = %n, "ACME: wildcard names need DNS-01, which this proxy does not do; not ordered");
+                    continue;
+                }
+                if let Err(e) = certs::cert_id(&n) {
+                    tracing::warn!("ACME: {e}; not ordered");
+                    continue;
+                }
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+            let Some(first) = names.first() else { continue };
+            let id = certs::cert_id(first).expect("checked above");
+            wanted.insert(id, names);
+        }
+        let store = self.host.certs().store();
+        let now = SystemTime::now();
+        let mut entries = self.lock();
+        entries.retain(|id, e| e.in_flight || wanted.contains_key(id));
+        for (id, names) in wanted {
+            if let Some(e) = entries.get_mut(&id) {
+                if e.names != names {
+                    e.names = names;
+                    e.next_check = now;
+                    e.renew_at = None;
+                }
+                continue;
+            }
+            let meta = store.read_meta(&id).unwrap_or_default();
+            entries.insert(
+                id,
+                Entry {
+                    names,
+                    next_check: now,
+                    renew_at: None,
+                    ari_window: None,
+                    failures: meta.failures,
+                    last_attempt: meta.last_attempt,
+                    last_error: meta.last_error,
+                    next_attempt: meta.next_attempt,
+                    force: false,
+                    in_flight: false,
+                },
+            );
+        }
+    }
+
+    /// Orders a new certificate for the group of `name` now, whatever its renewal time
+    /// and backoff. Returns the group's id.
+    pub fn renew_now(&self, name: &str) -> Result<String, String> {
+        let n = certs::normalize_name(name);
+        let mut entries = self.lock();
+        let Some((id, e)) = entries.iter_mut().find(|(_, e)| e.names.contains(&n)) else {
+            return Err(format!("{n}: not a name this proxy orders certificates for"));
+        };
+        e.force = true;
+        e.next_check = SystemTime::now();
+        let id = id.clone();
+        drop(entries);
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    /// A receiver that changes after every finished attempt.
+    pub fn attempts(&self) -> watch::Receiver<u64> {
+        self.attempts.subscribe()
+    }
+
+    /// Every group with its served certificate and ACME state, sorted by id.
+    pub fn status(&self) -> Vec<CertStatus> {
+        let held = self.host.certs().certs();
+        let entries = self.lock();
+        entries
+            .iter()
+            .map(|(id, e)| {
+                let served = best_cover(&held, &e.names, None);
+                CertStatus {
+                    id: id.clone(),
+                    names: e.names.clone(),
+                    issuer: served.map(|c| c.issuer.clone()),
+                    not_after: served.map(|c| unix(c.not_after)),
+                    next_renewal: e.renew_at.map(unix).or_else(|| {
+                        let acme = best_cover(&held, &e.names, Some(self.issuer()));
+                        acme.is_none().then(|| unix(e.next_check))
+                    }),
+                    ari_window: e.ari_window.map(|w| (unix(w.start), unix(w.end))),
+                    failures: e.failures,
+                    last_attempt: e.last_attempt,
+                    last_error: e.last_error.clone(),
+                    next_attempt: e.next_attempt,
+                    ordering: e.in_flight,
+                }
+            })
+            .collect()
+    }
+
+    fn start_due(self: &Arc<Self>) {
+        let now = SystemTime::now();
+        let mut due = Vec::new();
+        {
+            let mut entries = self.lock();
+            for (id, e) in entries.iter_mut() {
+                if !e.in_flight && (e.force || e.next_check <= now) {
+                    e.in_flight = true;
+                    due.push((id.clone(), e.names.clone(), std::mem::take(&mut e.force)));
+                }
+            }
+        }
+        for (id, names, force) in due {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let outcome = me.process(&id, &names, force).await;
+                me.finish(&id, outcome);
+            });
+        }
+    }
+
+    fn finish(&self, id: &str, o: Outcome) {
+        let mut entries = self.lock();
+        if let Some(e) = entries.get_mut(id) {
+            e.in_flight = false;
+            e.next_check = o.next_check;
+            if let Some(r) = o.renew_at {
+                e.renew_at = Some(r);
+            }
+            if o.ari_window.is_some() {
+                e.ari_window = o.ari_window;
+            }
+            if let Some(m) = o.meta {
+                e.failures = m.failures;
+                e.last_attempt = m.last_attempt;
+                e.last_error = m.last_error;
+                e.next_attempt = m.next_attempt;
+            }
+        }
+        drop(entries);
+        if o.attempted {
+            self.attempts.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Looks at one group: waits, renews or orders. Never panics, never returns early
+    /// without a time to look again.
+    async fn process(&self, id: &str, names: &[String], force: bool) -> Outcome {
+        let now = SystemTime::now();
+        let held = self.host.certs().certs();
+        let current = best_cover(&held, names, Some(self.issuer())).cloned();
+        let mut ari_window = None;
+        let mut replaces = None;
+        if let Some(cert) = current.as_ref().filter(|c| now < c.not_after) {
+            let (renew_at, recheck, window, id_for_ari) = self.renewal_time(cert, now).await;
+            ari_window = window;
+            replaces = id_for_ari;
+            if !force && renew_at > now {
+                return Outcome {
+                    next_check: renew_at.min(recheck),
+                    renew_at: Some(renew_at),
+                    ari_window,
+                    ..Outcome::default()
+                };
+            }
+        }
+
+        // An order is due. Only one process orders a given certificate at a time.
+        let store = self.host.certs().store();
+        let lock_path = store.acme_dir().join("locks").join(format!("{id}.lock"));
+        let _lock = match FileLock::try_acquire(&lock_path) {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                tracing::info!(cert = %id, "ACME: another process is ordering this certificate; looking again later");
+                return Outcome::wait(now + LOCKED_RETRY);
+            }
+            Err(e) => {
+                tracing::warn!(cert = %id, "ACME: lock {}: {e}", lock_path.display());
+                return Outcome::wait(now + LOCKED_RETRY);
+            }
+        };
+        // What another process may have done meanwhile: its backoff, its certificate.
+        let mut meta = store.read_meta(id).unwrap_or_default();
+        if !force {
+            if let Some(at) = meta.next_attempt.map(from_unix).filter(|t| *t > now) {
+                tracing::info!(cert = %id, until = unix(at), "ACME: backing off after {} failed attempt(s)", meta.failures);
+                return Outcome {
+                    next_check: at,
+                    meta: Some(meta),
+                    ..Outcome::default()
+                };
+            }
+            if let Ok(Some(disk)) = store.load_one(id) {
+                let fresher = current.as_ref().is_none_or(|c| disk.not_after > c.not_after);
+                if disk.issuer == self.issuer()
+                    && fresher
+                    && names.iter().all(|n| disk.covers(n))
+                    && schedule::fallback_renewal_time(disk.not_before, disk.not_after, 0.0) > now
+                {
+                    tracing::info!(cert = %id, "ACME: another process saved a new certificate; serving it");
+                    self.host.certs().install(disk);
+                    return Outcome::wait(now);
+                }
+            }
+        }
+
+        let _permit = self.orders.acquire().await;
+        // Written before the order: a crash during it cannot lead to an immediate retry.
+        let failures_if_failed = meta.failures.saturating_add(1);
+        meta.last_attempt = Some(unix(now));
+        meta.next_attempt = Some(unix(now + schedule::backoff(failures_if_failed, schedule::random01())));
+        if meta.names.is_empty() {
+            meta.names = names.to_vec();
+        }
+        if let Err(e) = store.write_meta(id, &meta) {
+            tracing::error!(cert = %id, "ACME: cannot record the attempt ({e}); not ordering");
+            return Outcome::wait(now + schedule::backoff(1, 0.0));
+        }
+
+        let what = if current.is_some() { "renewing" } else { "ordering" };
+        tracing::info!(cert = %id, names = ?names, challenge = %self.config.challenge, "ACME: {what} certificate");
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(ORDER_TIMEOUT, self.order(names, replaces)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no certificate after {ORDER_TIMEOUT:?}")),
+        };
+        match result {
+            Ok(cert) => {
+                self.host.certs().install(cert.clone());
+                let done = SystemTime::now();
+                let meta = Meta {
+                    names: cert.names.clone(),
+                    issuer: cert.issuer.clone(),
+                    not_after: unix(cert.not_after),
+                    last_attempt: Some(unix(now)),
+                    last_error: None,
+                    next_attempt: None,
+                    failures: 0,
+                };
+                if let Err(e) = store.write_meta(id, &meta) {
+                    tracing::warn!(cert = %id, "ACME: {e}");
+                }
+                let renew_at = schedule::fallback_renewal_time(cert.not_before, cert.not_after, schedule::random01());
+                // With ARI, ask the CA again soon rather than trusting the fallback.
+                let next_check = if self.ari.load(Ordering::Relaxed) == ARI_YES {
+                    renew_at.min(done + ARI_RECHECK_MAX)
+                } else {
+                    renew_at
+                };
+                tracing::info!(
+                    cert = %id,
+                    names = ?cert.names,
+                    not_after = unix(cert.not_after),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "ACME: certificate issued and served"
+                );
+                Outcome {
+                    next_check,
+                    renew_at: Some(renew_at),
+                    ari_window,
+                    meta: Some(meta),
+                    attempted: true,
+                }
+            }
+            Err(e) => {
+                meta.failures = failures_if_failed;
+                meta.last_error = Some(e.clone());
+                let wait = schedule::backoff(meta.failures, schedule::random01());
+                let at = now + wait;
+                meta.next_attempt = Some(unix(at));
+                if let Err(we) = store.write_meta(id, &meta) {
+                    tracing::warn!(cert = %id, "ACME: {we}");
+                }
+                let keeps = match &current {
+                    Some(c) if SystemTime::now() < c.not_after => "; the current certificate is still served",
+                    _ => "",
+                };
+                tracing::warn!(
+                    cert = %id,
+                    failures = meta.failures,
+                    retry_in_s = wait.as_secs(),
+                    "ACME: {what} failed: {e}{keeps}"
+                );
+                Outcome {
+                    next_check: at,
+                    ari_window,
+                    meta: Some(meta),
+                    attempted: true,
+                    ..Outcome::default()
+                }
+            }
+        }
+    }
+
+    /// When to renew `cert`: inside the CA's ARI window when it has one, else at a
+    /// third of the lifetime left. Returns (renew at, look again at, ARI window, the
+    /// certificate's ARI id for `replaces`).
+    async fn renewal_time(
+        &self,
+        cert: &StoredCert,
+        now: SystemTime,
+    ) -> (SystemTime, SystemTime, Option<Window>, Option<CertificateIdentifier<'static>>) {
+        let fallback = schedule::fallback_renewal_time(cert.not_before, cert.not_after, schedule::random01());
+        if self.ari.load(Ordering::Relaxed) == ARI_NO {
+            return (fallback, fallback, None, None);
+        }
+        let Some(leaf) = cert.key.cert.first() else {
+            return (fallback, fallback, None, None);
+        };
+        let Ok(cert_id) = CertificateIdentifier::try_from(leaf) else {
+            // No AKI: ARI cannot name this certificate.
+            return (fallback, fallback, None, None);
+        };
+        let cert_id = cert_id.into_owned();
+        let account = match self.account().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!("ACME: no account for ARI: {e}");
+                return (fallback, now + ARI_RETRY, None, None);
+            }
+        };
+        match account.renewal_info(&cert_id).await {
+            Ok((info, retry_after)) => {
+                self.ari.store(ARI_YES, Ordering::Relaxed);
+                let window = Window {
+                    start: info.suggested_window.start.into(),
+                    end: info.suggested_window.end.into(),
+                };
+                let at = schedule::ari_renewal_time(window, now, schedule::random01());
+                let recheck = now + retry_after.clamp(ARI_RECHECK_MIN, ARI_RECHECK_MAX);
+                (at, recheck, Some(window), Some(cert_id))
+            }
+            Err(instant_acme::Error::Unsupported(_)) => {
+                tracing::info!("ACME: the CA offers no renewal information (ARI); renewing at a third of the lifetime left");
+                self.ari.store(ARI_NO, Ordering::Relaxed);
+                (fallback, fallback, None, None)
+            }
+            Err(e) => {
+                tracing::debug!("ACME: ARI query failed: {e}");
+                (fallback, fallback.min(now + ARI_RETRY), None, None)
+            }
+        }
+    }
+
+    async fn account(&self) -> Result<Account, String> {
+        let mut cached = self.account.lock().await;
+        if let Some(a) = cached.as_ref() {
+            return Ok(a.clone());
+        }
+        let a = account::load_or_create(self.host.certs().store(), &self.config).await?;
+        *cached = Some(a.clone());
+        Ok(a)
+    }
+
+    /// One attempt: the configured challenge type, then the other one if the CA
+    /// rejected the first. The certificate is saved before it is returned.
+    async fn order(
+        &self,
+        names: &[String],
+        replaces: Option<CertificateIdentifier<'static>>,
+    ) -> Result<Arc<StoredCert>, String> {
+        let first = self.config.challenge;
+        match self.order_with(names, first, replaces.clone()).await {
+            Ok(c) => Ok(c),
+            Err(OrderError::Challenge(e1)) => {
+                let other = first.other();
+                tracing::warn!(names = ?names, "ACME: {first} failed ({e1}); trying {other}");
+                self.order_with(names, other, replaces)
+                    .await
+                    .map_err(|e2| format!("{first}: {e1}; {other}: {}", e2.text()))
+            }
+            Err(OrderError::Other(e)) => Err(e),
+        }
+    }
+
+    async fn order_with(
+        &self,
+        names: &[String],
+        kind: ChallengeKind,
+        replaces: Option<CertificateIdentifier<'static>>,
+    ) -> Result<Arc<StoredCert>, OrderError> {
+        let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+        let account = self.account().await.map_err(OrderError::Other)?;
+        let mut order = match self.new_order(&account, &identifiers, replaces.clone()).await {
+            Ok(o) => o,
+            Err(e) if is_problem(&e, "accountDoesNotExist") => {
+                tracing::warn!("ACME: the CA no longer knows our account; creating a new one");
+                account::forget(self.host.certs().store(), &self.config);
+                *self.account.lock().await = None;
+                let account = self.account().await.map_err(OrderError::Other)?;
+                self.new_order(&account, &identifiers, replaces)
+                    .await
+                    .map_err(|e| OrderError::Other(format!("new order: {e}")))?
+            }
+            Err(e) => return Err(OrderError::Other(format!("new order: {e}"))),
+        };
+
+        let host: &dyn Host = &*self.host;
+        let mut published = Published::new(host);
+        let mut authorizations = order.authorizations();
+        while let Some(result) = authorizations.next().await {
+            let mut authz = result.map_err(|e| OrderError::Other(format!("authorization: {e}")))?;
+            let name = authz.identifier().to_string();
+            match authz.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                other => {
+                    return Err(OrderError::Challenge(format!("authorization for {name} is {other:?}")))
+                }
+            }
+            let Some(mut challenge) = authz.challenge(kind.acme()) else {
+                return Err(OrderError::Challenge(format!("the CA offers no {kind} challenge for {name}")));
+            };
+            let key_auth = challenge.key_authorization();
+            match kind {
+                ChallengeKind::Http01 => published.http01(&challenge.token, key_auth.as_str()),
+                ChallengeKind::TlsAlpn01 => {
+                    let key = tls_alpn_certificate(&name, key_auth.digest().as_ref()).map_err(OrderError::Other)?;
+                    published.tls_alpn01(&name, key);
+                }
+            }
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| OrderError::Challenge(format!("{name}: {e}")))?;
+        }
+
+        let retry = RetryPolicy::new().timeout(POLL_TIMEOUT);
+        let status = order.poll_ready(&retry).await;
+        let failed = match status {
+            Ok(OrderStatus::Ready) => None,
+            Ok(s) => Some(format!("order is {s:?}")),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failed {
+            // The authorizations say which name failed and why (connection refused,
+            // wrong answer, ...).
+            let mut details = Vec::new();
+            let mut authorizations = order.authorizations();
+            while let Some(Ok(mut a)) = authorizations.next().await {
+                if let Ok(state) = a.refresh().await {
+                    let name = state.identifier().to_string();
+                    for c in &state.challenges {
+                        if let Some(p) = &c.error {
+                            details.push(format!("{name}: {p}"));
+                        }
+                    }
+                }
+            }
+            drop(published);
+            let details = if details.is_empty() { why } else { details.join("; ") };
+            return Err(OrderError::Challenge(details));
+        }
+        drop(published);
+
+        let key_pem = order
+            .finalize()
+            .await
+            .map_err(|e| OrderError::Other(format!("finalize: {e}")))?;
+        let chain_pem = order
+            .poll_certificate(&retry)
+            .await
+            .map_err(|e| OrderError::Other(format!("certificate: {e}")))?;
+        let cert = IssuedCert {
+            names: names.to_vec(),
+            chain_pem,
+            key_pem,
+            issuer: self.issuer().to_string(),
+        };
+        self.host
+            .certs()
+            .store()
+            .save(&cert)
+            .map_err(|e| OrderError::Other(format!("saving: {e}")))
+    }
+
+    async fn new_order(
+        &self,
+        account: &Account,
+        identifiers: &[Identifier],
+        replaces: Option<CertificateIdentifier<'static>>,
+    ) -> Result<instant_acme::Order, instant_acme::Error> {
+        self.orders_placed.fetch_add(1, Ordering::Relaxed);
+        if let Some(r) = replaces {
+            match account.new_order(&NewOrder::new(identifiers).replaces(r)).await {
+                Ok(o) => return Ok(o),
+                // e.g. alreadyReplaced: an order without `replaces` is still fine.
+                Err(e) if !is_problem(&e, "accountDoesNotExist") => {
+                    tracing::debug!("ACME: order with `replaces` refused ({e}); ordering without");
+                    self.orders_placed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        account.new_order(&NewOrder::new(identifiers)).await
+    }
+}
+
+struct Outcome {
+    next_check: SystemTime,
+    renew_at: Option<SystemTime>,
+    ari_window: Option<Window>,
+    meta: Option<Meta>,
+    /// An order was attempted (it counts for [`Manager::attempts`]).
+    attempted: bool,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome {
+            next_check: UNIX_EPOCH,
+            renew_at: None,
+            ari_window: None,
+            meta: None,
+            attempted: false,
+        }
+    }
+}
+
+impl Outcome {
+    fn wait(until: SystemTime) -> Outcome {
+        Outcome {
+            next_check: until,
+            ..Outcome::default()
+        }
+    }
+}
+
+/// The certificate covering every name (of `issuer`, when given) with the latest expiry.
+fn best_cover<'a>(held: &'a [Arc<StoredCert>], names: &[String], issuer: Option<&str>) -> Option<&'a Arc<StoredCert>> {
+    held.iter()
+        .filter(|c| issuer.is_none_or(|i| c.issuer == i))
+        .filter(|c| names.iter().all(|n| c.covers(n)))
+        .max_by_key(|c| c.not_after)
+}
+
+fn is_problem(e: &instant_acme::Error, kind: &str) -> bool {
+    matches!(e, instant_acme::Error::Api(p) if p.r#type.as_deref().is_some_and(|t| t.ends_with(kind)))
+}
+
+fn unix(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+fn from_unix(secs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}

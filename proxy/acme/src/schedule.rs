@@ -1,0 +1,176 @@
+//! When to renew and when to try again: pure functions over times (no clock, no
+//! randomness of their own: the caller passes `now` and a random number in `[0, 1)`).
+
+use std::time::{Duration, SystemTime};
+
+/// First wait after a failed attempt.
+pub const BACKOFF_MIN: Duration = Duration::from_secs(60);
+/// Longest wait between two failed attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
+/// Share of the lifetime by which the fallback renewal time is spread (earlier).
+pub const JITTER_SHARE: f64 = 0.05;
+
+/// A renewal window suggested by the CA (RFC 9773, ARI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: SystemTime,
+    pub end: SystemTime,
+}
+
+/// RFC 9773 section 4.2: pick a uniformly random time inside the window; a time (or a
+/// whole window) in the past means "now". An inverted window (end before start) is
+/// treated as its start.
+pub fn ari_renewal_time(window: Window, now: SystemTime, rand01: f64) -> SystemTime {
+    let span = window
+        .end
+        .duration_since(window.start)
+        .unwrap_or(Duration::ZERO);
+    let at = window.start + span.mul_f64(clamp01(rand01));
+    at.max(now)
+}
+
+/// Without ARI: renew when a third of the lifetime is left, spread earlier by up to
+/// [`JITTER_SHARE`] of the lifetime so that certificates issued together do not all
+/// renew in the same second. Never before `not_before`.
+pub fn fallback_renewal_time(not_before: SystemTime, not_after: SystemTime, rand01: f64) -> SystemTime {
+    let lifetime = not_after
+        .duration_since(not_before)
+        .unwrap_or(Duration::ZERO);
+    let at = not_after - lifetime / 3;
+    let jitter = lifetime.mul_f64(JITTER_SHARE * clamp01(rand01));
+    (at - jitter).max(not_before)
+}
+
+/// How long to wait after `failures` failed attempts in a row (1 = the first failure):
+/// [`BACKOFF_MIN`] doubling up to [`BACKOFF_MAX`], then up to 10 % more (jitter).
+pub fn backoff(failures: u32, rand01: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    let base = BACKOFF_MIN
+        .saturating_mul(1u32 << exp)
+        .min(BACKOFF_MAX);
+    base + base.mul_f64(0.1 * clamp01(rand01))
+}
+
+fn clamp01(x: f64) -> f64 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(0.0, 1.0)
+    }
+}
+
+/// A random number in `[0, 1)` from rustls' ring random source (no extra dependency).
+pub fn random01() -> f64 {
+    let mut b = [0u8; 8];
+    if certs::crypto_provider().secure_random.fill(&mut b).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        return f64::from(nanos % 1_000_000) / 1_000_000.0;
+    }
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn t(days: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + DAY * days as u32
+    }
+
+    #[test]
+    fn ari_picks_inside_the_window() {
+        let w = Window { start: t(60), end: t(62) };
+        assert_eq!(ari_renewal_time(w, t(0), 0.0), t(60));
+        assert_eq!(ari_renewal_time(w, t(0), 0.5), t(61));
+        let late = ari_renewal_time(w, t(0), 0.999_999);
+        assert!(late > t(61) && late < t(62), "{late:?}");
+        // Out-of-range random numbers stay inside the window.
+        assert_eq!(ari_renewal_time(w, t(0), 7.0), t(62));
+        assert_eq!(ari_renewal_time(w, t(0), -1.0), t(60));
+        assert_eq!(ari_renewal_time(w, t(0), f64::NAN), t(60));
+    }
+
+    #[test]
+    fn ari_window_in_the_past_means_now() {
+        // Whole window past (e.g. the CA revoked early: RFC 9773 window moved back).
+        let w = Window { start: t(1), end: t(2) };
+        assert_eq!(ari_renewal_time(w, t(5), 0.3), t(5));
+        // Window open now, chosen time already past.
+        let w = Window { start: t(4), end: t(8) };
+        assert_eq!(ari_renewal_time(w, t(6), 0.25), t(6));
+        assert_eq!(ari_renewal_time(w, t(6), 0.75), t(7));
+    }
+
+    #[test]
+    fn ari_inverted_window_is_its_start() {
+        let w = Window { start: t(10), end: t(9) };
+        assert_eq!(ari_renewal_time(w, t(0), 0.9), t(10));
+    }
+
+    #[test]
+    fn fallback_is_a_third_of_the_lifetime_left() {
+        // 90-day certificate: renew at day 60 without jitter.
+        assert_eq!(fallback_renewal_time(t(0), t(90), 0.0), t(60));
+        // 45 days: day 30. 6 days (short-lived profile): day 4.
+        assert_eq!(fallback_renewal_time(t(0), t(45), 0.0), t(30));
+        assert_eq!(fallback_renewal_time(t(0), t(6), 0.0), t(4));
+    }
+
+    #[test]
+    fn fallback_jitter_is_earlier_and_bounded() {
+        let nb = t(0);
+        let na = t(90);
+        let latest = fallback_renewal_time(nb, na, 0.0);
+        let earliest = fallback_renewal_time(nb, na, 0.999_999_9);
+        assert!(earliest < latest);
+        // 5 % of 90 days = 4.5 days.
+        let spread = latest.duration_since(earliest).unwrap();
+        assert!(spread <= DAY * 9 / 2 && spread > DAY * 4, "{spread:?}");
+        for r in [0.1, 0.5, 0.9] {
+            let at = fallback_renewal_time(nb, na, r);
+            assert!(at >= earliest && at <= latest);
+        }
+    }
+
+    #[test]
+    fn fallback_degenerate_lifetimes() {
+        // not_after before not_before: renew at once (at not_before, which is past).
+        assert_eq!(fallback_renewal_time(t(5), t(1), 0.5), t(5));
+        assert_eq!(fallback_renewal_time(t(5), t(5), 0.5), t(5));
+    }
+
+    #[test]
+    fn backoff_doubles_from_minutes_to_hours_and_stops() {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        assert_eq!(backoff(0, 0.0), m(1));
+        assert_eq!(backoff(1, 0.0), m(1));
+        assert_eq!(backoff(2, 0.0), m(2));
+        assert_eq!(backoff(3, 0.0), m(4));
+        assert_eq!(backoff(7, 0.0), m(64));
+        assert_eq!(backoff(9, 0.0), m(256));
+        assert_eq!(backoff(10, 0.0), BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX, 0.0), BACKOFF_MAX);
+        // Jitter adds at most 10 %.
+        let j = backoff(3, 0.999);
+        assert!(j > m(4) && j < m(4) + m(4) / 10 + Duration::from_secs(1), "{j:?}");
+        // Monotonic.
+        let mut prev = Duration::ZERO;
+        for n in 1..30 {
+            let b = backoff(n, 0.0);
+            assert!(b >= prev);
+            prev = b;
+        }
+    }
+
+    #[test]
+    fn random01_is_in_range() {
+        for _ in 0..1000 {
+            let r = random01();
+            assert!((0.0..1.0).contains(&r), "{r}");
+        }
+    }
+}

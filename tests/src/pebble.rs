@@ -1,0 +1,256 @@
+//! Debian's `pebble` (ACME test CA) and `pebble-challtestsrv` (its mock DNS, answering
+//! 127.0.0.1 for every name) as children on loopback, for the ACME tests.
+//!
+//! Pebble validates HTTP-01 on `httpPort` and TLS-ALPN-01 on `tlsPort` of the address
+//! DNS gives: pass the proxy's test ports. Its HTTPS certificate is made here with rcgen
+//! ([`Pebble::https_ca_path`] is what proxyd needs as `--acme-ca-root`); the issuing root
+//! is new at every start and comes from the management API ([`Pebble::root_pem`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use http::Method;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+use crate::client::{https_get, Conn};
+use crate::proxy::{free_addr, tail};
+use crate::{full, request, wait_until};
+
+/// Pebble's EAB example key (from its example config), for the EAB test.
+pub const EAB_KID: &str = "kid-1";
+pub const EAB_HMAC: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+
+/// Options for [`Pebble::start`].
+#[derive(Debug, Clone, Default)]
+pub struct PebbleOptions {
+    /// Require External Account Binding (key [`EAB_KID`] / [`EAB_HMAC`]).
+    pub eab: bool,
+    /// Keep pebble's 5 % bad-nonce rejections (clients must retry); off by default.
+    pub nonce_reject: bool,
+}
+
+pub struct Pebble {
+    pebble: Child,
+    dns: Child,
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    acme: SocketAddr,
+    management: SocketAddr,
+    dns_management: SocketAddr,
+    https_ca_pem: String,
+}
+
+impl Pebble {
+    /// Whether Debian's pebble is installed (`.ci/test` installs it).
+    pub fn available() -> bool {
+        Path::new("/usr/bin/pebble").is_file()
+            && Path::new("/usr/bin/pebble-challtestsrv").is_file()
+    }
+
+    /// Starts the mock DNS and pebble, validating on these ports of 127.0.0.1, and waits
+    /// until the directory answers.
+    pub async fn start(http_port: u16, tls_port: u16, opts: PebbleOptions) -> Pebble {
+        assert!(
+            Pebble::available(),
+            "pebble is not installed: apt-get install -y pebble (bash .ci/test does it)"
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix("pebble-test-")
+            .tempdir()
+            .expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+
+        // Pebble's own HTTPS certificate: a throwaway CA and a leaf for localhost.
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "pebble test HTTPS CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf_params =
+            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()])
+                .unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("https-ca.pem"), ca_cert.pem()).unwrap();
+
+        let dns = free_addr();
+        let dns_management = free_addr();
+        let mut cmd = Command::new("/usr/bin/pebble-challtestsrv");
+        cmd.args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-dns01", &dns.to_string()])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-management", &dns_management.to_string()]);
+        let dns_child = spawn(cmd, &dir.join("challtestsrv.log"));
+
+        let acme = free_addr();
+        let management = free_addr();
+        let mut config = serde_json::json!({
+            "pebble": {
+                "listenAddress": acme.to_string(),
+                "managementListenAddress": management.to_string(),
+                "certificate": dir.join("cert.pem"),
+                "privateKey": dir.join("key.pem"),
+                "httpPort": http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": opts.eab,
+            }
+        });
+        if opts.eab {
+            config["pebble"]["externalAccountMACKeys"] = serde_json::json!({ EAB_KID: EAB_HMAC });
+        }
+        std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+        let mut cmd = Command::new("/usr/bin/pebble");
+        cmd.arg("-config")
+            .arg(dir.join("pebble.json"))
+            .args(["-dnsserver", &dns.to_string()])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env(
+                "PEBBLE_WFE_NONCEREJECT",
+                if opts.nonce_reject { "5" } else { "0" },
+            );
+        let pebble_child = spawn(cmd, &dir.join("pebble.log"));
+
+        let pebble = Pebble {
+            pebble: pebble_child,
+            dns: dns_child,
+            _tmp: tmp,
+            dir,
+            acme,
+            management,
+            dns_management,
+            https_ca_pem: ca_cert.pem(),
+        };
+        let ca = pebble.https_ca_pem.clone();
+        wait_until(
+            "pebble's directory",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                let ca = ca.clone();
+                async move {
+                    let r = https_get(acme, &ca, "localhost", "/dir").await.ok()?;
+                    (r.status == 200).then_some(())
+                }
+            },
+        )
+        .await;
+        wait_until(
+            "challtestsrv",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || async move {
+                tokio::net::TcpStream::connect(dns_management)
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+        pebble
+    }
+
+    /// `--acme-directory` for proxyd.
+    pub fn directory_url(&self) -> String {
+        format!("https://localhost:{}/dir", self.acme.port())
+    }
+
+    /// `--acme-ca-root` for proxyd: the CA of pebble's own HTTPS certificate.
+    pub fn https_ca_path(&self) -> PathBuf {
+        self.dir.join("https-ca.pem")
+    }
+
+    /// The root that issues this pebble's certificates (what a client must trust).
+    pub async fn root_pem(&self) -> String {
+        let r = https_get(self.management, &self.https_ca_pem, "localhost", "/roots/0")
+            .await
+            .expect("pebble management API /roots/0");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    }
+
+    /// The issuing intermediate.
+    pub async fn intermediate_pem(&self) -> String {
+        let r = https_get(
+            self.management,
+            &self.https_ca_pem,
+            "localhost",
+            "/intermediates/0",
+        )
+        .await
+        .expect("pebble management API /intermediates/0");
+        r.text()
+    }
+
+    /// Makes the mock DNS answer `ip` for `host` (e.g. 127.0.0.2, where nothing listens,
+    /// so that every validation of that name fails).
+    pub async fn set_a(&self, host: &str, ip: &str) -> anyhow::Result<()> {
+        let body = serde_json::json!({ "host": format!("{host}."), "addresses": [ip] }).to_string();
+        let mut conn = Conn::http(self.dns_management).await?;
+        let r = conn
+            .send(request(Method::POST, "localhost", "/add-a", full(body)))
+            .await?;
+        if r.status != 200 {
+            bail!("challtestsrv /add-a: {} {}", r.status, r.text());
+        }
+        Ok(())
+    }
+
+    /// Everything pebble logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pebble.log")).unwrap_or_default()
+    }
+
+    /// New orders pebble has received (requests to its new-order endpoint).
+    pub fn orders(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("POST /order-plz") || l.contains("POST /new-order"))
+            .count()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log(), lines)
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- pebble log, last lines ----\n{}\n---- end of pebble log ----",
+                self.log_tail(40)
+            );
+        }
+        let _ = self.pebble.kill();
+        let _ = self.pebble.wait();
+        let _ = self.dns.kill();
+        let _ = self.dns.wait();
+    }
+}
+
+fn spawn(mut cmd: Command, log: &Path) -> Child {
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::File::create(log).expect("log file");
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone().expect("dup"))
+        .stderr(file);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("spawning {:?}", cmd.get_program()))
+        .unwrap()
+}
