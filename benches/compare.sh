@@ -33,6 +33,7 @@ OUT=${OUT:-benches/results/latest.md}
 LOAD_CORE=0
 PROXY_CORE=1
 START=$(date +%s)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 log() { printf '[%4ss] %s\n' "$(($(date +%s) - START))" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -464,7 +465,7 @@ done
     echo "caddy: $(caddy version | awk '{ print $1 }')"
     echo "wrk: $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'); h2load: $(h2load --version | awk '{ print $2 }'); ab: $(ab -V | awk 'NR == 1 { print $5 }')"
     echo "settings: ROUNDS=$ROUNDS DURATION=${DURATION}s CONNS=$CONNS HS_CONNS=$HS_CONNS IDLE_CONNS=$IDLE_CONNS"
-    echo "wall time: $(($(date +%s) - START)) s"
+    echo "wall time: $(($(date +%s) - START)) s; load average at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$WORK/machine.txt"
 mkdir -p "$(dirname "$OUT")"
 "$BIN/bench-report" --raw "$RAW" --mem "$MEM" --machine "$WORK/machine.txt" >"$OUT"

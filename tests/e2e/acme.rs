@@ -577,3 +577,27 @@ async fn a_corrupt_certificate_file_is_moved_aside_and_replaced() {
     assert!(proxy.log().contains("moved aside"));
     assert_eq!(b.pebble.orders(), 2);
 }
+
+#[test]
+fn bad_acme_flags_stop_the_daemon_before_it_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, "[[route]]\nhosts = [\"a.test\"]\nupstreams = [\"127.0.0.1:9\"]\n").unwrap();
+    for (args, want) in [
+        (vec!["--acme-directory", "http://insecure.example/dir"], "https://"),
+        (vec!["--acme-directory", "letsencrypt", "--acme-contact", "nobody"], "e-mail"),
+        (vec!["--acme-directory", "letsencrypt", "--acme-eab-kid", "k"], "--acme-eab-hmac"),
+        (vec!["--acme-contact", "a@b.org"], "--acme-directory"),
+    ] {
+        let out = std::process::Command::new(tests::locate_bin("proxyd", "PROXYD_BIN"))
+            .arg("--routes")
+            .arg(&routes)
+            .arg("--check")
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -7,13 +7,17 @@
 mod acme;
 mod body_limits;
 mod check;
+mod dns;
 mod headers;
+mod hardening;
 mod health;
 mod http_listener;
+mod metrics;
 mod policy;
 mod reload;
 mod routing;
 mod tls;
+mod upgrade;
 mod upstream_errors;
 mod websocket;
 

@@ -63,3 +63,25 @@ async fn websocket_upgrade_not_passed_when_route_disables_it() {
     );
     assert_eq!(site.websockets(), 0, "the upstream saw an upgrade request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zz_tmp_many_fresh_websockets() {
+    let mut bad = Vec::new();
+    let wait: u64 = std::env::var("ZZ_WAIT").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let n: usize = std::env::var("ZZ_N").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    for i in 0..n {
+        let chat = Backend::start("chat").await;
+        let proxy = Proxy::start(&one_route(&["chat.test"], &chat, "websocket = true")).await;
+        let ca = proxy.ca_pem();
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        let (mut ws, _) = wss_connect(proxy.https_addr(), &ca, "chat.test", "/").await.unwrap();
+        ws.send(Message::text("ping")).await.unwrap();
+        let echo = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await;
+        match echo {
+            Ok(Some(Ok(m))) if m == Message::text("ping") => {}
+            other => bad.push(format!("#{i}: {other:?}")),
+        }
+        let _ = ws.close(None).await;
+    }
+    assert!(bad.is_empty(), "{} of {n} failed: {bad:?}", bad.len());
+}

@@ -80,6 +80,22 @@ impl Backend {
         backend
     }
 
+    /// Start a backend on this address, e.g. `127.0.0.2:<port of another backend>` so
+    /// that two backends share a port on two loopback addresses (DNS tests). Fails if
+    /// the address is taken.
+    pub async fn start_at(id: &str, addr: SocketAddr) -> std::io::Result<Backend> {
+        let listener = listen(addr)?;
+        let addr = listener.local_addr()?;
+        let mut backend = Backend {
+            id: id.into(),
+            addr,
+            stats: Arc::default(),
+            server: None,
+        };
+        backend.spawn(listener);
+        Ok(backend)
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }

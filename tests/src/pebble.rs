@@ -113,6 +113,9 @@ impl Pebble {
             .arg(dir.join("pebble.json"))
             .args(["-dnsserver", &dns.to_string()])
             .env("PEBBLE_VA_NOSLEEP", "1")
+            // No reuse of valid authorizations (50 % by default): every order is
+            // validated, so a test that breaks validation sees it fail.
+            .env("PEBBLE_AUTHZREUSE", "0")
             .env(
                 "PEBBLE_WFE_NONCEREJECT",
                 if opts.nonce_reject { "5" } else { "0" },

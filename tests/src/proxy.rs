@@ -69,9 +69,19 @@ pub struct ProxyBuilder {
     local_issuer: bool,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    store_tmpfs: Option<String>,
 }
 
 impl ProxyBuilder {
+    /// Put the certificate store on its own tmpfs of this size (e.g. `"1m"`), mounted in
+    /// a private mount namespace of proxyd (`unshare --map-root-user --mount`), so a test
+    /// can fill it or make it read-only ([`Proxy::remount_store`]) without touching the
+    /// machine. The store is then reached through `/proc/<pid>/root`.
+    pub fn store_tmpfs(mut self, size: &str) -> Self {
+        self.store_tmpfs = Some(size.to_owned());
+        self
+    }
+
     /// Work in this directory (kept afterwards) instead of a fresh temp dir.
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
@@ -155,7 +165,21 @@ impl ProxyBuilder {
         let http = self.http.unwrap_or_else(free_addr);
         let https = self.https.unwrap_or_else(free_addr);
 
-        let mut cmd = Command::new(locate_bin("proxyd", "PROXYD_BIN"));
+        let proxyd = locate_bin("proxyd", "PROXYD_BIN");
+        let mut cmd = match &self.store_tmpfs {
+            None => Command::new(proxyd),
+            Some(size) => {
+                // unshare and sh exec: proxyd keeps the pid of the child.
+                let mut c = Command::new("unshare");
+                c.args(["--map-root-user", "--mount", "sh", "-c"])
+                    .arg(r#"mount -t tmpfs -o "size=$1,mode=0700" tmpfs "$2" && shift 2 && exec "$@""#)
+                    .arg("sh")
+                    .arg(size)
+                    .arg(&store)
+                    .arg(proxyd);
+                c
+            }
+        };
         cmd.arg("--routes")
             .arg(&routes_path)
             .arg("--certs-store")
@@ -186,12 +210,18 @@ impl ProxyBuilder {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {:?}: {e}", cmd.get_program()));
 
+        let store_in_ns = self.store_tmpfs.as_ref().map(|_| store.clone());
+        let store = match &store_in_ns {
+            Some(s) => Path::new(&format!("/proc/{}/root", child.id())).join(s.strip_prefix("/").unwrap_or(s)),
+            None => store,
+        };
         let mut proxy = Proxy {
             child,
             _tmp: tmp,
             dir,
             routes_path,
             store,
+            store_in_ns,
             log_path,
             http,
             https,
@@ -269,6 +299,8 @@ pub struct Proxy {
     dir: PathBuf,
     routes_path: PathBuf,
     store: PathBuf,
+    /// With [`ProxyBuilder::store_tmpfs`]: the store's path inside proxyd's namespace.
+    store_in_ns: Option<PathBuf>,
     log_path: PathBuf,
     http: SocketAddr,
     https: SocketAddr,
@@ -290,7 +322,28 @@ impl Proxy {
             local_issuer: true,
             args: vec![],
             envs: vec![],
+            store_tmpfs: None,
         }
+    }
+
+    /// Remount the store's tmpfs (see [`ProxyBuilder::store_tmpfs`]) read-only or
+    /// read-write, from inside proxyd's namespaces.
+    pub fn remount_store(&self, read_only: bool) {
+        let dir = self
+            .store_in_ns
+            .as_ref()
+            .expect("remount_store needs ProxyBuilder::store_tmpfs");
+        let out = Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-U", "-m", "--preserve-credentials"])
+            .args(["mount", "-o", if read_only { "remount,ro" } else { "remount,rw" }])
+            .arg(dir)
+            .output()
+            .expect("run nsenter");
+        assert!(
+            out.status.success(),
+            "remounting the store failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     async fn ready(&self) -> bool {

@@ -6,7 +6,7 @@
 //! bench-report --raw raw.tsv --mem mem.tsv --machine machine.txt > latest.md
 //! ```
 //! raw.tsv: `round test target requests rps p50_ms p99_ms cpu_s errors secs`
-//! mem.tsv: `target idle_kib peak_kib held_kib held_conns`
+//! mem.tsv: `target idle_kib peak_kib held_kib held_conns before_kib`
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,6 +30,8 @@ struct Mem {
     peak: f64,
     held: f64,
     conns: u64,
+    /// RSS just before the idle connections were opened (after the load tests).
+    before: f64,
 }
 
 const TESTS: &[(&str, &str)] = &[
@@ -168,6 +170,7 @@ fn main() -> Result<()> {
             peak: p(2),
             held: p(3),
             conns: f[4].parse().unwrap_or(0),
+            before: f.get(5).and_then(|v| v.parse().ok()).unwrap_or(p(1)),
         });
     }
 
@@ -261,26 +264,29 @@ fn main() -> Result<()> {
         writeln!(
             o,
             "*idle*: after start and one request; *peak*: VmHWM after all the load tests; \
-             *10k idle*: RSS while the given number of TLS keep-alive connections, each after \
-             one request, are held open (`idle-conns`). nginx is master + worker (shared \
-             pages counted twice, as `ps` would).\n"
+             *before*: just before the idle connections are opened (after the load tests: \
+             what the allocator kept); *with them*: RSS while the given number of TLS \
+             keep-alive connections, each after one request, are held open (`idle-conns`); \
+             *KiB per conn* = (with them − before) / connections. nginx is master + worker \
+             (shared pages counted twice, as `ps` would).\n"
         )?;
-        writeln!(o, "| server | idle | peak | idle TLS conns held | RSS with them | KiB per conn |")?;
-        writeln!(o, "|---|---:|---:|---:|---:|---:|")?;
+        writeln!(o, "| server | idle | peak | before | idle TLS conns held | RSS with them | KiB per conn |")?;
+        writeln!(o, "|---|---:|---:|---:|---:|---:|---:|")?;
         let mut ms: Vec<&Mem> = mems.iter().collect();
         ms.sort_by_key(|m| ORDER.iter().position(|o| *o == m.target).unwrap_or(ORDER.len()));
         for m in ms {
             let per = if m.conns > 0 {
-                format!("{:.1}", (m.held - m.idle) / m.conns as f64)
+                format!("{:.1}", (m.held - m.before) / m.conns as f64)
             } else {
                 "–".into()
             };
             writeln!(
                 o,
-                "| {} | {:.1} | {:.1} | {} | {:.1} | {} |",
+                "| {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} |",
                 m.target,
                 m.idle / 1024.0,
                 m.peak / 1024.0,
+                m.before / 1024.0,
                 num(m.conns as f64),
                 m.held / 1024.0,
                 per

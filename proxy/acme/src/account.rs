@@ -31,7 +31,13 @@ pub(crate) fn account_path(acme_dir: &Path, directory: &str) -> PathBuf {
     let slug: String = directory
         .trim_start_matches("https://")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     acme_dir.join("accounts").join(format!("{slug}.json"))
 }
@@ -76,15 +82,22 @@ fn builder(config: &Config) -> Result<AccountBuilder, String> {
 /// Loads the account for `config.directory` from the store, or creates it at the CA
 /// (agreeing to its terms, with the contact and EAB given) and stores it. A lock file
 /// keeps two processes from creating two accounts.
-pub(crate) async fn load_or_create(store: &certs::Store, config: &Config) -> Result<Account, String> {
+pub(crate) async fn load_or_create(
+    store: &certs::Store,
+    config: &Config,
+) -> Result<Account, String> {
     let path = account_path(&store.acme_dir(), &config.directory);
     let _lock = FileLock::acquire(&path.with_extension("lock"), Duration::from_secs(60))
         .await
         .map_err(|e| format!("account lock: {e}"))?;
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let stored: StoredAccount = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: {e} (move it aside to create a new account)", path.display()))?;
+            let stored: StoredAccount = serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{}: {e} (move it aside to create a new account)",
+                    path.display()
+                )
+            })?;
             let account = builder(config)?
                 .from_credentials(stored.credentials)
                 .await
@@ -162,15 +175,20 @@ pub(crate) fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn account_file_per_directory() {
-        let p = account_path(Path::new("/s/acme"), "https://acme-v02.api.letsencrypt.org/directory");
-        assert_eq!(p, Path::new("/s/acme/accounts/acme-v02.api.letsencrypt.org_directory.json"));
+        let p = account_path(
+            Path::new("/s/acme"),
+            "https://acme-v02.api.letsencrypt.org/directory",
+        );
+        assert_eq!(
+            p,
+            Path::new("/s/acme/accounts/acme-v02.api.letsencrypt.org_directory.json")
+        );
         let p = account_path(Path::new("/s/acme"), "https://127.0.0.1:14000/dir");
         assert_eq!(p, Path::new("/s/acme/accounts/127.0.0.1_14000_dir.json"));
     }

@@ -23,7 +23,10 @@ pub fn tls_alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKe
         .key_provider
         .load_private_key(der)
         .map_err(|e| e.to_string())?;
-    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)))
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
 }
 
 /// Everything one order published; withdrawn on drop.

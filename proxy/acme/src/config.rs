@@ -97,7 +97,9 @@ pub fn directory_url(arg: &str) -> Result<String, ConfigError> {
 pub fn contact_uri(arg: &str) -> Result<String, ConfigError> {
     let addr = arg.trim().strip_prefix("mailto:").unwrap_or(arg.trim());
     match addr.split_once('@') {
-        Some((user, host)) if !user.is_empty() && host.contains('.') && !addr.contains(char::is_whitespace) => {
+        Some((user, host))
+            if !user.is_empty() && host.contains('.') && !addr.contains(char::is_whitespace) =>
+        {
             Ok(format!("mailto:{addr}"))
         }
         _ => Err(ConfigError(format!(
@@ -138,7 +140,10 @@ mod tests {
     #[test]
     fn directories_by_name_or_url() {
         assert_eq!(directory_url("letsencrypt").unwrap(), LETSENCRYPT);
-        assert_eq!(directory_url("letsencrypt-staging").unwrap(), LETSENCRYPT_STAGING);
+        assert_eq!(
+            directory_url("letsencrypt-staging").unwrap(),
+            LETSENCRYPT_STAGING
+        );
         assert_eq!(
             directory_url("https://127.0.0.1:14000/dir").unwrap(),
             "https://127.0.0.1:14000/dir"
@@ -162,7 +167,12 @@ mod tests {
         assert!(eab(None, None).unwrap().is_none());
         assert!(eab(Some("kid"), None).is_err());
         assert!(eab(None, Some("aGk")).is_err());
-        let e = eab(Some("kid-1"), Some("zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W")).unwrap().unwrap();
+        let e = eab(
+            Some("kid-1"),
+            Some("zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(e.kid, "kid-1");
         assert_eq!(e.hmac_key.len(), 48);
         assert!(!format!("{e:?}").contains("zWND"));

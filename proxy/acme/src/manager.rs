@@ -91,6 +91,9 @@ pub struct Manager {
     orders: Semaphore,
     ari: AtomicU8,
     orders_placed: AtomicU64,
+    /// Finished orders: certificate issued, or failed (for metrics).
+    orders_issued: AtomicU64,
+    orders_failed: AtomicU64,
     /// Bumped after each finished attempt (success or failure), for waiters.
     attempts: watch::Sender<u64>,
 }
@@ -121,6 +124,8 @@ impl Manager {
             orders: Semaphore::new(CONCURRENT_ORDERS),
             ari: AtomicU8::new(ARI_UNKNOWN),
             orders_placed: AtomicU64::new(0),
+            orders_issued: AtomicU64::new(0),
+            orders_failed: AtomicU64::new(0),
             attempts: watch::channel(0).0,
         })
     }
@@ -137,6 +142,14 @@ impl Manager {
     /// New orders placed at the CA since start.
     pub fn orders_placed(&self) -> u64 {
         self.orders_placed.load(Ordering::Relaxed)
+    }
+
+    /// Finished orders since start: (certificate issued, failed).
+    pub fn order_results(&self) -> (u64, u64) {
+        (
+            self.orders_issued.load(Ordering::Relaxed),
+            self.orders_failed.load(Ordering::Relaxed),
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
@@ -227,7 +240,9 @@ impl Manager {
         let n = certs::normalize_name(name);
         let mut entries = self.lock();
         let Some((id, e)) = entries.iter_mut().find(|(_, e)| e.names.contains(&n)) else {
-            return Err(format!("{n}: not a name this proxy orders certificates for"));
+            return Err(format!(
+                "{n}: not a name this proxy orders certificates for"
+            ));
         };
         e.force = true;
         e.next_check = SystemTime::now();
@@ -363,7 +378,9 @@ impl Manager {
                 };
             }
             if let Ok(Some(disk)) = store.load_one(id) {
-                let fresher = current.as_ref().is_none_or(|c| disk.not_after > c.not_after);
+                let fresher = current
+                    .as_ref()
+                    .is_none_or(|c| disk.not_after > c.not_after);
                 if disk.issuer == self.issuer()
                     && fresher
                     && names.iter().all(|n| disk.covers(n))
@@ -380,7 +397,9 @@ impl Manager {
         // Written before the order: a crash during it cannot lead to an immediate retry.
         let failures_if_failed = meta.failures.saturating_add(1);
         meta.last_attempt = Some(unix(now));
-        meta.next_attempt = Some(unix(now + schedule::backoff(failures_if_failed, schedule::random01())));
+        meta.next_attempt = Some(unix(
+            now + schedule::backoff(failures_if_failed, schedule::random01()),
+        ));
         if meta.names.is_empty() {
             meta.names = names.to_vec();
         }
@@ -389,7 +408,11 @@ impl Manager {
             return Outcome::wait(now + schedule::backoff(1, 0.0));
         }
 
-        let what = if current.is_some() { "renewing" } else { "ordering" };
+        let what = if current.is_some() {
+            "renewing"
+        } else {
+            "ordering"
+        };
         tracing::info!(cert = %id, names = ?names, challenge = %self.config.challenge, "ACME: {what} certificate");
         let started = std::time::Instant::now();
         let result = match tokio::time::timeout(ORDER_TIMEOUT, self.order(names, replaces)).await {
@@ -398,6 +421,7 @@ impl Manager {
         };
         match result {
             Ok(cert) => {
+                self.orders_issued.fetch_add(1, Ordering::Relaxed);
                 self.host.certs().install(cert.clone());
                 let done = SystemTime::now();
                 let meta = Meta {
@@ -412,7 +436,11 @@ impl Manager {
                 if let Err(e) = store.write_meta(id, &meta) {
                     tracing::warn!(cert = %id, "ACME: {e}");
                 }
-                let renew_at = schedule::fallback_renewal_time(cert.not_before, cert.not_after, schedule::random01());
+                let renew_at = schedule::fallback_renewal_time(
+                    cert.not_before,
+                    cert.not_after,
+                    schedule::random01(),
+                );
                 // With ARI, ask the CA again soon rather than trusting the fallback.
                 let next_check = if self.ari.load(Ordering::Relaxed) == ARI_YES {
                     renew_at.min(done + ARI_RECHECK_MAX)
@@ -435,6 +463,7 @@ impl Manager {
                 }
             }
             Err(e) => {
+                self.orders_failed.fetch_add(1, Ordering::Relaxed);
                 meta.failures = failures_if_failed;
                 meta.last_error = Some(e.clone());
                 let wait = schedule::backoff(meta.failures, schedule::random01());
@@ -444,7 +473,9 @@ impl Manager {
                     tracing::warn!(cert = %id, "ACME: {we}");
                 }
                 let keeps = match &current {
-                    Some(c) if SystemTime::now() < c.not_after => "; the current certificate is still served",
+                    Some(c) if SystemTime::now() < c.not_after => {
+                        "; the current certificate is still served"
+                    }
                     _ => "",
                 };
                 tracing::warn!(
@@ -471,8 +502,14 @@ impl Manager {
         &self,
         cert: &StoredCert,
         now: SystemTime,
-    ) -> (SystemTime, SystemTime, Option<Window>, Option<CertificateIdentifier<'static>>) {
-        let fallback = schedule::fallback_renewal_time(cert.not_before, cert.not_after, schedule::random01());
+    ) -> (
+        SystemTime,
+        SystemTime,
+        Option<Window>,
+        Option<CertificateIdentifier<'static>>,
+    ) {
+        let fallback =
+            schedule::fallback_renewal_time(cert.not_before, cert.not_after, schedule::random01());
         if self.ari.load(Ordering::Relaxed) == ARI_NO {
             return (fallback, fallback, None, None);
         }
@@ -551,9 +588,13 @@ impl Manager {
         kind: ChallengeKind,
         replaces: Option<CertificateIdentifier<'static>>,
     ) -> Result<Arc<StoredCert>, OrderError> {
-        let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+        let identifiers: Vec<Identifier> =
+            names.iter().map(|n| Identifier::Dns(n.clone())).collect();
         let account = self.account().await.map_err(OrderError::Other)?;
-        let mut order = match self.new_order(&account, &identifiers, replaces.clone()).await {
+        let mut order = match self
+            .new_order(&account, &identifiers, replaces.clone())
+            .await
+        {
             Ok(o) => o,
             Err(e) if is_problem(&e, "accountDoesNotExist") => {
                 tracing::warn!("ACME: the CA no longer knows our account; creating a new one");
@@ -577,17 +618,22 @@ impl Manager {
                 AuthorizationStatus::Valid => continue,
                 AuthorizationStatus::Pending => {}
                 other => {
-                    return Err(OrderError::Challenge(format!("authorization for {name} is {other:?}")))
+                    return Err(OrderError::Challenge(format!(
+                        "authorization for {name} is {other:?}"
+                    )))
                 }
             }
             let Some(mut challenge) = authz.challenge(kind.acme()) else {
-                return Err(OrderError::Challenge(format!("the CA offers no {kind} challenge for {name}")));
+                return Err(OrderError::Challenge(format!(
+                    "the CA offers no {kind} challenge for {name}"
+                )));
             };
             let key_auth = challenge.key_authorization();
             match kind {
                 ChallengeKind::Http01 => published.http01(&challenge.token, key_auth.as_str()),
                 ChallengeKind::TlsAlpn01 => {
-                    let key = tls_alpn_certificate(&name, key_auth.digest().as_ref()).map_err(OrderError::Other)?;
+                    let key = tls_alpn_certificate(&name, key_auth.digest().as_ref())
+                        .map_err(OrderError::Other)?;
                     published.tls_alpn01(&name, key);
                 }
             }
@@ -597,7 +643,12 @@ impl Manager {
                 .map_err(|e| OrderError::Challenge(format!("{name}: {e}")))?;
         }
 
-        let retry = RetryPolicy::new().timeout(POLL_TIMEOUT);
+        // First look after 100 ms, then 1.5 times longer each time (the CA's Retry-After
+        // wins when it sends one): a validation that takes a moment is seen at once.
+        let retry = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(100))
+            .backoff(1.5)
+            .timeout(POLL_TIMEOUT);
         let status = order.poll_ready(&retry).await;
         let failed = match status {
             Ok(OrderStatus::Ready) => None,
@@ -620,7 +671,11 @@ impl Manager {
                 }
             }
             drop(published);
-            let details = if details.is_empty() { why } else { details.join("; ") };
+            let details = if details.is_empty() {
+                why
+            } else {
+                details.join("; ")
+            };
             return Err(OrderError::Challenge(details));
         }
         drop(published);
@@ -654,7 +709,10 @@ impl Manager {
     ) -> Result<instant_acme::Order, instant_acme::Error> {
         self.orders_placed.fetch_add(1, Ordering::Relaxed);
         if let Some(r) = replaces {
-            match account.new_order(&NewOrder::new(identifiers).replaces(r)).await {
+            match account
+                .new_order(&NewOrder::new(identifiers).replaces(r))
+                .await
+            {
                 Ok(o) => return Ok(o),
                 // e.g. alreadyReplaced: an order without `replaces` is still fine.
                 Err(e) if !is_problem(&e, "accountDoesNotExist") => {
@@ -699,7 +757,11 @@ impl Outcome {
 }
 
 /// The certificate covering every name (of `issuer`, when given) with the latest expiry.
-fn best_cover<'a>(held: &'a [Arc<StoredCert>], names: &[String], issuer: Option<&str>) -> Option<&'a Arc<StoredCert>> {
+fn best_cover<'a>(
+    held: &'a [Arc<StoredCert>],
+    names: &[String],
+    issuer: Option<&str>,
+) -> Option<&'a Arc<StoredCert>> {
     held.iter()
         .filter(|c| issuer.is_none_or(|i| c.issuer == i))
         .filter(|c| names.iter().all(|n| c.covers(n)))

@@ -32,7 +32,11 @@ pub fn ari_renewal_time(window: Window, now: SystemTime, rand01: f64) -> SystemT
 /// Without ARI: renew when a third of the lifetime is left, spread earlier by up to
 /// [`JITTER_SHARE`] of the lifetime so that certificates issued together do not all
 /// renew in the same second. Never before `not_before`.
-pub fn fallback_renewal_time(not_before: SystemTime, not_after: SystemTime, rand01: f64) -> SystemTime {
+pub fn fallback_renewal_time(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    rand01: f64,
+) -> SystemTime {
     let lifetime = not_after
         .duration_since(not_before)
         .unwrap_or(Duration::ZERO);
@@ -45,9 +49,7 @@ pub fn fallback_renewal_time(not_before: SystemTime, not_after: SystemTime, rand
 /// [`BACKOFF_MIN`] doubling up to [`BACKOFF_MAX`], then up to 10 % more (jitter).
 pub fn backoff(failures: u32, rand01: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(20);
-    let base = BACKOFF_MIN
-        .saturating_mul(1u32 << exp)
-        .min(BACKOFF_MAX);
+    let base = BACKOFF_MIN.saturating_mul(1u32 << exp).min(BACKOFF_MAX);
     base + base.mul_f64(0.1 * clamp01(rand01))
 }
 
@@ -83,7 +85,10 @@ mod tests {
 
     #[test]
     fn ari_picks_inside_the_window() {
-        let w = Window { start: t(60), end: t(62) };
+        let w = Window {
+            start: t(60),
+            end: t(62),
+        };
         assert_eq!(ari_renewal_time(w, t(0), 0.0), t(60));
         assert_eq!(ari_renewal_time(w, t(0), 0.5), t(61));
         let late = ari_renewal_time(w, t(0), 0.999_999);
@@ -97,17 +102,26 @@ mod tests {
     #[test]
     fn ari_window_in_the_past_means_now() {
         // Whole window past (e.g. the CA revoked early: RFC 9773 window moved back).
-        let w = Window { start: t(1), end: t(2) };
+        let w = Window {
+            start: t(1),
+            end: t(2),
+        };
         assert_eq!(ari_renewal_time(w, t(5), 0.3), t(5));
         // Window open now, chosen time already past.
-        let w = Window { start: t(4), end: t(8) };
+        let w = Window {
+            start: t(4),
+            end: t(8),
+        };
         assert_eq!(ari_renewal_time(w, t(6), 0.25), t(6));
         assert_eq!(ari_renewal_time(w, t(6), 0.75), t(7));
     }
 
     #[test]
     fn ari_inverted_window_is_its_start() {
-        let w = Window { start: t(10), end: t(9) };
+        let w = Window {
+            start: t(10),
+            end: t(9),
+        };
         assert_eq!(ari_renewal_time(w, t(0), 0.9), t(10));
     }
 
@@ -156,7 +170,10 @@ mod tests {
         assert_eq!(backoff(u32::MAX, 0.0), BACKOFF_MAX);
         // Jitter adds at most 10 %.
         let j = backoff(3, 0.999);
-        assert!(j > m(4) && j < m(4) + m(4) / 10 + Duration::from_secs(1), "{j:?}");
+        assert!(
+            j > m(4) && j < m(4) + m(4) / 10 + Duration::from_secs(1),
+            "{j:?}"
+        );
         // Monotonic.
         let mut prev = Duration::ZERO;
         for n in 1..30 {

@@ -23,8 +23,10 @@
 //!   certs/<id>/fullchain.pem   leaf first, then intermediates
 //!   certs/<id>/key.pem         0600, PKCS#8 PEM (PKCS#1 and SEC1 are accepted when dropped in)
 //!   certs/<id>/meta.json       {"names":[..],"issuer":"local","not_after":<unix>,
-//!                               "last_attempt":null,"last_error":null}
-//!   acme/                      reserved for the ACME account
+//!                               "last_attempt":null,"last_error":null,
+//!                               "next_attempt":null,"failures":0}
+//!   acme/                      written by `proxy/acme`: accounts/, locks/, and
+//!                              pending/<id>.json (meta of a name with no certificate yet)
 //! ```
 //!
 //! `<id>` is the certificate's main name; `*.example.org` is stored as

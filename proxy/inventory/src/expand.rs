@@ -26,8 +26,11 @@ pub fn expand(inv: &Inventory) -> String {
     let mut hosts: Vec<&Host> = inv.hosts.iter().collect();
     hosts.sort_by(|a, b| a.name.cmp(&b.name));
     for host in hosts {
-        let mut services: Vec<&Service> =
-            inv.services.iter().filter(|s| s.host == host.name).collect();
+        let mut services: Vec<&Service> = inv
+            .services
+            .iter()
+            .filter(|s| s.host == host.name)
+            .collect();
         if services.is_empty() {
             continue;
         }
@@ -44,7 +47,10 @@ pub fn expand(inv: &Inventory) -> String {
 
 fn header(inv: &Inventory, out: &mut String) {
     let src = &inv.source;
-    let _ = writeln!(out, "# Routing table of the reverse proxy, generated from {src}.");
+    let _ = writeln!(
+        out,
+        "# Routing table of the reverse proxy, generated from {src}."
+    );
     out.push_str("#\n");
     out.push_str("# GENERATED: do not edit by hand. Change the inventory, then regenerate:\n");
     let _ = writeln!(
@@ -166,7 +172,15 @@ fn service_entries(inv: &Inventory, host: &Host, s: &Service, out: &mut String) 
             to.push('/');
         }
         out.push('\n');
-        redirect(&format!("{}-redirect", s.id), &from, "/", &to, true, 301, out);
+        redirect(
+            &format!("{}-redirect", s.id),
+            &from,
+            "/",
+            &to,
+            true,
+            301,
+            out,
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use routes::{Diagnostic, Diagnostics, HostPattern};
 
 use crate::tree::{self, Key, Node, Val};
-use crate::{App, Format, Host, IpNet, Inventory, Policy, PolicyValue, Service};
+use crate::{App, Format, Host, Inventory, IpNet, Policy, PolicyValue, Service};
 
 pub(crate) const TOP_KEYS: &[&str] = &["internal_networks", "defaults", "host", "service"];
 pub(crate) const HOST_KEYS: &[&str] = &["name", "site", "hypervisor", "ipv4", "ipv6", "dns"];
@@ -43,7 +43,10 @@ pub fn parse_as(file: &str, text: &str, format: Format) -> Result<Inventory, Dia
         Format::Json => tree::from_json(text).map(|(root, duplicates)| {
             for d in duplicates {
                 let first = cx.at_str(d.first);
-                cx.error(d.at, format!("duplicate key `{}` (first at {first})", d.name));
+                cx.error(
+                    d.at,
+                    format!("duplicate key `{}` (first at {first})", d.name),
+                );
             }
             root
         }),
@@ -261,7 +264,12 @@ impl<'a> Cx<'a> {
 
     fn document(&mut self, root: &Node) -> Inventory {
         let mut inv = Inventory {
-            source: self.file.rsplit('/').next().unwrap_or(self.file).to_string(),
+            source: self
+                .file
+                .rsplit('/')
+                .next()
+                .unwrap_or(self.file)
+                .to_string(),
             internal_networks: Vec::new(),
             defaults: Policy::default(),
             hosts: Vec::new(),
@@ -376,7 +384,10 @@ impl<'a> Cx<'a> {
                         other => {
                             self.error(
                                 item.at,
-                                format!("`{key}` must contain only strings, found {}", other.kind()),
+                                format!(
+                                    "`{key}` must contain only strings, found {}",
+                                    other.kind()
+                                ),
                             );
                             return None;
                         }
@@ -406,7 +417,10 @@ impl<'a> Cx<'a> {
                 PolicyValue::Headers(headers)
             }
             Val::Null => {
-                self.error(v.at, format!("`{key}` is null: leave the key out for the default"));
+                self.error(
+                    v.at,
+                    format!("`{key}` is null: leave the key out for the default"),
+                );
                 return None;
             }
             Val::Float(_) => {
@@ -446,16 +460,18 @@ impl<'a> Cx<'a> {
         let site = self.optional(item, "site", |s| label_text("site", s));
         let hypervisor = self.optional(item, "hypervisor", |s| label_text("hypervisor", s));
         let ipv4 = self.optional(item, "ipv4", |s| {
-            s.parse::<Ipv4Addr>().map_err(|_| match s.parse::<Ipv6Addr>() {
-                Ok(_) => format!("`{s}` is an IPv6 address: write it as `ipv6`"),
-                Err(_) => format!("invalid IPv4 address `{s}`"),
-            })
+            s.parse::<Ipv4Addr>()
+                .map_err(|_| match s.parse::<Ipv6Addr>() {
+                    Ok(_) => format!("`{s}` is an IPv6 address: write it as `ipv6`"),
+                    Err(_) => format!("invalid IPv4 address `{s}`"),
+                })
         });
         let ipv6 = self.optional(item, "ipv6", |s| {
-            s.parse::<Ipv6Addr>().map_err(|_| match s.parse::<Ipv4Addr>() {
-                Ok(_) => format!("`{s}` is an IPv4 address: write it as `ipv4`"),
-                Err(_) => format!("invalid IPv6 address `{s}`"),
-            })
+            s.parse::<Ipv6Addr>()
+                .map_err(|_| match s.parse::<Ipv4Addr>() {
+                    Ok(_) => format!("`{s}` is an IPv4 address: write it as `ipv4`"),
+                    Err(_) => format!("invalid IPv6 address `{s}`"),
+                })
         });
         let dns = self.optional(item, "dns", |s| {
             routes::check::upstream_name(s).map_err(|m| m.replace("upstream name", "DNS name"))
@@ -592,7 +608,10 @@ impl<'a> Cx<'a> {
             Some(v) => self.policy(v, "overrides"),
         };
         let id = match item.get("id") {
-            None => name.as_ref().zip(path.as_ref()).map(|(n, p)| default_id(n, p)),
+            None => name
+                .as_ref()
+                .zip(path.as_ref())
+                .map(|(n, p)| default_id(n, p)),
             Some(v) => {
                 at.id = v.at;
                 self.checked("id", v, |s| {
@@ -635,7 +654,11 @@ impl<'a> Cx<'a> {
         for (h, at) in hosts {
             if let Some(first) = names.insert(&h.name, at.name) {
                 names.insert(&h.name, first);
-                let msg = format!("duplicate host `{}` (first at {})", h.name, self.at_str(first));
+                let msg = format!(
+                    "duplicate host `{}` (first at {})",
+                    h.name,
+                    self.at_str(first)
+                );
                 self.error_in(&at.context, at.name, msg);
                 continue;
             }
@@ -696,7 +719,11 @@ impl<'a> Cx<'a> {
                     "service `{}` is on host `{}`, which is not in the inventory (hosts: {})",
                     s.name,
                     s.host,
-                    if sorted.is_empty() { "none".to_string() } else { sorted.join(", ") }
+                    if sorted.is_empty() {
+                        "none".to_string()
+                    } else {
+                        sorted.join(", ")
+                    }
                 );
                 self.error_in(&at.context, at.host, msg);
             }
@@ -750,8 +777,18 @@ impl<'a> Cx<'a> {
             }
 
             let mut own = vec![s.id.clone()];
-            own.extend(preset.extra_routes.iter().map(|e| format!("{}-{}", s.id, e.suffix)));
-            own.extend(preset.redirects.iter().map(|r| format!("{}-{}", s.id, r.suffix)));
+            own.extend(
+                preset
+                    .extra_routes
+                    .iter()
+                    .map(|e| format!("{}-{}", s.id, e.suffix)),
+            );
+            own.extend(
+                preset
+                    .redirects
+                    .iter()
+                    .map(|r| format!("{}-{}", s.id, r.suffix)),
+            );
             if !s.redirect_from.is_empty() {
                 own.push(format!("{}-redirect", s.id));
             }

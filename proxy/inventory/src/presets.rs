@@ -82,9 +82,9 @@ impl App {
             // Flask with ProxyFix (https://flask.palletsprojects.com/en/stable/deploying/proxy_fix/).
             // Gunicorn's worker timeout (30 s) is below the proxy's read timeout, so the
             // defaults fit.
-            App::Django | App::Flask => base(
-                "WSGI app (gunicorn/uWSGI): the proxy defaults; the app trusts X-Forwarded-*",
-            ),
+            App::Django | App::Flask => {
+                base("WSGI app (gunicorn/uWSGI): the proxy defaults; the app trusts X-Forwarded-*")
+            }
 
             // Nextcloud admin manual:
             // - reverse proxy (https://docs.nextcloud.com/server/latest/admin_manual/configuration_server/reverse_proxy_configuration.html):
@@ -188,8 +188,9 @@ mod tests {
             let mut policies = vec![p.policy.clone()];
             policies.extend(p.extra_routes.iter().map(|e| p.policy.merged(&e.policy)));
             for policy in policies {
-                let mut text =
-                    String::from("[[route]]\nhosts = [\"a.example.org\"]\nupstreams = [\"10.0.0.1:80\"]\n");
+                let mut text = String::from(
+                    "[[route]]\nhosts = [\"a.example.org\"]\nupstreams = [\"10.0.0.1:80\"]\n",
+                );
                 for (k, v) in policy.iter() {
                     text += &format!("{k} = {}\n", crate::render_value(v));
                 }

@@ -70,8 +70,14 @@ fn shipped_routes_route_as_the_inventory_says() {
     assert_eq!(mon.upstreams[0].to_string(), "172.28.3.1:80");
     assert_eq!(mon.policy.allow.as_ref().map(Vec::len), Some(2));
     // Overrides win over presets; presets over the defaults.
-    assert_eq!(route("mail.example.org", "/").policy.max_body, Some(25 << 20));
-    assert_eq!(route("blog.example.org", "/").policy.max_body, Some(32 << 20));
+    assert_eq!(
+        route("mail.example.org", "/").policy.max_body,
+        Some(25 << 20)
+    );
+    assert_eq!(
+        route("blog.example.org", "/").policy.max_body,
+        Some(32 << 20)
+    );
     assert_eq!(route("git.example.org", "/").policy.max_body, None);
     assert_eq!(
         route("cloud.example.org", "/").policy.response_headers,
@@ -97,7 +103,10 @@ fn shipped_routes_route_as_the_inventory_says() {
 fn json_from_nix_generates_the_same_routes_as_the_toml() {
     let from_toml = gen("inventory.toml", SHIPPED);
     let from_json = gen("inventory.json", SHIPPED_JSON_FROM_NIX);
-    assert_eq!(from_json, from_toml.replace("inventory.toml", "inventory.json"));
+    assert_eq!(
+        from_json,
+        from_toml.replace("inventory.toml", "inventory.json")
+    );
 }
 
 #[test]
@@ -115,7 +124,10 @@ fn reference_file_is_valid_and_documents_every_key_and_app() {
                 || l.starts_with(&format!("[{key}]"))
                 || l.starts_with(&format!("[[{key}]]"))
         });
-        assert!(documented, "`{key}` is not documented in inventory.reference.toml");
+        assert!(
+            documented,
+            "`{key}` is not documented in inventory.reference.toml"
+        );
     }
     for app in App::ALL {
         assert!(
@@ -139,7 +151,13 @@ fn json_reversed_keys(v: &serde_json::Value) -> String {
             let items: Vec<String> = m
                 .iter()
                 .rev()
-                .map(|(k, v)| format!("{}: {}", serde_json::to_string(k).unwrap(), json_reversed_keys(v)))
+                .map(|(k, v)| {
+                    format!(
+                        "{}: {}",
+                        serde_json::to_string(k).unwrap(),
+                        json_reversed_keys(v)
+                    )
+                })
                 .collect();
             format!("{{{}}}", items.join(", "))
         }
@@ -153,10 +171,14 @@ fn json_reversed_keys(v: &serde_json::Value) -> String {
 
 /// Reorder every array the generator must not depend on, by a seeded shuffle.
 fn shuffled(mut v: serde_json::Value, seed: u64) -> serde_json::Value {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut shuffle = |a: &mut Vec<serde_json::Value>| {
         for i in (1..a.len()).rev() {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             a.swap(i, (state >> 33) as usize % (i + 1));
         }
     };
@@ -164,9 +186,10 @@ fn shuffled(mut v: serde_json::Value, seed: u64) -> serde_json::Value {
     if let Some(serde_json::Value::Array(services)) = obj.get_mut("service") {
         // Two aliases on one service, so there is an order to change.
         let blog = services.iter_mut().find(|s| s["id"] == "blog").unwrap();
-        blog.as_object_mut()
-            .unwrap()
-            .insert("aliases".into(), serde_json::json!(["b.example.net", "a.example.net"]));
+        blog.as_object_mut().unwrap().insert(
+            "aliases".into(),
+            serde_json::json!(["b.example.net", "a.example.net"]),
+        );
     }
     for key in ["host", "service", "internal_networks"] {
         if let Some(serde_json::Value::Array(a)) = obj.get_mut(key) {
@@ -192,9 +215,17 @@ fn generation_is_deterministic_under_reordering() {
     for seed in 1..20 {
         let v = shuffled(shipped_value(), seed);
         // Arrays reordered, keys in serde_json's order.
-        assert_eq!(gen("inventory.json", &serde_json::to_string(&v).unwrap()), want, "seed {seed}");
+        assert_eq!(
+            gen("inventory.json", &serde_json::to_string(&v).unwrap()),
+            want,
+            "seed {seed}"
+        );
         // ... and every object's keys reversed.
-        assert_eq!(gen("inventory.json", &json_reversed_keys(&v)), want, "seed {seed}");
+        assert_eq!(
+            gen("inventory.json", &json_reversed_keys(&v)),
+            want,
+            "seed {seed}"
+        );
         // ... and as TOML.
         let toml_text = toml::to_string(&v).unwrap();
         assert_eq!(

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod client;
+mod generate;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -67,6 +68,11 @@ enum Command {
     Certs {
         #[command(subcommand)]
         action: Option<CertsAction>,
+    },
+    /// Routes generated from the inventory (offline, no daemon needed).
+    Routes {
+        #[command(subcommand)]
+        action: generate::RoutesAction,
     },
 }
 
@@ -123,6 +129,7 @@ fn run(cli: &Cli) -> Result<Outcome> {
         Command::Certs {
             action: Some(CertsAction::Renew { name }),
         } => certs_renew(cli, name),
+        Command::Routes { action } => generate::run(cli, action),
     }
 }
 
@@ -365,10 +372,22 @@ fn reload(cli: &Cli, method: &str, path: &str) -> Result<Outcome> {
 
 /// `proxyctl status`.
 fn status(cli: &Cli) -> Result<Outcome> {
-    let (code, v) = match ask(cli, "GET", "/v1/status")? {
+    let (code, mut v) = match ask(cli, "GET", "/v1/status")? {
         Ok(answer) => answer,
         Err(outcome) => return Ok(outcome),
     };
+    // Readiness is an endpoint of its own (what a load balancer asks); shown here too.
+    let ready = client::call(
+        &cli.socket,
+        "GET",
+        "/v1/health/ready",
+        std::time::Duration::from_secs(cli.timeout),
+    )
+    .ok()
+    .map(|(_, r)| r);
+    if let Some(r) = &ready {
+        v["ready"] = r.clone();
+    }
     if cli.json {
         output(print_json(&v))?;
         return Ok(if code == 200 {
@@ -391,6 +410,32 @@ fn status(cli: &Cli) -> Result<Outcome> {
         v["generation"],
         s(&v["routes_file"])
     ))?;
+    if let Some(r) = &ready {
+        let problems: Vec<String> = r["problems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        if r["ready"] == true {
+            output(writeln!(out, "ready: yes"))?;
+        } else {
+            output(writeln!(out, "ready: NO: {}", problems.join("; ")))?;
+        }
+        let missing: Vec<String> = r["names_without_certificate"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        if !missing.is_empty() {
+            output(writeln!(
+                out,
+                "names without a certificate (handshakes fail): {}",
+                missing.join(", ")
+            ))?;
+        }
+    }
     match v["last_reload"].as_object() {
         Some(r) => output(writeln!(
             out,
@@ -429,6 +474,15 @@ fn status(cli: &Cli) -> Result<Outcome> {
             s(&u["address"]),
             s(&u["route"])
         ))?;
+    }
+    let problems = v["store"]["problems"].as_array().cloned().unwrap_or_default();
+    if problems.is_empty() {
+        output(writeln!(out, "store: ok"))?;
+    } else {
+        output(writeln!(out, "store: {} PROBLEM(S)", problems.len()))?;
+        for p in &problems {
+            output(writeln!(out, "  {}", s(p)))?;
+        }
     }
     output(writeln!(out, "certificates:"))?;
     for c in v["certificates"].as_array().into_iter().flatten() {

@@ -9,7 +9,7 @@
 //! | `GET /v1/certs`        | certificates: names, issuer, not-after, next renewal, last error |
 //! | `POST /v1/certs/renew?name=NAME` | order a new ACME certificate for NAME's group now |
 //! | `GET /v1/health/live`  | the process answers                               |
-//! | `GET /v1/health/ready` | a route table is in force                         |
+//! | `GET /v1/health/ready` | 200 when every listener is listening (table in force), else 503; certificates reported (`readiness.rs`) |
 
 use std::sync::Arc;
 
@@ -67,11 +67,13 @@ impl ServeHttp for AdminApp {
             }
             (Method::GET, "/v1/health/live") => (StatusCode::OK, json!({"live": true})),
             (Method::GET, "/v1/health/ready") => {
-                let generation = self.control.shared.snapshot.load().generation;
-                (
-                    StatusCode::OK,
-                    json!({"ready": true, "generation": generation}),
-                )
+                let r = crate::readiness::check(&self.control.shared, &self.control.listeners);
+                let status = if r.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, r.to_json())
             }
             (_, p) => (
                 StatusCode::NOT_FOUND,

@@ -81,9 +81,28 @@ pub struct Args {
     #[arg(long, value_name = "PORT")]
     pub public_https_port: Option<u16>,
 
+    /// Name server for upstream DNS names (IP or IP:port, port 53 by default; UDP and
+    /// TCP). Repeatable. Default: the servers of /etc/resolv.conf.
+    #[arg(long = "dns-server", value_name = "ADDR", value_parser = parse_dns_server)]
+    pub dns_server: Vec<SocketAddr>,
+
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Access log: one line per request, JSON lines or the combined log format.
+    #[arg(long, value_enum, default_value_t = AccessLogFormat::Json, value_name = "json|combined|off")]
+    pub access_log_format: AccessLogFormat,
+
+    /// Write the access log to this file (reopened on SIGUSR1, for logrotate) instead of
+    /// stderr.
+    #[arg(long, value_name = "FILE")]
+    pub access_log: Option<PathBuf>,
+
+    /// Serve Prometheus metrics (`GET /metrics`) and a health page (`GET /health`) on
+    /// this address, meant for an internal one. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 
     /// Worker threads per listener service.
     #[arg(long, default_value_t = default_threads(), value_name = "N")]
@@ -93,6 +112,31 @@ pub struct Args {
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub grace_period: u64,
 
+    /// HTTP/1.x: time a client gets to send a whole request head, from its first byte
+    /// (slowloris); over it the connection gets 408 and is closed.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub client_header_timeout: std::time::Duration,
+
+    /// HTTP/1.x: longest wait between two reads of a request body; over it the request
+    /// fails with 408 and the connection is closed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub client_body_timeout: std::time::Duration,
+
+    /// Largest request head (HTTP/1.x request line and headers; HTTP/2 decoded header
+    /// list), e.g. 64k. Over it: 431 (HTTP/1.x) or a stream reset (HTTP/2).
+    #[arg(long, default_value = "64k", value_parser = parse_size, value_name = "SIZE")]
+    pub client_max_header_size: usize,
+
+    /// Open connections per client address (IPv6: per /64) over all listeners; more are
+    /// closed at once. 0: no limit.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_conns_per_ip: u32,
+
+    /// How often the certificate store is checked (writable, files of the served
+    /// certificates intact); problems show in `proxyctl status` and the log.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub store_check_interval: std::time::Duration,
+
     /// Socket used to hand listeners to a new binary on upgrade (see README).
     #[arg(long, default_value = "/run/proxyd/upgrade.sock", value_name = "PATH")]
     pub upgrade_socket: PathBuf,
@@ -100,6 +144,15 @@ pub struct Args {
     /// Take the listening sockets over from a running proxyd (binary upgrade).
     #[arg(short = 'u', long)]
     pub upgrade: bool,
+
+    /// Run in the background; the command returns once the daemon is ready (systemd
+    /// `Type=forking`). Logs stay on the inherited stderr (the journal).
+    #[arg(short = 'd', long)]
+    pub daemon: bool,
+
+    /// Where the daemon's PID is written (with --daemon).
+    #[arg(long, default_value = "/run/proxyd/proxyd.pid", value_name = "PATH")]
+    pub pid_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -128,6 +181,13 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccessLogFormat {
+    Json,
+    Combined,
+    Off,
+}
+
 fn default_http() -> Vec<SocketAddr> {
     vec!["0.0.0.0:80".parse().unwrap(), "[::]:80".parse().unwrap()]
 }
@@ -145,5 +205,29 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         "600" => Ok(0o600),
         "660" => Ok(0o660),
         _ => Err(format!("`{s}`: the admin socket mode is 600 or 660")),
+    }
+}
+
+fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("`{s}`: expected an IP address, with or without port (e.g. 172.28.0.53 or 127.0.0.1:5353)"))
+}
+
+/// `30s`, `500ms`, `5m`: the forms of durations in routes.toml.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    routes::check::duration("duration", s)
+}
+
+/// `65536`, `64k`, `1m`: the forms of sizes in routes.toml (not `unlimited`).
+fn parse_size(s: &str) -> Result<usize, String> {
+    match routes::check::size("size", s)? {
+        Some(n) if n > 0 => usize::try_from(n).map_err(|_| format!("`{s}` is too large")),
+        _ => Err(format!("`{s}`: expected a size greater than zero, e.g. 64k")),
     }
 }

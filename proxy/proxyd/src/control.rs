@@ -121,6 +121,9 @@ impl Control {
                 }
             }
             *lock(&self.last_reload) = Some(record);
+            if let Some(m) = self.shared.metrics.get() {
+                m.reload_done(outcome.ok);
+            }
         }
         outcome
     }
@@ -254,6 +257,7 @@ impl Control {
             "upstreams_total": upstreams.len(),
             "upstreams": upstreams,
             "certificates": certificates,
+            "store": self.shared.store_health.to_json(),
         })
     }
 }

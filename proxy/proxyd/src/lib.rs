@@ -4,14 +4,20 @@
 //! -> upstream ([`upstream`]). Control plane: routes file -> validated table -> new
 //! snapshot -> one atomic swap.
 
+pub mod access_log;
 pub mod acme_service;
 pub mod admin;
 pub mod cli;
 pub mod control;
+pub mod dns;
+pub mod guard;
 pub mod logging;
+pub mod metrics;
 mod pages;
 pub mod proxy;
+pub mod readiness;
 pub mod server;
 pub mod state;
+pub mod store_watch;
 pub mod tls;
 pub mod upstream;

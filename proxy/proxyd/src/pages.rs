@@ -26,6 +26,10 @@ pub const MISDIRECTED: Page = Page {
     title: "421 Misdirected Request",
     text: "No site is configured for this name on this server.",
 };
+pub const REQUEST_TIMEOUT: Page = Page {
+    title: "408 Request Timeout",
+    text: "The request was not sent in time.",
+};
 pub const TOO_LARGE: Page = Page {
     title: "413 Content Too Large",
     text: "The request body is larger than this site accepts.",

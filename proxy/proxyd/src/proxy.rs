@@ -57,6 +57,12 @@ pub struct Ctx {
     upstream_ttfb: Option<Duration>,
     /// Set when the proxy answered by itself (redirect, error page): the reason.
     local: Option<&'static str>,
+    /// What the request matched (route or redirect), for the access log's `route`.
+    target: Option<Target>,
+    /// The matched id's metric handles (with `--metrics`; `None`: no match).
+    route_metrics: Option<Arc<crate::metrics::RouteMetrics>>,
+    /// Counts an open websocket until the request ends.
+    websocket: Option<crate::metrics::GaugeGuard>,
 }
 
 #[async_trait]
@@ -77,7 +83,24 @@ impl ProxyHttp for Proxy {
             upstream_started: None,
             upstream_ttfb: None,
             local: None,
+            target: None,
+            route_metrics: None,
+            websocket: None,
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // The head is in: from now on the body's reads are timed, not the head.
+        crate::guard::request_started(session);
+        if crate::guard::has_te_and_cl(session) {
+            // pingora would drop the Content-Length and go on (RFC 9112 6.3 allows it);
+            // at the edge this is a smuggling attempt until proven otherwise.
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(400),
+                "request with both Transfer-Encoding and Content-Length",
+            ));
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -89,7 +112,15 @@ impl ProxyHttp for Proxy {
         };
         ctx.host = normalize_host(&raw_host).into_owned();
         ctx.raw_host = raw_host;
-        let path = session.req_header().uri.path().to_owned();
+        // Routed and forwarded in one form, the one the upstream acts on (no dot
+        // segments, unreserved escapes decoded, `//` merged): see routes::normalize_path.
+        let path = match routes::normalize_path(session.req_header().uri.path()) {
+            Ok(p) => p.into_owned(),
+            Err(e) => return self.bad_path(session, ctx, e).await,
+        };
+        if path != session.req_header().uri.path() {
+            set_path(session.req_header_mut(), &path)?;
+        }
 
         if !self.tls && path.starts_with(ACME_CHALLENGE_PREFIX) {
             return self
@@ -98,7 +129,14 @@ impl ProxyHttp for Proxy {
         }
 
         let snapshot = self.shared.snapshot.load();
-        let Some(target) = snapshot.table.lookup(&ctx.host, &path) else {
+        let found = match snapshot.table.route(&ctx.host, &path) {
+            Ok(found) => found,
+            Err(e) => {
+                drop(snapshot);
+                return self.bad_path(session, ctx, e).await;
+            }
+        };
+        let Some(target) = found else {
             // Never another site's content: a plain page naming no site.
             ctx.local = Some("unknown host");
             let (status, page) = if self.tls {
@@ -109,6 +147,10 @@ impl ProxyHttp for Proxy {
             pages::send(session, status, page, &[]).await?;
             return Ok(true);
         };
+        if let Some(m) = self.shared.metrics.get() {
+            ctx.route_metrics = Some(m.route(target.id()));
+        }
+        ctx.target = Some(target.clone());
         match target {
             Target::Redirect(r) => {
                 let r = r.clone();
@@ -287,11 +329,14 @@ impl ProxyHttp for Proxy {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _resp: &mut ResponseHeader,
+        resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if ctx.upstream_ttfb.is_none() {
             ctx.upstream_ttfb = ctx.upstream_started.map(|t| t.elapsed());
+        }
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && ctx.websocket.is_none() {
+            ctx.websocket = ctx.route_metrics.as_ref().map(|m| m.websocket_opened());
         }
         Ok(())
     }
@@ -325,12 +370,13 @@ impl ProxyHttp for Proxy {
         if code > 0 && session.response_written().is_none() {
             let page = match code {
                 413 => pages::TOO_LARGE,
+                408 => pages::REQUEST_TIMEOUT,
                 502 => pages::BAD_GATEWAY,
                 504 => pages::GATEWAY_TIMEOUT,
                 400 => pages::BAD_REQUEST,
                 _ => pages::INTERNAL,
             };
-            if code == 413 {
+            if code == 413 || code == 408 {
                 session.set_keepalive(None);
             }
             if let Err(we) = pages::send(session, code, page, &[]).await {
@@ -356,33 +402,86 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let req = session.req_header();
+        crate::guard::request_finished(session);
+        // Metrics and the access log (metrics.rs, access_log.rs): no lock, no I/O here.
+        let metrics = self.shared.metrics.get();
+        let access_log = self.shared.access_log.get();
+        // A websocket's tunnel is over.
+        ctx.websocket = None;
+        if metrics.is_none() && access_log.is_none() {
+            return;
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let duration = ctx.started.elapsed();
+        let bytes_in = session.body_bytes_read() as u64;
+        let bytes_out = session.body_bytes_sent() as u64;
+        if let Some(m) = metrics {
+            let route = ctx.route_metrics.as_ref().unwrap_or(m.unrouted());
+            route.observe(&crate::metrics::RequestSample {
+                status,
+                duration,
+                upstream: ctx.upstream_ttfb,
+                bytes_in,
+                bytes_out,
+                upgraded: status == 101,
+            });
+        }
+        let Some(log) = access_log else {
+            return;
+        };
+        let h2 = session.is_http2();
+        let req = session.req_header();
+        let header = |name| req.headers.get(name).and_then(|v| v.to_str().ok());
         let tls = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
-            .map_or("-", |d| d.version.as_ref());
-        tracing::info!(
-            target: "access",
-            client = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
-            host = %ctx.host,
-            method = %req.method,
-            path = %req.uri.path(),
+            .map(|d| match d.version.as_ref() {
+                "TLSv1_3" => "TLSv1.3",
+                "TLSv1_2" => "TLSv1.2",
+                other => other,
+            });
+        log.log(&crate::access_log::Entry {
+            client: ctx.client_ip,
+            host: &ctx.host,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            query: req.uri.query(),
+            protocol: if h2 {
+                "HTTP/2"
+            } else if req.version == http::Version::HTTP_10 {
+                "HTTP/1.0"
+            } else {
+                "HTTP/1.1"
+            },
             status,
-            bytes_sent = session.body_bytes_sent(),
-            bytes_received = session.body_bytes_read(),
-            duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-            upstream_ms = ctx.upstream_ttfb.map(|d| d.as_secs_f64() * 1000.0),
-            upstream = %ctx.backend.as_ref().map(|b| b.addr.to_string()).unwrap_or_else(|| "-".into()),
-            route = %ctx.route.as_ref().map_or("-", |r| r.id.as_str()),
-            local = ctx.local,
+            bytes_in,
+            bytes_out,
+            duration,
+            upstream_time: ctx.upstream_ttfb,
+            upstream: ctx.backend.as_ref().map(|b| b.addr),
+            route: ctx.target.as_ref().map(|t| t.id()),
             tls,
-            alpn = if session.is_http2() { "h2" } else { "http/1.1" },
-        );
+            alpn: tls.map(|_| if h2 { "h2" } else { "http/1.1" }),
+            local: ctx.local,
+            referer: header(header::REFERER),
+            user_agent: header(header::USER_AGENT),
+        });
     }
 }
 
 impl Proxy {
+    async fn bad_path(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        e: routes::PathError,
+    ) -> Result<bool> {
+        ctx.local = Some("bad path");
+        tracing::debug!(error = %e, path = %session.req_header().uri.path(), "refused a request path");
+        pages::send(session, 400, pages::BAD_REQUEST, &[]).await?;
+        Ok(true)
+    }
+
     async fn answer_http01(
         &self,
         session: &mut Session,
@@ -474,6 +573,24 @@ fn request_host(req: &RequestHeader) -> Option<String> {
     }
 }
 
+/// Replace the path of the request target, keeping its query (and scheme and authority
+/// of an absolute-form target).
+fn set_path(req: &mut RequestHeader, path: &str) -> Result<()> {
+    let pq = match req.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|e| Error::because(ErrorType::InternalError, "normalised path", e))?,
+    );
+    let uri = http::Uri::from_parts(parts)
+        .map_err(|e| Error::because(ErrorType::InternalError, "normalised path", e))?;
+    req.set_uri(uri);
+    Ok(())
+}
+
 fn content_length(req: &RequestHeader) -> Option<u64> {
     req.headers
         .get(header::CONTENT_LENGTH)
@@ -496,6 +613,8 @@ fn error_status(e: &Error) -> u16 {
         ConnectTimedout => 504,
         ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure => 502,
         ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => 504,
+        // --client-body-timeout: the client stopped sending its body.
+        ReadTimedout if e.esource() == &ErrorSource::Downstream => 408,
         _ => match e.esource() {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {

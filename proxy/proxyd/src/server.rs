@@ -19,6 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use crate::admin::{AdminApp, SighupReload};
 use crate::cli::{AcmeFallback, Args, OnOff};
 use crate::control::{Control, Listeners};
+use crate::guard::{ConnCap, HeadGuard};
 use crate::proxy::Proxy;
 use crate::state::Shared;
 use crate::tls::TlsApp;
@@ -40,7 +41,13 @@ pub fn load_routes(path: &Path) -> anyhow::Result<RouteTable> {
 
 /// The daemon. Returns only on a start-up error (or after `--check`); otherwise pingora
 /// runs until a signal ends the process.
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
+    // A daemon changes its working directory: keep every path as the admin meant it.
+    for path in [&mut args.routes, &mut args.certs_store, &mut args.admin_socket, &mut args.upgrade_socket, &mut args.pid_file] {
+        if path.is_relative() {
+            *path = std::env::current_dir().context("current directory")?.join(&*path);
+        }
+    }
     let table = load_routes(&args.routes)?;
     let acme_config = crate::acme_service::config(&args)?;
     if args.check {
@@ -91,6 +98,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .or_else(|| args.https.first().map(|a| a.port()))
         .filter(|p| *p != 443);
     let shared = Shared::new(table, manager, redirect_port);
+    // Observability (metrics.rs, access_log.rs): in place before any service runs; the
+    // access log file is opened here, before any port is bound.
+    let metrics = args.metrics.map(|_| crate::metrics::Metrics::new());
+    if let Some(m) = &metrics {
+        m.sync_routes(&shared.snapshot.load().table);
+        let _ = shared.metrics.set(m.clone());
+    }
+    let access_log_writer = match args.access_log_format {
+        crate::cli::AccessLogFormat::Off => {
+            if args.access_log.is_some() {
+                bail!("--access-log needs --access-log-format json or combined, not off");
+            }
+            None
+        }
+        format => {
+            let format = match format {
+                crate::cli::AccessLogFormat::Combined => crate::access_log::Format::Combined,
+                _ => crate::access_log::Format::Json,
+            };
+            let (log, writer) = crate::access_log::AccessLog::start(
+                format,
+                args.access_log.clone(),
+                metrics.clone(),
+            )?;
+            let _ = shared.access_log.set(log);
+            Some(background_service("access log", writer))
+        }
+    };
     let acme_service = acme_config.map(|config| {
         let manager = acme::Manager::new(
             config,
@@ -105,10 +140,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         grace_period_seconds: Some(args.grace_period),
         graceful_shutdown_timeout_seconds: Some(5),
         upgrade_sock: args.upgrade_socket.display().to_string(),
+        daemon: args.daemon,
+        pid_file: args.pid_file.display().to_string(),
+        // `proxyd -d` returns once the daemon serves (systemd Type=forking).
+        daemon_wait_for_ready: true,
         ..ServerConf::default()
     };
     let opt = Opt {
         upgrade: args.upgrade,
+        daemon: args.daemon,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
@@ -120,27 +160,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         alpn.push(certs::ACME_TLS_ALPN.to_vec());
     }
     let tls_config = certs::server_config(resolver, alpn).context("TLS configuration")?;
-    let https_app = TlsApp::new(
-        pingora::proxy::http_proxy(
-            &server.configuration,
-            Proxy {
-                shared: shared.clone(),
-                tls: true,
-            },
-        ),
-        tls_config,
+    // Client limits (guard.rs): connections per address on both listeners, HTTP/1.x
+    // head deadline and size inside TLS, hardened HTTP/2 and keep-alive settings.
+    let limits = crate::guard::ClientLimits::from_args(&args);
+    let conns = crate::guard::ConnCounter::new(limits.max_conns_per_ip);
+    let mut https_proxy = pingora::proxy::http_proxy(
+        &server.configuration,
+        Proxy {
+            shared: shared.clone(),
+            tls: true,
+        },
     );
+    https_proxy.server_options = Some(crate::guard::server_options());
+    https_proxy.h2_options = Some(crate::guard::h2_options(&limits));
+    let https_app = ConnCap::new(
+        TlsApp::new(HeadGuard::new(https_proxy, limits), tls_config).with_metrics(metrics.clone()),
+        conns.clone(),
+    );
+    let https_app = crate::metrics::Counted::new(https_app, metrics.clone(), "https");
     let mut https = Service::new("https".to_string(), https_app);
     for addr in &args.https {
         https.add_tcp_with_settings(&addr.to_string(), socket_options(addr));
     }
-    let mut http = pingora::proxy::http_proxy_service_with_name(
+    let mut http_proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy {
             shared: shared.clone(),
             tls: false,
         },
-        "http",
+    );
+    http_proxy.server_options = Some(crate::guard::server_options());
+    let mut http = Service::new(
+        "http".to_string(),
+        crate::metrics::Counted::new(
+            ConnCap::new(HeadGuard::new(http_proxy, limits), conns),
+            metrics.clone(),
+            "http",
+        ),
     );
     for addr in &args.http {
         http.add_tcp_with_settings(&addr.to_string(), socket_options(addr));
@@ -149,6 +205,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "upstream health",
         HealthService {
             shared: shared.clone(),
+        },
+    );
+    // Upstream names: never resolved here (a name that does not resolve must not fail a
+    // start); the DNS service resolves them in the background.
+    let resolver = match crate::dns::resolver(&args.dns_server) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!("DNS: {e:#}: upstream names use their fallback addresses");
+            None
+        }
+    };
+    let dns = background_service(
+        "upstream DNS",
+        crate::dns::DnsService {
+            shared: shared.clone(),
+            resolver,
         },
     );
 
@@ -183,6 +255,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &args.admin_socket.display().to_string(),
         Some(std::fs::Permissions::from_mode(args.admin_socket_mode)),
     );
+    let listeners = control.listeners.clone();
     let sighup = background_service("SIGHUP reload", SighupReload { control });
 
     if !args.https.is_empty() {
@@ -192,11 +265,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         server.add_service(http);
     }
     server.add_service(health);
+    server.add_service(dns);
     if let Some(acme_service) = acme_service {
         server.add_service(acme_service);
     }
     server.add_service(admin);
     server.add_service(sighup);
+    if let (Some(addr), Some(m)) = (args.metrics, &metrics) {
+        let mut service = Service::new(
+            "metrics".to_string(),
+            pingora::apps::http_app::HttpServer::new_app(crate::metrics::MetricsApp {
+                metrics: m.clone(),
+                shared: shared.clone(),
+                listeners: listeners.clone(),
+            }),
+        );
+        service.add_tcp_with_settings(&addr.to_string(), socket_options(&addr));
+        server.add_service(service);
+    }
+    if let Some(writer) = access_log_writer {
+        server.add_service(writer);
+    }
+    server.add_service(background_service(
+        "certificate store check",
+        crate::store_watch::StoreWatch {
+            shared: shared.clone(),
+            interval: args.store_check_interval,
+        },
+    ));
     tracing::info!(
         https = ?args.https,
         http = ?args.http,
@@ -215,8 +311,8 @@ fn socket_options(addr: &std::net::SocketAddr) -> TcpSocketOptions {
     o
 }
 
-/// Background: resolve upstream names and run health checks, for every pool of the
-/// current snapshot.
+/// Background: health checks of every backend of the current snapshot (upstream names
+/// are resolved by `dns::DnsService`).
 struct HealthService {
     shared: Arc<Shared>,
 }
@@ -233,9 +329,6 @@ impl BackgroundService for HealthService {
                 _ = shutdown.changed() => return,
             }
             let snapshot = self.shared.snapshot.load_full();
-            for pool in snapshot.pools.values() {
-                upstream::refresh_names(pool, &self.shared.registry).await;
-            }
             upstream::run_checks(snapshot.pools.values(), &mut last_checked).await;
         }
     }

@@ -31,6 +31,12 @@ pub struct Shared {
     pub redirect_port: Option<u16>,
     /// The ACME client, when `--acme-directory` is given (set once at start).
     pub acme: std::sync::OnceLock<Arc<acme::Manager>>,
+    /// Metrics, with `--metrics` (set once at start; see `metrics.rs`).
+    pub metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
+    /// The access log, unless `--access-log-format off` (set once at start).
+    pub access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
+    /// What the last certificate-store check found (`store_watch.rs`).
+    pub store_health: crate::store_watch::StoreHealth,
 }
 
 impl Shared {
@@ -48,6 +54,9 @@ impl Shared {
             http01: ArcSwap::from_pointee(HashMap::new()),
             redirect_port,
             acme: std::sync::OnceLock::new(),
+            metrics: std::sync::OnceLock::new(),
+            access_log: std::sync::OnceLock::new(),
+            store_health: Default::default(),
         })
     }
 
@@ -62,6 +71,10 @@ impl Shared {
             .values()
             .flat_map(|p| p.members().iter().map(|b| b.addr).collect::<Vec<_>>())
             .collect();
+        if let Some(m) = self.metrics.get() {
+            // Handles for the new ids before requests can route to them.
+            m.sync_routes(&snapshot.table);
+        }
         self.snapshot.store(Arc::new(snapshot));
         self.registry.retain(&in_use);
         generation

@@ -22,6 +22,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TlsApp<A> {
     inner: Arc<A>,
     acceptor: Acceptor,
+    /// Handshakes and failures by reason, with `--metrics`.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl<A> TlsApp<A> {
@@ -29,7 +31,13 @@ impl<A> TlsApp<A> {
         TlsApp {
             inner: Arc::new(inner),
             acceptor: Acceptor::from_server_config(config),
+            metrics: None,
         }
+    }
+
+    pub fn with_metrics(mut self, metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -49,18 +57,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsApp<A> {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().map(|a| a.to_string()))
             .unwrap_or_default();
-        let tls =
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.tls_handshake(l4)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                    return None;
-                }
-                Err(_) => {
-                    tracing::debug!(client = %peer, "TLS handshake timed out");
-                    return None;
-                }
-            };
+        let handshake =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.tls_handshake(l4)).await;
+        if let Some(m) = &self.metrics {
+            m.tls_handshake_done(&handshake);
+        }
+        let tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(client = %peer, "TLS handshake timed out");
+                return None;
+            }
+        };
         if tls
             .selected_alpn_proto()
             .is_some_and(|p| matches!(&p, ALPN::Custom(c) if c.protocol() == certs::ACME_TLS_ALPN))

@@ -1,11 +1,14 @@
-//! Upstreams: per-route pools of backends, load balancing, and the health and DNS
-//! background task.
+//! Upstreams: per-route pools of backends, load balancing, and health checks.
 //!
 //! Health state lives in [`Registry`], keyed by socket address, and outlives route
-//! tables: a reload that keeps an upstream keeps its health. The request path only
-//! reads: one `ArcSwap` load of a pool's member list and a few atomics.
+//! tables: a reload that keeps an upstream keeps its health. So do the addresses of
+//! upstream names, which the DNS service (`dns.rs`) keeps in the registry; a pool's
+//! members are its IP upstreams plus, for each name, its current addresses (or its
+//! fallback addresses while it does not resolve), republished whenever they change. The
+//! request path only reads: one `ArcSwap` load of a pool's member list and a few
+//! atomics.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -19,8 +22,6 @@ use tokio::net::TcpStream;
 
 /// Consecutive failed checks that take a backend out.
 const FALL: u32 = 2;
-/// How often names of upstreams are resolved again.
-const DNS_REFRESH: Duration = Duration::from_secs(30);
 
 /// One upstream address and its health.
 #[derive(Debug)]
@@ -68,10 +69,21 @@ impl Backend {
     }
 }
 
-/// Every backend in use, by address. Control plane only (never on the request path).
+/// Every backend in use, by address, and what DNS last said about each upstream name.
+/// Control plane only (never on the request path).
 #[derive(Debug, Default)]
 pub struct Registry {
     backends: Mutex<HashMap<SocketAddr, Arc<Backend>>>,
+    names: Mutex<HashMap<String, NameState>>,
+}
+
+/// The DNS state of one upstream name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameState {
+    /// The addresses of the last successful answer, sorted (empty before the first).
+    pub addrs: Vec<IpAddr>,
+    /// The last lookup failed (error, timeout, or no address).
+    pub failing: bool,
 }
 
 impl Registry {
@@ -87,6 +99,49 @@ impl Registry {
         let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|addr, _| in_use.contains(addr));
     }
+
+    /// Forget backends that nothing holds but this map (addresses DNS moved away from).
+    /// Safe against a concurrent reload: a pool takes its backends under the same lock.
+    pub fn prune_unused(&self) {
+        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, b| Arc::strong_count(b) > 1);
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<String, NameState>> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn name_state(&self, name: &str) -> Option<NameState> {
+        self.names().get(name).cloned()
+    }
+
+    /// A successful answer (`addrs` non-empty). Returns the previous state.
+    pub fn record_answer(&self, name: &str, mut addrs: Vec<IpAddr>) -> Option<NameState> {
+        addrs.sort();
+        addrs.dedup();
+        self.names().insert(
+            name.to_string(),
+            NameState {
+                addrs,
+                failing: false,
+            },
+        )
+    }
+
+    /// A failed lookup: the last answer is kept (for names without fallback). Returns
+    /// the previous state.
+    pub fn record_failure(&self, name: &str) -> Option<NameState> {
+        let mut names = self.names();
+        let previous = names.get(name).cloned();
+        let state = names.entry(name.to_string()).or_default();
+        state.failing = true;
+        previous
+    }
+
+    /// Forget the names no route uses any more.
+    pub fn retain_names(&self, in_use: &BTreeSet<String>) {
+        self.names().retain(|name, _| in_use.contains(name));
+    }
 }
 
 /// The backends of one route and how to choose among them.
@@ -101,20 +156,17 @@ pub struct Pool {
     pub check_timeout: Duration,
     members: ArcSwap<Vec<Arc<Backend>>>,
     next: AtomicUsize,
-    /// When the names among `specs` were last resolved.
-    resolved_at: Mutex<Option<Instant>>,
 }
 
 impl Pool {
-    /// A pool for `route`; IP upstreams are members at once, names once resolved.
+    /// A pool for `route`: its IP upstreams, and for each name the addresses DNS last
+    /// gave (or its fallback addresses, before the first answer or while it fails).
+    /// Never resolves anything: a name that does not resolve does not hold up a start
+    /// or a reload.
     pub fn new(route: &Route, registry: &Registry) -> Pool {
-        let members = route
-            .upstreams
-            .iter()
-            .filter_map(|u| match u {
-                Upstream::Addr(a) => Some(registry.get_or_create(*a)),
-                Upstream::Name { .. } => None,
-            })
+        let members = addresses(&route.upstreams, registry)
+            .into_iter()
+            .map(|a| registry.get_or_create(a))
             .collect();
         Pool {
             route_id: route.id.clone(),
@@ -132,7 +184,6 @@ impl Pool {
                 .min(route.policy.health_check.interval),
             members: ArcSwap::from_pointee(members),
             next: AtomicUsize::new(0),
-            resolved_at: Mutex::new(None),
         }
     }
 
@@ -153,10 +204,36 @@ impl Pool {
         self.members.load_full()
     }
 
-    fn has_names(&self) -> bool {
+    pub fn has_names(&self) -> bool {
         self.specs
             .iter()
             .any(|u| matches!(u, Upstream::Name { .. }))
+    }
+
+    /// The upstream names of this pool.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.specs.iter().filter_map(|u| match u {
+            Upstream::Name { host, .. } => Some(host.as_str()),
+            Upstream::Addr(_) => None,
+        })
+    }
+
+    /// Recompute the members from the registry's name states and publish them (one
+    /// atomic store) if they changed: new connections go to the new addresses, requests
+    /// in flight keep theirs. Returns whether they changed.
+    pub fn update_members(&self, registry: &Registry) -> bool {
+        let addrs = addresses(&self.specs, registry);
+        let old = self.members.load();
+        if addrs.len() == old.len() && addrs.iter().zip(old.iter()).all(|(a, b)| *a == b.addr) {
+            return false;
+        }
+        tracing::info!(route = %self.route_id, addrs = ?addrs, "upstream addresses changed");
+        let members = addrs
+            .into_iter()
+            .map(|a| registry.get_or_create(a))
+            .collect();
+        self.members.store(Arc::new(members));
+        true
     }
 
     /// Choose a backend: healthy ones first, skipping those already tried for this
@@ -197,55 +274,32 @@ fn random_index(seed: &AtomicUsize) -> usize {
     (z ^ (z >> 31)) as usize
 }
 
-/// Resolve the names of a pool (never on the request path) and publish the new member
-/// list when it changed. A name that does not resolve keeps its previous addresses.
-pub async fn refresh_names(pool: &Pool, registry: &Registry) {
-    if !pool.has_names() {
-        return;
-    }
-    {
-        let at = pool.resolved_at.lock().unwrap_or_else(|e| e.into_inner());
-        if at.is_some_and(|t| t.elapsed() < DNS_REFRESH) {
-            return;
-        }
-    }
-    let old = pool.members();
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for spec in &pool.specs {
+/// The addresses of `specs`, in order, without duplicates: IP upstreams as written;
+/// a name's current addresses; while it has none (before its first answer) or its
+/// lookups fail, its fallback addresses, or without fallback the last answer's.
+fn addresses(specs: &[Upstream], registry: &Registry) -> Vec<SocketAddr> {
+    let names = registry.names();
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for spec in specs {
         match spec {
-            Upstream::Addr(a) => addrs.push(*a),
-            Upstream::Name { host, port, .. } => {
-                match tokio::time::timeout(
-                    Duration::from_secs(5),
-                    tokio::net::lookup_host((host.as_str(), *port)),
-                )
-                .await
-                {
-                    Ok(Ok(found)) => addrs.extend(found),
-                    Ok(Err(e)) => {
-                        tracing::warn!(route = %pool.route_id, upstream = %spec, error = %e, "cannot resolve upstream; keeping its previous addresses");
-                        addrs.extend(old.iter().map(|b| b.addr).filter(|a| a.port() == *port));
-                    }
-                    Err(_) => {
-                        tracing::warn!(route = %pool.route_id, upstream = %spec, "resolving upstream timed out; keeping its previous addresses");
-                        addrs.extend(old.iter().map(|b| b.addr).filter(|a| a.port() == *port));
-                    }
-                }
+            Upstream::Addr(a) => out.push(*a),
+            Upstream::Name {
+                host,
+                port,
+                fallback,
+            } => {
+                let ips: &[IpAddr] = match names.get(host) {
+                    Some(s) if !s.failing && !s.addrs.is_empty() => &s.addrs,
+                    Some(s) if fallback.is_empty() => &s.addrs,
+                    _ => fallback,
+                };
+                out.extend(ips.iter().map(|ip| SocketAddr::new(*ip, *port)));
             }
         }
     }
     let mut seen = HashSet::new();
-    addrs.retain(|a| seen.insert(*a));
-    let same = addrs.len() == old.len() && addrs.iter().zip(old.iter()).all(|(a, b)| *a == b.addr);
-    if !same {
-        tracing::info!(route = %pool.route_id, addrs = ?addrs, "upstream addresses changed");
-        let members = addrs
-            .into_iter()
-            .map(|a| registry.get_or_create(a))
-            .collect();
-        pool.members.store(Arc::new(members));
-    }
-    *pool.resolved_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    out.retain(|a| seen.insert(*a));
+    out
 }
 
 /// The check of one backend, from the first pool that uses it.
@@ -419,6 +473,62 @@ mod tests {
             .map(|_| p.select(None, &[]).unwrap().addr.port())
             .collect();
         assert_eq!(picks.len(), 2);
+    }
+
+    fn addrs(p: &Pool) -> Vec<String> {
+        p.members().iter().map(|b| b.addr.to_string()).collect()
+    }
+
+    #[test]
+    fn names_use_their_answer_else_their_fallback_else_their_last_answer() {
+        let reg = Registry::default();
+        let text = r#"
+[[route]]
+hosts = ["a.test"]
+upstreams = [
+    "10.0.0.1:80",
+    { name = "with.fallback", port = 81, fallback = ["10.0.0.9", "fd00::9"] },
+    { name = "without.fallback", port = 82 },
+]
+"#;
+        let table = routes::parse("t.toml", text).unwrap();
+        // Before any answer: the fallback addresses, and nothing for the other name.
+        let p = Pool::new(&table.routes[0], &reg);
+        assert_eq!(addrs(&p), ["10.0.0.1:80", "10.0.0.9:81", "[fd00::9]:81"]);
+        assert!(!p.update_members(&reg));
+
+        reg.record_answer(
+            "with.fallback",
+            vec!["10.0.0.3".parse().unwrap(), "10.0.0.2".parse().unwrap()],
+        );
+        reg.record_answer("without.fallback", vec!["10.0.0.4".parse().unwrap()]);
+        assert!(p.update_members(&reg));
+        assert_eq!(
+            addrs(&p),
+            ["10.0.0.1:80", "10.0.0.2:81", "10.0.0.3:81", "10.0.0.4:82"]
+        );
+        // A reload builds its pools from the same answers.
+        assert_eq!(addrs(&Pool::new(&table.routes[0], &reg)), addrs(&p));
+
+        // DNS fails: the fallback where there is one, the last answer where not.
+        reg.record_failure("with.fallback");
+        reg.record_failure("without.fallback");
+        assert!(p.update_members(&reg));
+        assert_eq!(
+            addrs(&p),
+            ["10.0.0.1:80", "10.0.0.9:81", "[fd00::9]:81", "10.0.0.4:82"]
+        );
+
+        // Health survives: the same address is the same backend.
+        let before = p.members()[0].clone();
+        reg.record_answer("with.fallback", vec!["10.0.0.5".parse().unwrap()]);
+        assert!(p.update_members(&reg));
+        assert!(Arc::ptr_eq(&before, &p.members()[0]));
+        // Backends nobody uses any more are forgotten.
+        reg.prune_unused();
+        assert_eq!(reg.backends.lock().unwrap().len(), 3);
+        reg.retain_names(&BTreeSet::from(["with.fallback".to_string()]));
+        assert_eq!(reg.name_state("without.fallback"), None);
     }
 
     #[tokio::test]

@@ -37,8 +37,14 @@ impl fmt::Display for HostPattern {
 pub fn normalize_host(raw: &str) -> Cow<'_, str> {
     let mut h = raw.trim();
     if let Some(rest) = h.strip_prefix('[') {
-        // [v6]:port or [v6]
-        h = rest.split_once(']').map_or(rest, |(ip, _)| ip);
+        // [v6]:port or [v6]; anything else after the bracket is left in place, so that
+        // `[::1]junk` matches no route (it used to be read as `::1`).
+        if let Some((ip, after)) = rest.split_once(']') {
+            let port = after.strip_prefix(':').unwrap_or(after);
+            if after.is_empty() || after.starts_with(':') && port.bytes().all(|b| b.is_ascii_digit()) {
+                h = ip;
+            }
+        }
     } else if let Some((name, port)) = h.rsplit_once(':') {
         if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) {
             h = name;
@@ -67,6 +73,11 @@ mod tests {
             ("[fd00::1]", "fd00::1"),
             ("127.0.0.1:80", "127.0.0.1"),
             ("plain", "plain"),
+            ("a.test:", "a.test"),
+            ("[::1]:", "::1"),
+            // Regression (host fuzz target): junk after the brackets was dropped.
+            ("[::1]x", "[::1]x"),
+            ("[::1]:80x", "[::1]:80x"),
         ] {
             assert_eq!(normalize_host(raw), want, "{raw}");
         }

@@ -22,6 +22,7 @@ pub use ipnet::IpNet;
 mod diff;
 mod host;
 mod parse;
+mod path;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -29,6 +30,7 @@ mod values;
 pub use diff::{diff, TableDiff};
 pub use host::{normalize_host, HostPattern};
 pub use parse::parse;
+pub use path::{normalize_path, PathError};
 
 /// Checks of single values, for tools that write routes files (the inventory
 /// generator): the very functions the parser uses, with messages but no position.
@@ -56,6 +58,24 @@ pub mod check {
     /// A network as in `allow`: `172.28.0.0/16`, `fd00::/48` or a bare address.
     pub fn network(raw: &str) -> Result<IpNet, String> {
         values::cidr(raw)
+    }
+
+    /// A duration as in `read_timeout`: `"500ms"`, `"30s"`, `"5m"`, ... (`key` names the
+    /// setting in the message).
+    pub fn duration(key: &str, raw: &str) -> Result<std::time::Duration, String> {
+        values::duration(key, raw)
+    }
+
+    /// A size in bytes as in `max_body`: `"65536"`, `"64k"`, `"1m"`, `"1g"` (1024-based);
+    /// `None` for `"unlimited"`.
+    pub fn size(key: &str, raw: &str) -> Result<Option<u64>, String> {
+        if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+            return raw
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("size `{raw}` for `{key}` is too large"));
+        }
+        values::size(key, raw)
     }
 }
 

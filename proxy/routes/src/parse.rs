@@ -671,7 +671,10 @@ impl<'a> Cx<'a> {
                     for (s, span) in items {
                         match values::fallback_addr(s) {
                             Ok(ip) if fallback.contains(&ip) => {
-                                self.error(span.start, format!("duplicate fallback address `{ip}`"));
+                                self.error(
+                                    span.start,
+                                    format!("duplicate fallback address `{ip}`"),
+                                );
                                 ok = false;
                             }
                             Ok(ip) => fallback.push(ip),

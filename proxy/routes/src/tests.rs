@@ -809,7 +809,10 @@ fn repository_routes_toml_is_valid() {
     assert!(t.routes.len() >= 8, "{}", t.routes.len());
     assert!(t.redirects.len() >= 3);
     let id = |host: &str, path: &str| t.lookup(host, path).map(|t| t.id().to_string());
-    assert_eq!(id("www.example.org", "/x").as_deref(), Some("site-redirect"));
+    assert_eq!(
+        id("www.example.org", "/x").as_deref(),
+        Some("site-redirect")
+    );
     assert!(
         matches!(t.lookup("cloud.example.org", "/.well-known/caldav"), Some(Target::Redirect(r)) if r.status == 301)
     );

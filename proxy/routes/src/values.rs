@@ -662,11 +662,25 @@ mod tests {
 
     #[test]
     fn upstream_names_and_fallbacks() {
-        assert_eq!(upstream_name("GitLab-1.vrt.fsn."), Ok("gitlab-1.vrt.fsn".into()));
-        for bad in ["", "172.28.1.2", "fd00::2", "300.1.1.1", "a..b", "*.example.org", "a b"] {
+        assert_eq!(
+            upstream_name("GitLab-1.vrt.fsn."),
+            Ok("gitlab-1.vrt.fsn".into())
+        );
+        for bad in [
+            "",
+            "172.28.1.2",
+            "fd00::2",
+            "300.1.1.1",
+            "a..b",
+            "*.example.org",
+            "a b",
+        ] {
             assert!(upstream_name(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(fallback_addr("172.28.1.2"), Ok("172.28.1.2".parse().unwrap()));
+        assert_eq!(
+            fallback_addr("172.28.1.2"),
+            Ok("172.28.1.2".parse().unwrap())
+        );
         assert_eq!(fallback_addr("[fd00::2]"), Ok("fd00::2".parse().unwrap()));
         assert_eq!(fallback_addr("fd00::2"), Ok("fd00::2".parse().unwrap()));
         for bad in ["", "172.28.1.2:80", "gitlab-1", "[fd00::2]:80"] {

@@ -352,3 +352,42 @@ fn assert_verifies(ca_pem: &str, chain_pem: &str, name: &str) {
 fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64
 }
+
+/// ACME bookkeeping: pending while there is no certificate, then next to it; `load_one`
+/// reads without moving anything.
+#[test]
+fn meta_is_pending_until_the_certificate_exists() {
+    let (_t, store) = temp_store();
+    assert!(store.read_meta("a.test").is_none());
+    let m = Meta {
+        names: vec!["a.test".into()],
+        last_attempt: Some(100),
+        last_error: Some("connection refused".into()),
+        next_attempt: Some(160),
+        failures: 1,
+        ..Meta::default()
+    };
+    store.write_meta("a.test", &m).unwrap();
+    let pending = store.root().join("acme/pending/a.test.json");
+    assert!(pending.exists());
+    assert_eq!(store.read_meta("a.test").unwrap(), m);
+    assert!(store.load_one("a.test").unwrap().is_none());
+    assert!(store.write_meta("../x", &m).is_err());
+
+    let ca = LocalIssuer::load_or_create(&store).unwrap();
+    issue_and_save(&store, &ca, &["a.test"]);
+    // The certificate's own meta now wins; writing goes next to it and ends the pending file.
+    assert_eq!(store.read_meta("a.test").unwrap().failures, 0);
+    store.write_meta("a.test", &m).unwrap();
+    assert!(!pending.exists());
+    assert_eq!(store.read_meta("a.test").unwrap().next_attempt, Some(160));
+    let one = store.load_one("a.test").unwrap().unwrap();
+    assert_eq!(one.names, ["a.test"]);
+    // Still served after its meta was rewritten.
+    assert_eq!(store.load_all().certs.len(), 1);
+
+    // A damaged entry is an error for load_one, and stays where it is.
+    fs::write(store.root().join("certs/a.test/fullchain.pem"), "garbage").unwrap();
+    assert!(store.load_one("a.test").is_err());
+    assert!(store.root().join("certs/a.test").exists());
+}

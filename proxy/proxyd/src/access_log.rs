@@ -1,0 +1,588 @@
+//! The access log: one line per request, JSON lines or the combined log format, on stderr
+//! (journald) or in a file that SIGUSR1 reopens (logrotate's `postrotate`).
+//!
+//! **The request path never waits for the disk.** A request formats its line and hands
+//! it to a bounded channel (`try_send`); one writer thread batches lines into a buffered
+//! writer and writes them out at least every [`FLUSH_EVERY`]. If the writer falls
+//! [`QUEUE_LINES`] lines behind (a stalled disk), further lines are dropped and counted
+//! (`proxyd_access_log_dropped_lines_total`, and a warning) rather than slowing requests.
+//!
+//! **Reopen without losing lines.** SIGUSR1 only sets a flag (signal-hook, registered
+//! at start, before any service runs). The writer sees it within [`IDLE_TICK`], writes
+//! out what it holds into the old file (already renamed by logrotate: the descriptor
+//! follows it), then opens the path anew and goes on there. Lines still queued go to the
+//! new file. At process exit an `atexit` hook makes the writer flush before it returns.
+//!
+//! The writer thread is started by a pingora background service ([`WriterService`]), so
+//! it runs in the process that serves (after `--daemon` forks); lines logged before it
+//! starts wait in the channel.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+
+/// Lines the request path may queue ahead of the writer.
+pub const QUEUE_LINES: usize = 64 * 1024;
+/// Longest time a written line waits in the writer's buffer.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// While lines wait to be written, the writer gathers more for this long without
+/// parking on the channel (so the request path never has to wake it).
+const BATCH_TICK: Duration = Duration::from_millis(20);
+/// When idle, how often the writer looks at the reopen flag.
+pub const IDLE_TICK: Duration = Duration::from_millis(200);
+const BUFFER: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line.
+    Json,
+    /// Apache/nginx combined log format, with proxy fields appended.
+    Combined,
+}
+
+/// One finished request, as `Proxy::logging` sees it.
+pub struct Entry<'a> {
+    pub client: Option<IpAddr>,
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// `HTTP/1.1`, `HTTP/2`, `HTTP/1.0`.
+    pub protocol: &'static str,
+    /// 0 when no response was sent (the client went away first).
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration: Duration,
+    /// Time to the upstream's response header.
+    pub upstream_time: Option<Duration>,
+    pub upstream: Option<SocketAddr>,
+    /// Route or redirect id.
+    pub route: Option<&'a str>,
+    /// `TLSv1.3`, `TLSv1.2`; `None` on the plain listener.
+    pub tls: Option<&'a str>,
+    pub alpn: Option<&'a str>,
+    /// Why the proxy answered by itself (redirect, unknown host, ...), if it did.
+    pub local: Option<&'a str>,
+    pub referer: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
+enum Msg {
+    Line(Vec<u8>),
+    /// Write out everything, then answer.
+    Flush(mpsc::Sender<()>),
+}
+
+/// The request path's handle: formats and queues lines.
+pub struct AccessLog {
+    format: Format,
+    tx: SyncSender<Msg>,
+    dropped: Arc<AtomicU64>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Where the writer thread writes.
+enum Sink {
+    Stderr,
+    File {
+        path: PathBuf,
+        file: BufWriter<File>,
+    },
+}
+
+static EXIT_FLUSH: OnceLock<SyncSender<Msg>> = OnceLock::new();
+/// The process the writer thread runs in (0: none yet): only that one flushes at exit.
+static WRITER_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Starts the writer thread when pingora starts its services.
+pub struct WriterService(Mutex<Option<Writer>>);
+
+#[async_trait]
+impl BackgroundService for WriterService {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some(writer) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                WRITER_PID.store(std::process::id(), Ordering::Relaxed);
+                writer.run()
+            });
+        if let Err(e) = spawned {
+            tracing::error!("access log: cannot start the writer thread: {e}");
+        }
+    }
+}
+
+impl AccessLog {
+    /// Opens `file` (or takes stderr) and registers SIGUSR1; the returned service starts
+    /// the writer. Fails when the file cannot be opened: checked before any port is bound.
+    pub fn start(
+        format: Format,
+        file: Option<PathBuf>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> anyhow::Result<(AccessLog, WriterService)> {
+        let sink = match file {
+            None => Sink::Stderr,
+            Some(path) => {
+                let file = open(&path).map_err(|e| {
+                    anyhow::anyhow!("cannot open the access log {}: {e}", path.display())
+                })?;
+                Sink::File { path, file }
+            }
+        };
+        let reopen = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, reopen.clone())
+            .map_err(|e| anyhow::anyhow!("cannot handle SIGUSR1: {e}"))?;
+        let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            sink,
+            rx,
+            reopen,
+            dropped: dropped.clone(),
+        };
+        if EXIT_FLUSH.set(tx.clone()).is_ok() {
+            // SAFETY: registers a plain `extern "C" fn` with no arguments.
+            unsafe {
+                libc::atexit(flush_at_exit);
+            }
+        }
+        let log = AccessLog {
+            format,
+            tx,
+            dropped,
+            metrics,
+        };
+        Ok((log, WriterService(Mutex::new(Some(writer)))))
+    }
+
+    /// Formats and queues one line; never blocks.
+    pub fn log(&self, e: &Entry<'_>) {
+        let mut line = Vec::with_capacity(384);
+        match self.format {
+            Format::Json => write_json(&mut line, e, SystemTime::now()),
+            Format::Combined => write_combined(&mut line, e, SystemTime::now()),
+        }
+        line.push(b'\n');
+        match self.tx.try_send(Msg::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = &self.metrics {
+                    m.access_log_dropped(1);
+                }
+            }
+        }
+    }
+
+    /// Writes out everything queued so far (waits at most `within`).
+    pub fn flush(&self, within: Duration) {
+        flush_through(&self.tx, within);
+    }
+}
+
+fn flush_through(tx: &SyncSender<Msg>, within: Duration) {
+    let deadline = Instant::now() + within;
+    let (ack_tx, ack_rx) = mpsc::channel();
+    let mut msg = Msg::Flush(ack_tx);
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) => break,
+            Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                msg = m;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+}
+
+extern "C" fn flush_at_exit() {
+    if WRITER_PID.load(Ordering::Relaxed) != std::process::id() {
+        return; // e.g. the parent of a --daemon fork: no writer here
+    }
+    if let Some(tx) = EXIT_FLUSH.get() {
+        flush_through(tx, Duration::from_secs(2));
+    }
+}
+
+fn open(path: &std::path::Path) -> io::Result<BufWriter<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        // Client addresses: not for every local user.
+        .mode(0o640)
+        .open(path)?;
+    Ok(BufWriter::with_capacity(BUFFER, file))
+}
+
+pub struct Writer {
+    sink: Sink,
+    rx: Receiver<Msg>,
+    reopen: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        // Stderr: lines are gathered here and written with one locked write_all each
+        // batch, so they never interleave with the daemon's own log lines.
+        let mut pending: Vec<u8> = Vec::with_capacity(BUFFER);
+        let mut unflushed_since: Option<Instant> = None;
+        let mut write_failed = false;
+        loop {
+            let first = if unflushed_since.is_some() {
+                std::thread::sleep(BATCH_TICK);
+                match self.rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.recv_timeout(IDLE_TICK) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut acks = Vec::new();
+            let mut next = first;
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Line(line) => {
+                        let r = match &mut self.sink {
+                            Sink::Stderr => {
+                                pending.extend_from_slice(&line);
+                                if pending.len() >= BUFFER {
+                                    write_stderr(&mut pending)
+                                } else {
+                                    Ok(())
+                                }
+                            }
+                            Sink::File { file, .. } => file.write_all(&line),
+                        };
+                        report(&mut write_failed, r);
+                        unflushed_since.get_or_insert_with(Instant::now);
+                    }
+                    Msg::Flush(ack) => acks.push(ack),
+                }
+                next = self.rx.try_recv().ok();
+            }
+            let reopen = self.reopen.swap(false, Ordering::Relaxed);
+            let due = unflushed_since.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
+            if due || reopen || !acks.is_empty() {
+                let r = self.flush(&mut pending);
+                report(&mut write_failed, r);
+                unflushed_since = None;
+            }
+            if reopen {
+                self.reopen_file();
+            }
+            for ack in acks {
+                let _ = ack.send(());
+            }
+            let dropped = self.dropped.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                tracing::warn!(
+                    lines = dropped,
+                    "access log: the writer fell behind; lines dropped"
+                );
+            }
+        }
+        let _ = self.flush(&mut pending);
+    }
+
+    fn flush(&mut self, pending: &mut Vec<u8>) -> io::Result<()> {
+        match &mut self.sink {
+            Sink::Stderr => write_stderr(pending),
+            Sink::File { file, .. } => file.flush(),
+        }
+    }
+
+    fn reopen_file(&mut self) {
+        let Sink::File { path, file } = &mut self.sink else {
+            return;
+        };
+        match open(path) {
+            Ok(new) => {
+                *file = new;
+                tracing::info!(file = %path.display(), "access log reopened (SIGUSR1)");
+            }
+            Err(e) => tracing::error!(
+                file = %path.display(),
+                "access log: cannot reopen ({e}); still writing to the old file"
+            ),
+        }
+    }
+}
+
+fn write_stderr(pending: &mut Vec<u8>) -> io::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let r = io::stderr().lock().write_all(pending);
+    pending.clear();
+    r
+}
+
+/// Logs the first write error after a success, and the recovery.
+fn report(failed: &mut bool, r: io::Result<()>) {
+    match r {
+        Err(e) if !*failed => {
+            *failed = true;
+            tracing::error!("access log: write failed: {e}");
+        }
+        Ok(()) if *failed => {
+            *failed = false;
+            tracing::info!("access log: writing again");
+        }
+        _ => {}
+    }
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: &'a str,
+    client: Option<IpAddr>,
+    host: &'a str,
+    method: &'a str,
+    path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<&'a str>,
+    protocol: &'a str,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: f64,
+    upstream_ms: Option<f64>,
+    upstream: Option<SocketAddr>,
+    route: Option<&'a str>,
+    tls: Option<&'a str>,
+    alpn: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local: Option<&'a str>,
+    referer: Option<&'a str>,
+    user_agent: Option<&'a str>,
+}
+
+fn ms(d: Duration) -> f64 {
+    // Microsecond precision prints short: 0.355, not 0.35512300000000004.
+    d.as_micros() as f64 / 1000.0
+}
+
+fn write_json(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
+    let time = rfc3339(now);
+    let line = JsonLine {
+        time: &time,
+        client: e.client,
+        host: e.host,
+        method: e.method,
+        path: e.path,
+        query: e.query,
+        protocol: e.protocol,
+        status: e.status,
+        bytes_in: e.bytes_in,
+        bytes_out: e.bytes_out,
+        duration_ms: ms(e.duration),
+        upstream_ms: e.upstream_time.map(ms),
+        upstream: e.upstream,
+        route: e.route,
+        tls: e.tls,
+        alpn: e.alpn,
+        local: e.local,
+        referer: e.referer,
+        user_agent: e.user_agent,
+    };
+    // Serializing plain strings and numbers into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &line);
+}
+
+/// `client - - [time] "request" status bytes "referer" "user-agent"`, then the proxy's
+/// own fields: `"host" route duration_s upstream_s upstream tls alpn` (`-` when none).
+fn write_combined(out: &mut Vec<u8>, e: &Entry<'_>, now: SystemTime) {
+    let dash = |s: Option<&str>| s.unwrap_or("-").to_owned();
+    match e.client {
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+        None => out.push(b'-'),
+    }
+    let _ = write!(out, " - - [{}] \"", clf_time(now));
+    escaped(out, e.method);
+    out.push(b' ');
+    escaped(out, e.path);
+    if let Some(q) = e.query {
+        out.push(b'?');
+        escaped(out, q);
+    }
+    let _ = write!(out, " {}\" {} {} \"", e.protocol, e.status, e.bytes_out);
+    escaped(out, e.referer.unwrap_or("-"));
+    out.extend_from_slice(b"\" \"");
+    escaped(out, e.user_agent.unwrap_or("-"));
+    out.extend_from_slice(b"\" \"");
+    escaped(out, e.host);
+    out.extend_from_slice(b"\" ");
+    escaped(out, e.route.unwrap_or("-"));
+    let _ = write!(out, " {:.3}", e.duration.as_secs_f64());
+    match e.upstream_time {
+        Some(d) => {
+            let _ = write!(out, " {:.3}", d.as_secs_f64());
+        }
+        None => out.extend_from_slice(b" -"),
+    }
+    let upstream = e.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string());
+    let _ = write!(out, " {upstream} {} {}", dash(e.tls), dash(e.alpn));
+}
+
+/// Like nginx: `"`, `\`, control and non-ASCII bytes as `\xHH`, so a line stays one line
+/// and a quoted field stays one field.
+fn escaped(out: &mut Vec<u8>, s: &str) {
+    for &b in s.as_bytes() {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            let _ = write!(out, "\\x{b:02X}");
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// (year, month 1-12, day 1-31, seconds of day) of a unix time (UTC).
+fn civil(secs: i64) -> (i64, u32, u32, u32) {
+    // Howard Hinnant's days_from_civil, inverted.
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as u32;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, sod)
+}
+
+/// `2025-05-01T12:34:56.789Z`
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (y, mo, day, sod) = civil(d.as_secs() as i64);
+    format!(
+        "{y:04}-{mo:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60,
+        d.subsec_millis()
+    )
+}
+
+/// `01/May/2025:12:34:56 +0000`
+fn clf_time(t: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (y, mo, day, sod) = civil(d.as_secs() as i64);
+    format!(
+        "{day:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(mo - 1) as usize],
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64, millis: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis)
+    }
+
+    #[test]
+    fn times_in_both_formats() {
+        assert_eq!(rfc3339(at(0, 0)), "1970-01-01T00:00:00.000Z");
+        // 2000-02-29 (leap day of a century leap year), 23:59:59.
+        assert_eq!(rfc3339(at(951_868_799, 999)), "2000-02-29T23:59:59.999Z");
+        assert_eq!(rfc3339(at(1_735_689_600, 5)), "2025-01-01T00:00:00.005Z");
+        assert_eq!(clf_time(at(1_740_787_200, 0)), "01/Mar/2025:00:00:00 +0000");
+        assert_eq!(clf_time(at(4_133_980_799, 0)), "31/Dec/2100:23:59:59 +0000");
+        // 2100 is not a leap year.
+        assert_eq!(clf_time(at(4_107_542_400, 0)), "01/Mar/2100:00:00:00 +0000");
+    }
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            client: Some("2001:db8::1".parse().unwrap()),
+            host: "cloud.example.org",
+            method: "GET",
+            path: "/a \"b\"",
+            query: Some("x=1"),
+            protocol: "HTTP/2",
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 1234,
+            duration: Duration::from_micros(12_345),
+            upstream_time: Some(Duration::from_micros(10_001)),
+            upstream: Some("10.0.0.5:8080".parse().unwrap()),
+            route: Some("cloud.example.org/"),
+            tls: Some("TLSv1.3"),
+            alpn: Some("h2"),
+            local: None,
+            referer: None,
+            user_agent: Some("curl/8.0\n"),
+        }
+    }
+
+    #[test]
+    fn json_line_has_every_field() {
+        let mut out = Vec::new();
+        write_json(&mut out, &entry(), at(1_735_689_600, 0));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["time"], "2025-01-01T00:00:00.000Z");
+        assert_eq!(v["client"], "2001:db8::1");
+        assert_eq!(v["path"], "/a \"b\"");
+        assert_eq!(v["query"], "x=1");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["duration_ms"], 12.345);
+        assert_eq!(v["upstream_ms"], 10.001);
+        assert_eq!(v["upstream"], "10.0.0.5:8080");
+        assert_eq!(v["route"], "cloud.example.org/");
+        assert_eq!(v["tls"], "TLSv1.3");
+        assert_eq!(v["alpn"], "h2");
+        assert!(v["referer"].is_null());
+        assert!(v.get("local").is_none());
+        assert!(!out.contains(&b'\n'));
+    }
+
+    #[test]
+    fn combined_line_is_one_line_with_quoted_fields_escaped() {
+        let mut out = Vec::new();
+        write_combined(&mut out, &entry(), at(1_735_689_600, 0));
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(
+            line,
+            "2001:db8::1 - - [01/Jan/2025:00:00:00 +0000] \"GET /a \\x22b\\x22?x=1 HTTP/2\" 200 1234 \
+             \"-\" \"curl/8.0\\x0A\" \"cloud.example.org\" cloud.example.org/ 0.012 0.010 \
+             10.0.0.5:8080 TLSv1.3 h2"
+        );
+    }
+}

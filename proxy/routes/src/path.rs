@@ -1,0 +1,215 @@
+//! Request paths: the form a request is routed by, and forwarded with.
+//!
+//! A route's `path` is matched against the request path as text, but the upstream acts
+//! on its own reading of the path: most decode `%XX`, merge `//` and resolve `.` and
+//! `..` (nginx, PHP front controllers, most frameworks). Were the proxy to route on the
+//! raw text, `/x/../admin` or `/%61dmin` would reach `/admin` through the route of `/`
+//! and skip the `allow` of a route for `/admin`. So:
+//!
+//! - [`normalize_path`] decodes percent-encoded unreserved characters (RFC 3986 6.2.2.2:
+//!   the same URI), merges runs of `/`, and refuses dot segments (`.`, `..`, also
+//!   percent-encoded, also between encoded slashes or backslashes, also as `..;x`),
+//!   `%00` and malformed `%` escapes. The result is both what is routed and what is
+//!   forwarded, so upstream and proxy agree on it.
+//! - [`RouteTable::route`] looks that path up, and when it still holds escapes (`%2F`,
+//!   ...) also looks up its fully decoded reading: if the two pick different routes the
+//!   request is refused, since an upstream that decodes `%2F` would act on the other.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::{RouteTable, Target};
+
+/// Why a request path is refused (the proxy answers 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// A `.` or `..` segment, plain or percent-encoded.
+    DotSegment,
+    /// `%` not followed by two hex digits, or `%00`.
+    BadEscape,
+    /// Its decoded reading (`%2F` as `/`, ...) would pick another route.
+    Ambiguous,
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PathError::DotSegment => "dot segment in the path",
+            PathError::BadEscape => "bad percent-encoding in the path",
+            PathError::Ambiguous => "the decoded path would take another route",
+        })
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// The escape at `i` (`b[i] == b'%'`), decoded.
+fn escape_at(b: &[u8], i: usize) -> Result<u8, PathError> {
+    match (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+        (Some(0), Some(0)) => Err(PathError::BadEscape),
+        (Some(h), Some(l)) => Ok(h * 16 + l),
+        _ => Err(PathError::BadEscape),
+    }
+}
+
+/// Every `%XX` decoded (an upstream's reading of the path).
+fn decode_all(path: &str) -> Result<Vec<u8>, PathError> {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(escape_at(b, i)?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// A `.` or `..` segment once fully decoded, with `/` or `\` as separators and
+/// `;parameters` ignored.
+fn has_dot_segment(decoded: &[u8]) -> bool {
+    decoded.split(|&c| c == b'/' || c == b'\\').any(|seg| {
+        let seg = seg.split(|&c| c == b';').next().unwrap_or_default();
+        seg == b"." || seg == b".."
+    })
+}
+
+/// The path a request is routed by and forwarded with (see the module docs). Borrows
+/// when nothing changes, which is the common case. Paths that do not start with `/`
+/// (`*` of `OPTIONS *`) are returned as they are.
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    if !raw.starts_with('/') {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let b = raw.as_bytes();
+    let suspicious = b.iter().any(|&c| c == b'%' || c == b'\\')
+        || raw.contains("//")
+        || raw.contains("/.");
+    if !suspicious {
+        return Ok(Cow::Borrowed(raw));
+    }
+    if has_dot_segment(&decode_all(raw)?) {
+        return Err(PathError::DotSegment);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'%' {
+            let d = escape_at(b, i)?;
+            if is_unreserved(d) {
+                out.push(d as char);
+            } else {
+                out.push_str(&raw[i..i + 3]);
+            }
+            i += 3;
+            continue;
+        }
+        if c == b'/' && out.ends_with('/') {
+            i += 1;
+            continue;
+        }
+        // Copy the whole UTF-8 sequence (raw is a str; only ASCII is special).
+        let len = raw[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&raw[i..i + len]);
+        i += len;
+    }
+    Ok(if out == raw {
+        Cow::Borrowed(raw)
+    } else {
+        Cow::Owned(out)
+    })
+}
+
+impl RouteTable {
+    /// Look up a request: `host` normalised with [`crate::normalize_host`], `path` with
+    /// [`normalize_path`]. When the path still holds escapes, its fully decoded reading
+    /// must pick the same target, or the request is [`PathError::Ambiguous`].
+    pub fn route(&self, host: &str, path: &str) -> Result<Option<&Target>, PathError> {
+        let target = self.lookup(host, path);
+        if path.contains('%') {
+            let decoded = decode_all(path)?;
+            let decoded = String::from_utf8_lossy(&decoded);
+            let mut merged = String::with_capacity(decoded.len());
+            for c in decoded.chars() {
+                if !(c == '/' && merged.ends_with('/')) {
+                    merged.push(c);
+                }
+            }
+            let other = self.lookup(host, &merged);
+            let same = match (target, other) {
+                (Some(a), Some(b)) => std::ptr::eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                return Err(PathError::Ambiguous);
+            }
+        }
+        Ok(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_paths_are_borrowed_unchanged() {
+        for p in ["/", "/a/b", "/a.b/c..d/.e", "/x/", "/caf\u{e9}", "*"] {
+            assert!(matches!(normalize_path(p), Ok(Cow::Borrowed(q)) if q == p), "{p}");
+        }
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_slashes_merged() {
+        for (raw, want) in [
+            ("/%61dmin", "/admin"),
+            ("/%7Euser/%41%42", "/~user/AB"),
+            ("//admin//x", "/admin/x"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/a%2fb%20c", "/a%2fb%20c"),
+            ("/q%3F", "/q%3F"),
+        ] {
+            assert_eq!(normalize_path(raw).unwrap(), want, "{raw}");
+            assert_eq!(normalize_path(want).unwrap(), want, "{want} is normal");
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_bad_escapes_are_refused() {
+        for raw in [
+            "/..", "/.", "/a/../b", "/a/./b", "/a/..", "/%2e%2e/a", "/%2E./a", "/.%2e/a",
+            "/a%2F..%2Fb", "/a\\..\\b", "/..;/admin", "/a/.;x/b",
+        ] {
+            assert_eq!(normalize_path(raw), Err(PathError::DotSegment), "{raw}");
+        }
+        for raw in ["/%", "/%4", "/%zz", "/a%00b", "/%G1"] {
+            assert_eq!(normalize_path(raw), Err(PathError::BadEscape), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_decoded_reading_that_takes_another_route_is_ambiguous() {
+        let table = crate::parse(
+            "t.toml",
+            "[[route]]\nhosts = [\"a.test\"]\nupstreams = [\"127.0.0.1:1\"]\n\n\
+             [[route]]\nhosts = [\"a.test\"]\npath = \"/admin\"\nupstreams = [\"127.0.0.1:2\"]\n",
+        )
+        .unwrap();
+        let id = |p: &str| table.route("a.test", p).map(|t| t.map(|t| t.id().to_owned()));
+        assert_eq!(id("/%2Fadmin"), Err(PathError::Ambiguous));
+        assert_eq!(id("/x%2Fy").unwrap(), id("/").unwrap());
+        assert_eq!(id("/admin/a%2Fb").unwrap(), id("/admin").unwrap());
+    }
+}

@@ -1,0 +1,678 @@
+//! Observability: the metrics listener (`--metrics`), scraped after real traffic; the
+//! access log (`--access-log`, `--access-log-format`) and its reopening on SIGUSR1;
+//! readiness on the admin API and on the metrics listener's `/health`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::SinkExt;
+use http::{header, Method};
+use tests::client::{client_config, tls_connect};
+use tests::{free_addr, free_port, http_get, raw_tcp, request, wait_until, wss_connect};
+use tests::{Alpn, Backend, Proxy};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::one_route;
+
+const SOON: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(50);
+
+/// One scrape, parsed: `name{labels}` lines into (name, labels, value).
+struct Scrape(Vec<(String, BTreeMap<String, String>, f64)>);
+
+impl Scrape {
+    fn parse(text: &str) -> Scrape {
+        let mut out = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("`series value`");
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_string(), BTreeMap::new()),
+                Some((name, rest)) => {
+                    let rest = rest.strip_suffix('}').expect("closing brace");
+                    let mut labels = BTreeMap::new();
+                    // Values here never hold `",` (route ids, addresses, reasons).
+                    for pair in rest.split("\",").filter(|p| !p.is_empty()) {
+                        let (k, v) = pair.split_once("=\"").expect("label=\"value\"");
+                        labels.insert(k.to_string(), v.trim_end_matches('"').to_string());
+                    }
+                    (name.to_string(), labels)
+                }
+            };
+            out.push((name, labels, value));
+        }
+        Scrape(out)
+    }
+
+    /// The value of the one series of `name` whose labels include `labels`; 0 if none.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let found: Vec<f64> = self
+            .0
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| *v)
+            .collect();
+        assert!(
+            found.len() <= 1,
+            "{name} {labels:?} matches {} series",
+            found.len()
+        );
+        found.first().copied().unwrap_or(0.0)
+    }
+
+    fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.0.iter().any(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+}
+
+async fn scrape(addr: SocketAddr) -> Scrape {
+    let resp = wait_until("the metrics listener", SOON, POLL, || async {
+        http_get(addr, "monitoring", "/metrics").await.ok()
+    })
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(resp
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/plain; version=0.0.4")));
+    Scrape::parse(&resp.text())
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_route_and_status_class_with_latency_histograms() {
+    let a = Backend::start("a").await;
+    let dead = free_port();
+    let routes = one_route(&["a.test"], &a, "max_body = \"1k\"")
+        + &format!(
+            "[[route]]\nhosts = [\"down.test\"]\nupstreams = [\"127.0.0.1:{dead}\"]\nconnect_timeout = \"2s\"\n"
+        );
+    let metrics = free_addr();
+    let proxy = Proxy::builder(&routes)
+        .arg("--metrics")
+        .arg(metrics.to_string())
+        .arg("--access-log-format")
+        .arg("off")
+        .start()
+        .await;
+
+    // 2xx: three GETs and a POST with a 100-byte body, over h2 and h1.
+    let mut h2 = proxy.https("a.test", Alpn::H2).await.unwrap();
+    let mut h1 = proxy.https("a.test", Alpn::H1).await.unwrap();
+    for conn in [&mut h2, &mut h1] {
+        assert_eq!(conn.get("a.test", "/hello").await.unwrap().status, 200);
+    }
+    assert_eq!(h2.get("a.test", "/again").await.unwrap().status, 200);
+    let post = request(Method::POST, "a.test", "/form", tests::zeros(100));
+    assert_eq!(h1.send(post).await.unwrap().status, 200);
+    // 4xx: the upstream's 404, and the proxy's own 413 (over max_body, never forwarded).
+    assert_eq!(h2.get("a.test", "/status/404").await.unwrap().status, 404);
+    let big = request(Method::POST, "a.test", "/upload", tests::zeros(2048));
+    let mut conn = proxy.https("a.test", Alpn::H1).await.unwrap();
+    assert_eq!(conn.send(big).await.unwrap().status, 413);
+    // 5xx: a route whose only upstream is not listening.
+    let resp = proxy.get("down.test", "/").await.unwrap();
+    assert_eq!(resp.status, 502);
+    // 3xx on the plain listener (same route), and a name no route has (no route label).
+    let resp = http_get(proxy.http_addr(), "a.test", "/x").await.unwrap();
+    assert_eq!(resp.status, 308);
+    let resp = http_get(proxy.http_addr(), "nobody.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 404);
+
+    // A request is counted when it is over, which may be just after its client has it.
+    let s = wait_until("nine requests counted", SOON, POLL, || async {
+        let s = scrape(metrics).await;
+        let n: f64 =
+            s.0.iter()
+                .filter(|(n, _, _)| n == "proxyd_requests_total")
+                .map(|(_, _, v)| v)
+                .sum();
+        (n >= 9.0).then_some(s)
+    })
+    .await;
+    let req = |route: &str, class: &str| {
+        s.get(
+            "proxyd_requests_total",
+            &[("route", route), ("status", class)],
+        )
+    };
+    assert_eq!(req("a.test/", "2xx"), 4.0);
+    assert_eq!(req("a.test/", "3xx"), 1.0);
+    assert_eq!(req("a.test/", "4xx"), 2.0);
+    assert_eq!(req("a.test/", "5xx"), 0.0);
+    assert_eq!(req("down.test/", "5xx"), 1.0);
+    assert_eq!(req("-", "4xx"), 1.0);
+
+    // Every answered request is in the duration histogram; only those that reached the
+    // upstream are in the upstream one (not the 413, not the redirect).
+    let a_route = [("route", "a.test/")];
+    assert_eq!(
+        s.get("proxyd_request_duration_seconds_count", &a_route),
+        7.0
+    );
+    assert_eq!(
+        s.get(
+            "proxyd_request_duration_seconds_bucket",
+            &[("route", "a.test/"), ("le", "+Inf")]
+        ),
+        7.0
+    );
+    let sum = s.get("proxyd_request_duration_seconds_sum", &a_route);
+    assert!(sum > 0.0 && sum < 30.0, "duration sum {sum}");
+    assert_eq!(
+        s.get("proxyd_upstream_response_seconds_count", &a_route),
+        5.0
+    );
+    assert!(
+        s.get(
+            "proxyd_upstream_response_seconds_bucket",
+            &[("route", "a.test/"), ("le", "1")]
+        ) == 5.0,
+        "five loopback upstream answers, each under a second"
+    );
+    assert_eq!(
+        s.get(
+            "proxyd_upstream_response_seconds_count",
+            &[("route", "down.test/")]
+        ),
+        0.0
+    );
+    assert_eq!(s.get("proxyd_request_body_bytes_total", &a_route), 100.0);
+    assert!(s.get("proxyd_response_body_bytes_total", &a_route) > 100.0);
+
+    // Connections, TLS, upstream health, certificates, generation.
+    assert!(s.get("proxyd_connections_total", &[("listener", "https")]) >= 4.0);
+    assert!(s.get("proxyd_connections_total", &[("listener", "http")]) >= 2.0);
+    assert!(s.get("proxyd_connections_active", &[("listener", "https")]) >= 3.0);
+    assert!(s.get("proxyd_tls_handshakes_total", &[("version", "TLSv1.3")]) >= 4.0);
+    let a_addr = a.addr().to_string();
+    assert_eq!(
+        s.get(
+            "proxyd_upstream_healthy",
+            &[("route", "a.test/"), ("upstream", &a_addr)]
+        ),
+        1.0
+    );
+    let dead_addr = format!("127.0.0.1:{dead}");
+    assert_eq!(
+        s.get(
+            "proxyd_upstream_healthy",
+            &[("route", "down.test/"), ("upstream", &dead_addr)]
+        ),
+        0.0
+    );
+    assert!(s.has(
+        "proxyd_upstream_healthy",
+        &[("route", "down.test/"), ("upstream", &dead_addr)]
+    ));
+    let not_after = s.get(
+        "proxyd_certificate_not_after_seconds",
+        &[("name", "a.test"), ("issuer", "local")],
+    );
+    assert!(
+        not_after > unix_now() + 86_400.0,
+        "a.test's certificate expires at {not_after}"
+    );
+    assert_eq!(s.get("proxyd_routes_generation", &[]), 1.0);
+    assert!(s.get("proxyd_start_time_seconds", &[]) > 0.0);
+    // No client address and no raw path is ever a label.
+    for (_, labels, _) in &s.0 {
+        for v in labels.values() {
+            assert!(v != "127.0.0.1" && !v.starts_with("/"), "label value {v}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshake_failures_are_counted_by_reason() {
+    let a = Backend::start("a").await;
+    let metrics = free_addr();
+    let proxy = Proxy::builder(&one_route(&["a.test"], &a, ""))
+        .arg("--metrics")
+        .arg(metrics.to_string())
+        .start()
+        .await;
+    let ca = proxy.ca_pem();
+    let addr = proxy.https_addr();
+
+    // A name the proxy has no certificate for.
+    let e = tls_connect(
+        addr,
+        client_config(&ca, Alpn::Both).unwrap(),
+        "unknown.test",
+    )
+    .await
+    .unwrap_err();
+    eprintln!("unknown SNI: {e:#}");
+    // An ALPN list with none of ours.
+    let mut odd = (*client_config(&ca, Alpn::Both).unwrap()).clone();
+    odd.alpn_protocols = vec![b"spdy/3".to_vec()];
+    tls_connect(addr, Arc::new(odd), "a.test")
+        .await
+        .unwrap_err();
+    // Plain HTTP on the TLS port.
+    raw_tcp(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await
+    .ok();
+    // And one that works.
+    assert_eq!(proxy.get("a.test", "/").await.unwrap().status, 200);
+
+    let s = wait_until("three failures counted", SOON, POLL, || async {
+        let s = scrape(metrics).await;
+        let total: f64 = ["unknown_sni", "no_shared_alpn", "invalid"]
+            .iter()
+            .map(|r| s.get("proxyd_tls_handshake_failures_total", &[("reason", r)]))
+            .sum();
+        (total >= 3.0).then_some(s)
+    })
+    .await;
+    let fail = |reason| s.get("proxyd_tls_handshake_failures_total", &[("reason", reason)]);
+    assert_eq!(fail("unknown_sni"), 1.0);
+    assert_eq!(fail("no_shared_alpn"), 1.0);
+    assert_eq!(fail("invalid"), 1.0);
+    assert_eq!(
+        fail("other"),
+        0.0,
+        "a failure fell through the classification"
+    );
+    assert_eq!(fail("timeout"), 0.0);
+    assert_eq!(
+        s.get("proxyd_tls_handshakes_total", &[("version", "TLSv1.3")]),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_websockets_are_a_gauge_per_route() {
+    let chat = Backend::start("chat").await;
+    let metrics = free_addr();
+    let proxy = Proxy::builder(&one_route(&["chat.test"], &chat, "websocket = true"))
+        .arg("--metrics")
+        .arg(metrics.to_string())
+        .start()
+        .await;
+    let (mut ws, resp) = wss_connect(proxy.https_addr(), &proxy.ca_pem(), "chat.test", "/ws")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    let route = [("route", "chat.test/")];
+    let s = scrape(metrics).await;
+    assert_eq!(s.get("proxyd_websockets_active", &route), 1.0);
+    ws.send(Message::text("bye")).await.unwrap();
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let s = wait_until("the websocket gauge back at 0", SOON, POLL, || async {
+        let s = scrape(metrics).await;
+        (s.get("proxyd_websockets_active", &route) == 0.0).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        s.get(
+            "proxyd_requests_total",
+            &[("route", "chat.test/"), ("status", "1xx")]
+        ),
+        1.0
+    );
+    // A tunnel's lifetime is not a request latency.
+    assert_eq!(s.get("proxyd_request_duration_seconds_count", &route), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_are_counted_and_series_follow_the_table() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let metrics = free_addr();
+    let proxy = Proxy::builder(&one_route(&["a.test"], &a, ""))
+        .arg("--metrics")
+        .arg(metrics.to_string())
+        .start()
+        .await;
+    assert_eq!(proxy.get("a.test", "/").await.unwrap().status, 200);
+    let started = unix_now();
+    let s = scrape(metrics).await;
+    assert_eq!(s.get("proxyd_reloads_total", &[("result", "success")]), 0.0);
+    assert_eq!(
+        s.get("proxyd_reload_last_failure_timestamp_seconds", &[]),
+        0.0
+    );
+
+    // A good reload: a.test goes, b.test comes.
+    std::fs::write(proxy.routes_path(), one_route(&["b.test"], &b, "")).unwrap();
+    proxy.signal(libc::SIGHUP);
+    let s = wait_until("generation 2", SOON, POLL, || async {
+        let s = scrape(metrics).await;
+        (s.get("proxyd_routes_generation", &[]) == 2.0).then_some(s)
+    })
+    .await;
+    assert_eq!(s.get("proxyd_reloads_total", &[("result", "success")]), 1.0);
+    assert!(s.get("proxyd_reload_last_success_timestamp_seconds", &[]) >= started.floor());
+    assert!(
+        !s.has("proxyd_requests_total", &[("route", "a.test/")]),
+        "the series of a removed route stay"
+    );
+    assert!(s.has("proxyd_upstream_healthy", &[("route", "b.test/")]));
+    assert_eq!(proxy.get("b.test", "/").await.unwrap().status, 200);
+
+    // A bad one: counted, nothing else changes.
+    std::fs::write(proxy.routes_path(), "[[route]]\nhosts = 1\n").unwrap();
+    proxy.signal(libc::SIGHUP);
+    let s = wait_until("a failed reload counted", SOON, POLL, || async {
+        let s = scrape(metrics).await;
+        (s.get("proxyd_reloads_total", &[("result", "failure")]) == 1.0).then_some(s)
+    })
+    .await;
+    assert!(s.get("proxyd_reload_last_failure_timestamp_seconds", &[]) >= started.floor());
+    assert_eq!(s.get("proxyd_routes_generation", &[]), 2.0);
+    assert_eq!(
+        s.get(
+            "proxyd_requests_total",
+            &[("route", "b.test/"), ("status", "2xx")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_page_and_readiness_say_the_listeners_are_up() {
+    let a = Backend::start("a").await;
+    let metrics = free_addr();
+    let proxy = Proxy::builder(&one_route(&["a.test"], &a, ""))
+        .arg("--metrics")
+        .arg(metrics.to_string())
+        .start()
+        .await;
+    let health = wait_until("GET /health", SOON, POLL, || async {
+        http_get(metrics, "monitoring", "/health").await.ok()
+    })
+    .await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    assert_eq!(health.text(), "ok generation=1\n");
+    let other = http_get(metrics, "monitoring", "/").await.unwrap();
+    assert_eq!(other.status, 404);
+
+    // The admin API's readiness, through proxyctl.
+    let out = proxyctl(&proxy, &["status", "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ready = &v["ready"];
+    assert_eq!(ready["ready"], true, "{ready}");
+    let listeners = ready["listeners"].as_array().unwrap();
+    assert_eq!(listeners.len(), 2, "{ready}");
+    assert!(listeners.iter().all(|l| l["listening"] == true), "{ready}");
+    assert_eq!(ready["names_without_certificate"], serde_json::json!([]));
+    let out = proxyctl(&proxy, &["status"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\nready: yes\n"), "{text}");
+}
+
+async fn proxyctl(proxy: &Proxy, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(tests::locate_bin("proxyctl", "PROXYCTL_BIN"));
+    cmd.arg("--socket")
+        .arg(proxy.dir().join("admin.sock"))
+        .args(args);
+    tokio::task::spawn_blocking(move || cmd.output().expect("run proxyctl"))
+        .await
+        .unwrap()
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_json_lines_carry_the_request_fields() {
+    let a = Backend::start("a").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("access.log");
+    let proxy = Proxy::builder(&one_route(&["a.test"], &a, ""))
+        .arg("--access-log")
+        .arg(&log)
+        .start()
+        .await;
+
+    let mut h2 = proxy.https("a.test", Alpn::H2).await.unwrap();
+    let mut req = request(Method::GET, "a.test", "/hello?x=1", tests::empty());
+    req.headers_mut()
+        .insert(header::USER_AGENT, "metrics-test/1".parse().unwrap());
+    req.headers_mut()
+        .insert(header::REFERER, "https://a.test/".parse().unwrap());
+    let first = h2.send(req).await.unwrap();
+    assert_eq!(first.status, 200);
+    let mut h1 = proxy.https("a.test", Alpn::H1).await.unwrap();
+    assert_eq!(h1.get("a.test", "/status/404").await.unwrap().status, 404);
+    let plain = http_get(proxy.http_addr(), "nobody.test", "/x")
+        .await
+        .unwrap();
+    assert_eq!(plain.status, 404);
+
+    let got = wait_until("three access log lines", SOON, POLL, || async {
+        let l = lines(&log);
+        (l.len() >= 3).then_some(l)
+    })
+    .await;
+    assert_eq!(got.len(), 3, "{got:#?}");
+    let v: Vec<serde_json::Value> = got
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let by_path = |path: &str| {
+        v.iter()
+            .find(|l| l["path"] == path)
+            .unwrap_or_else(|| panic!("no line for {path}: {got:#?}"))
+    };
+
+    let h2_line = by_path("/hello");
+    assert!(
+        h2_line["time"].as_str().unwrap().ends_with('Z'),
+        "{h2_line}"
+    );
+    assert_eq!(h2_line["client"], "127.0.0.1");
+    assert_eq!(h2_line["host"], "a.test");
+    assert_eq!(h2_line["method"], "GET");
+    assert_eq!(h2_line["path"], "/hello");
+    assert_eq!(h2_line["query"], "x=1");
+    assert_eq!(h2_line["protocol"], "HTTP/2");
+    assert_eq!(h2_line["status"], 200);
+    assert_eq!(h2_line["bytes_out"], first.body.len() as u64);
+    assert_eq!(h2_line["bytes_in"], 0);
+    assert_eq!(h2_line["upstream"], a.addr().to_string());
+    assert_eq!(h2_line["route"], "a.test/");
+    assert_eq!(h2_line["tls"], "TLSv1.3");
+    assert_eq!(h2_line["alpn"], "h2");
+    assert_eq!(h2_line["user_agent"], "metrics-test/1");
+    assert_eq!(h2_line["referer"], "https://a.test/");
+    let total = h2_line["duration_ms"].as_f64().unwrap();
+    let upstream = h2_line["upstream_ms"].as_f64().unwrap();
+    assert!(
+        total > 0.0 && upstream > 0.0 && upstream <= total,
+        "{h2_line}"
+    );
+
+    let h1_line = by_path("/status/404");
+    assert_eq!(h1_line["status"], 404);
+    assert_eq!(h1_line["protocol"], "HTTP/1.1");
+    assert_eq!(h1_line["alpn"], "http/1.1");
+    assert!(h1_line.get("query").is_none(), "{h1_line}");
+
+    let plain_line = by_path("/x");
+    assert_eq!(plain_line["status"], 404);
+    assert_eq!(plain_line["host"], "nobody.test");
+    assert!(plain_line["route"].is_null() && plain_line["upstream"].is_null());
+    assert!(plain_line["tls"].is_null() && plain_line["alpn"].is_null());
+    assert_eq!(plain_line["local"], "unknown host");
+
+    // Not on stderr as well.
+    assert!(!proxy.log().contains("/hello"), "{}", proxy.log_tail(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn combined_log_format_on_stderr() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::builder(&one_route(&["a.test"], &a, ""))
+        .arg("--access-log-format")
+        .arg("combined")
+        .start()
+        .await;
+    let mut h1 = proxy.https("a.test", Alpn::H1).await.unwrap();
+    assert_eq!(
+        h1.get("a.test", "/page?q=%22x%22").await.unwrap().status,
+        200
+    );
+    let line = wait_until("the combined line", SOON, POLL, || async {
+        proxy
+            .log()
+            .lines()
+            .find(|l| l.contains("/page?q="))
+            .map(str::to_owned)
+    })
+    .await;
+    let prefix = "127.0.0.1 - - [";
+    assert!(line.starts_with(prefix), "{line}");
+    assert!(
+        line.contains("] \"GET /page?q=%22x%22 HTTP/1.1\" 200 "),
+        "{line}"
+    );
+    let upstream = a.addr().to_string();
+    assert!(
+        line.contains(" \"-\" \"-\" \"a.test\" a.test/ ")
+            && line.ends_with(&format!(" {upstream} TLSv1.3 http/1.1")),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_is_reopened_on_sigusr1_without_losing_a_line() {
+    let a = Backend::start("a").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("access.log");
+    let rotated = tmp.path().join("access.log.1");
+    let proxy = Proxy::builder(&one_route(&["a.test"], &a, ""))
+        .arg("--access-log")
+        .arg(&log)
+        .start()
+        .await;
+    let sent = Arc::new(AtomicU64::new(0));
+
+    // Traffic that goes on while the file is renamed and reopened.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut background = Vec::new();
+    for _ in 0..2 {
+        let mut conn = proxy.https("a.test", Alpn::H2).await.unwrap();
+        let (stop, sent) = (stop.clone(), sent.clone());
+        background.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = conn.get("a.test", "/bg").await.unwrap();
+                assert_eq!(r.status, 200);
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut conn = proxy.https("a.test", Alpn::H1).await.unwrap();
+    for _ in 0..30 {
+        assert_eq!(conn.get("a.test", "/before").await.unwrap().status, 200);
+        sent.fetch_add(1, Ordering::Relaxed);
+    }
+    wait_until("the 30 lines in the first file", SOON, POLL, || async {
+        let n = lines(&log)
+            .iter()
+            .filter(|l| l.contains("\"/before\""))
+            .count();
+        (n == 30).then_some(())
+    })
+    .await;
+
+    // logrotate: rename, then signal.
+    std::fs::rename(&log, &rotated).unwrap();
+    proxy.signal(libc::SIGUSR1);
+    wait_until("the log reopened at its path", SOON, POLL, || async {
+        log.exists().then_some(())
+    })
+    .await;
+    for _ in 0..30 {
+        assert_eq!(conn.get("a.test", "/after").await.unwrap().status, 200);
+        sent.fetch_add(1, Ordering::Relaxed);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in background {
+        t.await.unwrap();
+    }
+    let sent = sent.load(Ordering::Relaxed);
+
+    let (old, new) = wait_until(
+        "every request in one of the two files",
+        SOON,
+        POLL,
+        || async {
+            let (old, new) = (lines(&rotated), lines(&log));
+            (old.len() + new.len() >= sent as usize).then_some((old, new))
+        },
+    )
+    .await;
+    assert_eq!(old.len() + new.len(), sent as usize, "lines duplicated");
+    for line in old.iter().chain(new.iter()) {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("torn line ({e}): {line}"));
+    }
+    let count = |lines: &[String], path: &str| {
+        lines
+            .iter()
+            .filter(|l| l.contains(&format!("\"path\":\"{path}\"")))
+            .count()
+    };
+    assert_eq!(
+        count(&old, "/before"),
+        30,
+        "lines before the rename stay there"
+    );
+    assert_eq!(
+        count(&new, "/after"),
+        30,
+        "lines after the reopen go to the new file"
+    );
+    assert!(
+        proxy.log().contains("access log reopened"),
+        "{}",
+        proxy.log_tail(20)
+    );
+    eprintln!(
+        "{sent} requests: {} lines in the rotated file, {} in the new one",
+        old.len(),
+        new.len()
+    );
+}

@@ -1,0 +1,172 @@
+//! A small authoritative DNS server on loopback, for the tests of upstream names: UDP on
+//! `127.0.0.1:0`, A records from a table the test changes while it runs, a TTL the test
+//! chooses, NXDOMAIN for unknown names, and an empty answer (NOERROR) for other record
+//! types of a known name. Enough for a stub resolver; nothing more (no compression in
+//! questions, no EDNS in answers, no TCP).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+const TYPE_A: u16 = 1;
+const CLASS_IN: u16 = 1;
+const RCODE_NXDOMAIN: u16 = 3;
+const RCODE_FORMERR: u16 = 1;
+
+#[derive(Default)]
+struct Zone {
+    records: Mutex<HashMap<String, Vec<Ipv4Addr>>>,
+    ttl: AtomicU32,
+    queries: AtomicU64,
+}
+
+/// The server. [`DnsServer::stop`] (or dropping it) closes its socket: queries then go
+/// unanswered, as with a name server that is down.
+pub struct DnsServer {
+    addr: SocketAddr,
+    zone: Arc<Zone>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl DnsServer {
+    /// Listen on a free UDP port of 127.0.0.1. TTL 1 s until [`DnsServer::set_ttl`].
+    pub async fn start() -> DnsServer {
+        let socket = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("dns: bind 127.0.0.1:0/udp");
+        let addr = socket.local_addr().unwrap();
+        let zone = Arc::new(Zone::default());
+        zone.ttl.store(1, Ordering::SeqCst);
+        let task = tokio::spawn(serve(socket, zone.clone()));
+        DnsServer {
+            addr,
+            zone,
+            task: Some(task),
+        }
+    }
+
+    /// `127.0.0.1:<port>`: what `proxyd --dns-server` takes.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Answer A queries for `name` with these addresses from now on.
+    pub fn set(&self, name: &str, addrs: &[Ipv4Addr]) {
+        self.zone
+            .records
+            .lock()
+            .unwrap()
+            .insert(normalize(name), addrs.to_vec());
+    }
+
+    /// Answer NXDOMAIN for `name` from now on.
+    pub fn remove(&self, name: &str) {
+        self.zone.records.lock().unwrap().remove(&normalize(name));
+    }
+
+    pub fn set_ttl(&self, seconds: u32) {
+        self.zone.ttl.store(seconds, Ordering::SeqCst);
+    }
+
+    /// Queries answered so far (all names and types).
+    pub fn queries(&self) -> u64 {
+        self.zone.queries.load(Ordering::SeqCst)
+    }
+
+    /// Close the socket and stop answering.
+    pub async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+async fn serve(socket: UdpSocket, zone: Arc<Zone>) {
+    let mut buf = [0u8; 1500];
+    loop {
+        let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        if let Some(reply) = answer(&buf[..n], &zone) {
+            zone.queries.fetch_add(1, Ordering::SeqCst);
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    }
+}
+
+/// The reply to one query, or `None` for something that is not a query.
+fn answer(q: &[u8], zone: &Zone) -> Option<Vec<u8>> {
+    if q.len() < 12 {
+        return None;
+    }
+    let flags = u16::from_be_bytes([q[2], q[3]]);
+    if flags & 0x8000 != 0 {
+        return None; // a response, not a query
+    }
+    let qdcount = u16::from_be_bytes([q[4], q[5]]);
+    // Question: labels up to the root, then type and class.
+    let mut i = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *q.get(i)? as usize;
+        i += 1;
+        if len == 0 {
+            break;
+        }
+        if len > 63 {
+            return None; // compression in a question: not from a stub resolver
+        }
+        labels.push(String::from_utf8_lossy(q.get(i..i + len)?).to_ascii_lowercase());
+        i += len;
+    }
+    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
+    let qclass = u16::from_be_bytes([*q.get(i + 2)?, *q.get(i + 3)?]);
+    let question = &q[12..i + 4];
+    let name = labels.join(".");
+
+    let records = zone.records.lock().unwrap().get(&name).cloned();
+    let (rcode, addrs) = match records {
+        _ if qdcount != 1 => (RCODE_FORMERR, vec![]),
+        None => (RCODE_NXDOMAIN, vec![]),
+        Some(a) if qtype == TYPE_A && qclass == CLASS_IN => (0, a),
+        Some(_) => (0, vec![]),
+    };
+    let ttl = zone.ttl.load(Ordering::SeqCst);
+
+    let mut r = Vec::with_capacity(64);
+    r.extend_from_slice(&q[0..2]); // id
+                                   // QR, opcode copied, AA, RD copied, RA, rcode.
+    let out_flags = 0x8000 | (flags & 0x7800) | 0x0400 | (flags & 0x0100) | 0x0080 | rcode;
+    r.extend_from_slice(&out_flags.to_be_bytes());
+    r.extend_from_slice(&1u16.to_be_bytes()); // qdcount
+    r.extend_from_slice(&(addrs.len() as u16).to_be_bytes()); // ancount
+    r.extend_from_slice(&0u16.to_be_bytes()); // nscount
+    r.extend_from_slice(&0u16.to_be_bytes()); // arcount
+    r.extend_from_slice(question);
+    for a in addrs {
+        r.extend_from_slice(&0xC00Cu16.to_be_bytes()); // the name in the question
+        r.extend_from_slice(&TYPE_A.to_be_bytes());
+        r.extend_from_slice(&CLASS_IN.to_be_bytes());
+        r.extend_from_slice(&ttl.to_be_bytes());
+        r.extend_from_slice(&4u16.to_be_bytes());
+        r.extend_from_slice(&a.octets());
+    }
+    Some(r)
+}
