@@ -108,8 +108,8 @@ log "work directory $WORK, fd limit $(ulimit -n)"
 # ------------------------------------------------------------------ ports and configs
 ORIGIN_HTTP=18080 ORIGIN_HTTPS=18443
 HAPROXY_MAXCONN=$(($(ulimit -n) / 2 - 100))
-declare -A HTTP_PORT=([direct]=$ORIGIN_HTTP [proxyd]=28080 [nginx]=38080 [haproxy]=48080 [caddy]=58080)
-declare -A HTTPS_PORT=([direct]=$ORIGIN_HTTPS [proxyd]=28443 [nginx]=38443 [haproxy]=48443 [caddy]=58443)
+declare -A HTTP_PORT=([direct]=$ORIGIN_HTTP [proxyd]=21080 [nginx]=22080 [haproxy]=23080 [caddy]=24080)
+declare -A HTTPS_PORT=([direct]=$ORIGIN_HTTPS [proxyd]=21443 [nginx]=22443 [haproxy]=23443 [caddy]=24443)
 declare -A PIDOF=()
 
 mkdir -p "$WORK/www" "$WORK/tmp"
@@ -307,6 +307,12 @@ start() { # target core command...
     PIDOF[$name]=$!
 }
 
+# Fixed ports, below the ephemeral range (32768+) so OS-chosen ports never collide.
+for t in direct $TARGETS; do
+    for p in "${HTTP_PORT[$t]}" "${HTTPS_PORT[$t]}"; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p ($t) is already in use"; fi
+    done
+done
 start direct $LOAD_CORE nginx -c "$WORK/origin.conf" -p "$WORK"
 wait_ready direct
 for t in $TARGETS; do
@@ -433,6 +439,7 @@ MEM=$WORK/mem.tsv
 : >"$MEM"
 for t in $TARGETS; do
     peak=$(mem_kib "$t" VmHWM)
+    before=$(mem_kib "$t" VmRSS)
     count=$IDLE_CONNS
     [ "$t" = haproxy ] && [ "$count" -gt $((HAPROXY_MAXCONN - 100)) ] && count=$((HAPROXY_MAXCONN - 100))
     coproc IDLE { taskset -c "$LOAD_CORE" "$BIN/idle-conns" --addr "127.0.0.1:${HTTPS_PORT[$t]}" \
@@ -447,8 +454,8 @@ for t in $TARGETS; do
     eval "exec $fd>&-" # closing its stdin releases the connections
     wait "$idle_pid" 2>/dev/null || true
     [ "${ready:-}" = ready ] || { opened=0; log "  idle-conns to $t failed: $(head -c 300 "$WORK/idle-$t.err")"; }
-    printf '%s\t%s\t%s\t%s\t%s\n' "$t" "${IDLE_KIB[$t]}" "$peak" "$held" "${opened:-0}" >>"$MEM"
-    log "  memory $t: idle ${IDLE_KIB[$t]} KiB, peak $peak KiB, $opened idle TLS conns $held KiB"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "${IDLE_KIB[$t]}" "$peak" "$held" "${opened:-0}" "$before" >>"$MEM"
+    log "  memory $t: idle ${IDLE_KIB[$t]} KiB, peak $peak KiB, before $before KiB, $opened idle TLS conns $held KiB"
     sleep 1
 done
 

@@ -582,11 +582,29 @@ async fn a_corrupt_certificate_file_is_moved_aside_and_replaced() {
 fn bad_acme_flags_stop_the_daemon_before_it_binds() {
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("routes.toml");
-    std::fs::write(&routes, "[[route]]\nhosts = [\"a.test\"]\nupstreams = [\"127.0.0.1:9\"]\n").unwrap();
+    std::fs::write(
+        &routes,
+        "[[route]]\nhosts = [\"a.test\"]\nupstreams = [\"127.0.0.1:9\"]\n",
+    )
+    .unwrap();
     for (args, want) in [
-        (vec!["--acme-directory", "http://insecure.example/dir"], "https://"),
-        (vec!["--acme-directory", "letsencrypt", "--acme-contact", "nobody"], "e-mail"),
-        (vec!["--acme-directory", "letsencrypt", "--acme-eab-kid", "k"], "--acme-eab-hmac"),
+        (
+            vec!["--acme-directory", "http://insecure.example/dir"],
+            "https://",
+        ),
+        (
+            vec![
+                "--acme-directory",
+                "letsencrypt",
+                "--acme-contact",
+                "nobody",
+            ],
+            "e-mail",
+        ),
+        (
+            vec!["--acme-directory", "letsencrypt", "--acme-eab-kid", "k"],
+            "--acme-eab-hmac",
+        ),
         (vec!["--acme-contact", "a@b.org"], "--acme-directory"),
     ] {
         let out = std::process::Command::new(tests::locate_bin("proxyd", "PROXYD_BIN"))

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! idle-conns --addr 127.0.0.1:8443 --sni localhost --ca ca.pem --path /small --count 10000
+//! idle-conns --plain --addr 127.0.0.1:8080 --path /small --count 10000   # no TLS
 //! ```
 
 use std::io::{BufReader, Write as _};
@@ -28,6 +29,7 @@ struct Opts {
     count: usize,
     parallel: usize,
     hold: u64,
+    plain: bool,
 }
 
 fn opts() -> Result<Opts> {
@@ -39,6 +41,7 @@ fn opts() -> Result<Opts> {
         count: 10_000,
         parallel: 64,
         hold: 120,
+        plain: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -51,24 +54,29 @@ fn opts() -> Result<Opts> {
             "--count" => o.count = val()?.parse()?,
             "--parallel" => o.parallel = val()?.parse()?,
             "--hold" => o.hold = val()?.parse()?,
+            "--plain" => o.plain = true,
             _ => bail!("unknown flag {flag}"),
         }
     }
-    if o.ca.is_empty() {
+    if o.ca.is_empty() && !o.plain {
         bail!("--ca CA.pem is required");
     }
     Ok(o)
 }
 
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// Handshake, one request, read the whole (Content-Length) response; return the stream.
-async fn open(
-    o: &Opts,
-    tls: &TlsConnector,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+async fn open(o: &Opts, tls: &TlsConnector) -> Result<Box<dyn Io>> {
     let tcp = TcpStream::connect(o.addr).await?;
     tcp.set_nodelay(true)?;
-    let name = ServerName::try_from(o.sni.clone())?;
-    let mut s = tls.connect(name, tcp).await?;
+    let mut s: Box<dyn Io> = if o.plain {
+        Box::new(tcp)
+    } else {
+        let name = ServerName::try_from(o.sni.clone())?;
+        Box::new(tls.connect(name, tcp).await?)
+    };
     let req = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", o.path, o.sni);
     s.write_all(req.as_bytes()).await?;
     let mut r = TokioBufReader::new(&mut s);
@@ -108,9 +116,11 @@ async fn open(
 async fn main() -> Result<()> {
     let o = Arc::new(opts()?);
     let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::File::open(&o.ca).with_context(|| o.ca.clone())?;
-    for c in rustls_pemfile_certs(BufReader::new(pem))? {
-        roots.add(c)?;
+    if !o.plain {
+        let pem = std::fs::File::open(&o.ca).with_context(|| o.ca.clone())?;
+        for c in rustls_pemfile_certs(BufReader::new(pem))? {
+            roots.add(c)?;
+        }
     }
     let cfg = rustls::ClientConfig::builder_with_provider(certs::crypto_provider())
         .with_safe_default_protocol_versions()?

@@ -147,11 +147,12 @@ impl Control {
     async fn apply(&self, table: RouteTable, apply: bool) -> ReloadOutcome {
         let old = self.shared.snapshot.load_full();
         let diff = routes::diff(&old.table, &table);
-        let certs = self.shared.certs.certs();
+        // A map lookup per new name (a `*.x` name finds a wildcard certificate for x).
+        let resolver = self.shared.certs.resolver();
         let certificates_needed: Vec<String> = diff
             .names_added
             .iter()
-            .filter(|name| !certs.iter().any(|c| c.covers(name)))
+            .filter(|name| resolver.lookup(name).is_none())
             .cloned()
             .collect();
         let summary = summarize(&diff);

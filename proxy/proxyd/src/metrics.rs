@@ -562,12 +562,13 @@ impl Metrics {
     /// A reload (admin API or SIGHUP) finished: applied or not, `ok` is whether the
     /// file was valid.
     pub fn reload_done(&self, ok: bool) {
+        // The time first: a scrape that sees the count sees the time too.
         if ok {
-            self.reloads_ok.inc();
             self.reload_last_success.set(unix_now());
+            self.reloads_ok.inc();
         } else {
-            self.reloads_failed.inc();
             self.reload_last_failure.set(unix_now());
+            self.reloads_failed.inc();
         }
     }
 

@@ -2,8 +2,10 @@
 //!
 //! pingora's own TLS listener builds its rustls config itself and fixes the ALPN list to
 //! h2/http1.1. We accept plain TCP and run the handshake here instead, with our own
-//! `ServerConfig` (policy, session resumption, SNI resolver, and later `acme-tls/1`),
-//! then hand the TLS stream to the HTTP proxy app. See ../shared/notes/pingora-rustls.md.
+//! `ServerConfig` (policy, session resumption, SNI resolver, and with ACME the ALPN
+//! `acme-tls/1`: such a connection is closed right after its handshake, which was the
+//! TLS-ALPN-01 answer), then hand the TLS stream to the HTTP proxy app.
+//! See ../shared/notes/pingora-rustls.md.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -51,6 +51,16 @@ pub fn normalize_host(raw: &str) -> Cow<'_, str> {
         }
     }
     let h = h.strip_suffix('.').unwrap_or(h);
+    if h.contains(':') {
+        // An IPv6 literal in its one canonical spelling, as routes.toml holds it
+        // (`[0:0::1]` is `::1`; found by the host fuzz target).
+        if let Ok(ip) = h.parse::<std::net::Ipv6Addr>() {
+            let canonical = ip.to_string();
+            if canonical != h {
+                return Cow::Owned(canonical);
+            }
+        }
+    }
     if h.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(h.to_ascii_lowercase())
     } else {
@@ -78,6 +88,8 @@ mod tests {
             // Regression (host fuzz target): junk after the brackets was dropped.
             ("[::1]x", "[::1]x"),
             ("[::1]:80x", "[::1]:80x"),
+            ("[0:0::1]:443", "::1"),
+            ("[FD00::A]", "fd00::a"),
         ] {
             assert_eq!(normalize_host(raw), want, "{raw}");
         }

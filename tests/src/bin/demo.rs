@@ -174,9 +174,10 @@ async fn self_check(proxy: &Proxy) -> anyhow::Result<()> {
 /// `$var` if set (must be free), else `preferred` if free, else any free port.
 fn port(var: &str, preferred: u16) -> anyhow::Result<u16> {
     if let Ok(v) = std::env::var(var) {
-        return v
-            .parse()
-            .with_context(|| format!("{var}={v:?} is not a port"));
+        return match v.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => bail!("{var}={v:?} is not a port (1-65535)"),
+        };
     }
     Ok(if TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
         preferred

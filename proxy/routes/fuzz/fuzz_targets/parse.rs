@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(!diags.0.is_empty(), "an error without a diagnostic");
             for d in &diags.0 {
                 let rendered = d.to_string();
-                assert!(rendered.starts_with("fuzz.toml:"), "{rendered}");
+                assert!(rendered.contains("fuzz.toml:"), "{rendered}");
             }
         }
         Ok(table) => {

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Checks of the Nix side with the Nix tools Debian ships (nix-bin; no nixpkgs here).
+# Run by .ci/test after the build, from anywhere:
+#   1. inventory.nix evaluates to the committed inventory.json (which the inventory
+#      crate's tests expand to the committed routes.toml);
+#   2. nixos/proxyd.nix parses, and evaluates against a stub of nixpkgs' lib
+#      (module-check.nix);
+#   3. the proxyd command line the module writes (ExecStartPre, with --check) is
+#      accepted by the proxyd just built, on the repository's routes.toml.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../../.." && pwd)
+# Debian's nix-bin config names a build group that need not exist; nothing is built.
+export NIX_CONFIG="build-users-group ="
+eval_nix() { nix-instantiate --eval --strict --json "$@"; }
+
+# 1.
+if ! diff -u "$here/inventory.json" <(eval_nix "$here/inventory.nix"; echo); then
+    echo "nix/check: inventory.json is not what inventory.nix evaluates to; regenerate:" >&2
+    echo "  nix-instantiate --eval --strict --json proxy/inventory/nix/inventory.nix > proxy/inventory/nix/inventory.json; echo >> proxy/inventory/nix/inventory.json" >&2
+    exit 1
+fi
+
+# 2.
+nix-instantiate --parse "$here/../nixos/proxyd.nix" >/dev/null
+unit=$(eval_nix "$here/module-check.nix" -A systemd.services.proxyd.serviceConfig)
+for want in '"ExecReload":"/nix/store/00000000000000000000000000000000-proxyd/bin/proxyctl --socket /run/proxyd/admin.sock reload"' \
+    '"AmbientCapabilities":["CAP_NET_BIND_SERVICE"]' '"StateDirectory":"proxyd"' \
+    '"CapabilityBoundingSet":["CAP_NET_BIND_SERVICE"]' '"NoNewPrivileges":true'; do
+    if [[ $unit != *"$want"* ]]; then
+        echo "nix/check: the module's unit lacks $want:" >&2
+        echo "$unit" >&2
+        exit 1
+    fi
+done
+
+# 3.
+pre=$(eval_nix "$here/module-check.nix" -A systemd.services.proxyd.serviceConfig.ExecStartPre)
+pre=${pre#\"}
+pre=${pre%\"}
+store=$(mktemp -d)
+trap 'rm -rf "$store"' EXIT
+pre=${pre//\/nix\/store\/00000000000000000000000000000000-proxyd\/bin/$root/target/debug}
+pre=${pre//\/etc\/proxyd\/routes.toml/$root/routes.toml}
+pre=${pre//\/var\/lib\/proxyd\/certs-store/$store/certs-store}
+eval "$pre" >/dev/null
+echo "nix/check: inventory.nix = inventory.json; nixos/proxyd.nix evaluates; its proxyd command line is accepted"

@@ -1,0 +1,203 @@
+# NixOS module for proxyd on reverse-1.
+#
+#   imports = [ ./proxyd.nix ];
+#   services.proxyd = {
+#     enable = true;
+#     package = pkgs.callPackage ./proxyd-package.nix { };   # builds proxyd and proxyctl
+#     routesFile = ./routes.toml;                             # generated, checked in CI
+#     dnsServers = [ "172.28.0.53" ];
+#     acme = { enable = true; contact = [ "mailto:ops@example.org" ]; };
+#   };
+#
+# The routes file is linked to /etc/proxyd/routes.toml, a path that does not change,
+# and listed in reloadTriggers: a deploy that changes only the routes makes activation
+# run `systemctl reload proxyd`, i.e. `proxyctl reload`, which has the running daemon
+# re-read the file, validate all of it and swap it in at once; on any error the running
+# table stays and the reload (and the deploy) fails. A new package restarts the unit.
+#
+# Not built here (no nixpkgs on the development machines); CI parses it and evaluates
+# it against a stub of nixpkgs' lib (nix/check.sh), which catches syntax and structure
+# errors, not option-type ones.
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.proxyd;
+  inherit (lib) mkEnableOption mkIf mkOption optionals types;
+
+  adminSocket = "/run/proxyd/admin.sock";
+  store = "/var/lib/proxyd/certs-store";
+
+  args =
+    [ "--routes" "/etc/proxyd/routes.toml" "--certs-store" store "--admin-socket" adminSocket
+      "--upgrade-socket" "/run/proxyd/upgrade.sock" "--log-format" cfg.logFormat ]
+    ++ lib.concatMap (a: [ "--https" a ]) cfg.https
+    ++ lib.concatMap (a: [ "--http" a ]) cfg.http
+    ++ lib.concatMap (a: [ "--dns-server" a ]) cfg.dnsServers
+    ++ [ "--local-issuer" (if cfg.localIssuer then "on" else "off") ]
+    ++ optionals cfg.acme.enable (
+      [ "--acme-directory" cfg.acme.directory "--acme-challenge" cfg.acme.challenge ]
+      ++ lib.concatMap (c: [ "--acme-contact" c ]) cfg.acme.contact
+    )
+    ++ cfg.extraArgs;
+
+  proxyd = "${cfg.package}/bin/proxyd";
+  proxyctl = "${cfg.package}/bin/proxyctl";
+in
+{
+  options.services.proxyd = {
+    enable = mkEnableOption "proxyd, the HTTPS reverse proxy and TLS terminator";
+
+    package = mkOption {
+      type = types.package;
+      description = "The package with bin/proxyd and bin/proxyctl.";
+    };
+
+    routesFile = mkOption {
+      type = types.path;
+      description = ''
+        The routing table, generated from the inventory
+        (proxyctl routes generate --inventory inventory.json -o routes.toml).
+        Linked to /etc/proxyd/routes.toml.
+      '';
+    };
+
+    https = mkOption {
+      type = types.listOf types.str;
+      default = [ "0.0.0.0:443" "[::]:443" ];
+      description = "TLS listeners (--https).";
+    };
+
+    http = mkOption {
+      type = types.listOf types.str;
+      default = [ "0.0.0.0:80" "[::]:80" ];
+      description = "Plain-HTTP listeners: redirects to https, ACME HTTP-01 (--http).";
+    };
+
+    dnsServers = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "172.28.0.53" ];
+      description = ''
+        Name servers for upstream DNS names (--dns-server); empty: /etc/resolv.conf.
+        Names that do not resolve use their fallback addresses from the inventory.
+      '';
+    };
+
+    localIssuer = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Issue missing certificates from the embedded local CA (--local-issuer).";
+    };
+
+    logFormat = mkOption {
+      type = types.enum [ "text" "json" ];
+      default = "json";
+      description = "Log format on stderr, i.e. in the journal (--log-format).";
+    };
+
+    acme = {
+      enable = mkEnableOption "certificates from an ACME CA (Let's Encrypt by default)";
+      directory = mkOption {
+        type = types.str;
+        default = "letsencrypt";
+        description = "ACME directory URL, or letsencrypt / letsencrypt-staging (--acme-directory).";
+      };
+      challenge = mkOption {
+        type = types.enum [ "http-01" "tls-alpn-01" ];
+        default = "http-01";
+        description = "Challenge type (--acme-challenge).";
+      };
+      contact = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "mailto:ops@example.org" ];
+        description = "Account contacts (--acme-contact).";
+      };
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "More proxyd flags.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Open TCP 80 and 443.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    environment.etc."proxyd/routes.toml".source = cfg.routesFile;
+    environment.systemPackages = [ cfg.package ];
+    networking.firewall.allowedTCPPorts = optionals cfg.openFirewall [ 80 443 ];
+
+    systemd.services.proxyd = {
+      description = "proxyd HTTPS reverse proxy";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      # A new routes file alone is a reload, not a restart.
+      reloadTriggers = [ cfg.routesFile ];
+      restartTriggers = [ cfg.package ];
+      environment.PROXYCTL_SOCKET = adminSocket;
+
+      serviceConfig = {
+        Type = "simple";
+        # The whole routes file is checked before any port is bound.
+        ExecStartPre = lib.escapeShellArgs ([ proxyd ] ++ args ++ [ "--check" ]);
+        ExecStart = lib.escapeShellArgs ([ proxyd ] ++ args);
+        # Validates the whole file first; on any error the running table stays and the
+        # reload fails (exit 1) with every error in the journal.
+        ExecReload = lib.escapeShellArgs [ proxyctl "--socket" adminSocket "reload" ];
+        Restart = "on-failure";
+        RestartSec = "2s";
+        # In-flight requests get proxyd's grace period (30 s) on stop.
+        TimeoutStopSec = "45s";
+        KillSignal = "SIGTERM";
+
+        DynamicUser = true;
+        User = "proxyd";
+        Group = "proxyd";
+        # The certificate store: the daemon's only state (keys 0600, directory 0700).
+        StateDirectory = "proxyd";
+        StateDirectoryMode = "0700";
+        # Admin and upgrade sockets; proxyctl (root, or the proxyd group) reaches them.
+        RuntimeDirectory = "proxyd";
+        RuntimeDirectoryMode = "0750";
+        UMask = "0077";
+
+        # Ports below 1024 without root.
+        AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ];
+        CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" ];
+        NoNewPrivileges = true;
+
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        PrivateUsers = false; # would drop CAP_NET_BIND_SERVICE in the host namespace
+        ProtectHostname = true;
+        ProtectClock = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectProc = "invisible";
+        ProcSubset = "pid";
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        RemoveIPC = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [ "@system-service" "~@privileged" ];
+        SystemCallErrorNumber = "EPERM";
+        LimitNOFILE = 65536;
+      };
+    };
+  };
+}
