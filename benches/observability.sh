@@ -19,7 +19,8 @@
 #
 # Environment: ROUNDS (3), DURATION seconds per run (10), CONNS (64), TESTS ("h1 h1_tls
 # h2_tls"), OUT (benches/results/observability.md), NO_BUILD=1 skips cargo build,
-# PROXYD=path benchmarks a prebuilt binary, KEEP_WORK=1 keeps the temporary directory.
+# PROXYD=path benchmarks a prebuilt binary, KEEP_WORK=1 keeps the temporary directory,
+# PORT_BASE (31000; ports PORT_BASE..PORT_BASE+42 must be free).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -92,7 +93,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     cat leaf.pem ca.pem >fullchain.pem
     chmod 600 leaf.key
 )
-ORIGIN=19080
+ORIGIN=${PORT_BASE:-31000}
 mkdir -p "$WORK/www" "$WORK/tmp"
 head -c 128 /dev/zero | tr '\0' 'a' >"$WORK/www/small"
 cat >"$WORK/origin.conf" <<EOF
@@ -134,10 +135,15 @@ upstreams = ["127.0.0.1:$ORIGIN"]
 EOF
 
 # ------------------------------------------------------------------ start everything
-declare -A HTTP=([bare]=29080 [metrics]=29180 [log]=29280 [both]=29380)
-declare -A HTTPS=([bare]=29443 [metrics]=29543 [log]=29643 [both]=29743)
-declare -A METRICS=([metrics]=29901 [both]=29902)
+B=$ORIGIN
+declare -A HTTP=([bare]=$((B + 10)) [metrics]=$((B + 20)) [log]=$((B + 30)) [both]=$((B + 40)))
+declare -A HTTPS=([bare]=$((B + 11)) [metrics]=$((B + 21)) [log]=$((B + 31)) [both]=$((B + 41)))
+declare -A METRICS=([metrics]=$((B + 22)) [both]=$((B + 42)))
 declare -A PID=()
+# Another benchmark on this machine may hold ports: refuse to measure someone else's proxy.
+for port in $ORIGIN "${HTTP[@]}" "${HTTPS[@]}" "${METRICS[@]}"; do
+    [ -z "$(ss -Htln "sport = :$port")" ] || die "port $port is taken (set PORT_BASE)"
+done
 taskset -c $LOAD_CORE nginx -c "$WORK/origin.conf" -p "$WORK" &
 PIDS+=($!)
 for v in "${VARIANTS[@]}"; do
@@ -162,6 +168,7 @@ for v in "${VARIANTS[@]}"; do
         sleep 0.1
     done
     curl -sfk -o /dev/null "https://localhost:${HTTPS[$v]}/small" || die "$v did not come up: $(tail -5 "$WORK/$v.stderr")"
+    ss -Htlnp "sport = :${HTTPS[$v]}" | grep -q "pid=${PID[$v]}," || die "port ${HTTPS[$v]} is not $v's"
 done
 log "proxyd $LABEL: ${VARIANTS[*]} up; $ROUNDS rounds x ${DURATION}s, tests: $TESTS"
 

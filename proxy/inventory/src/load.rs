@@ -91,6 +91,7 @@ struct ServiceAt {
     names: Vec<usize>,
     host: usize,
     app: usize,
+    path: usize,
     context: Option<String>,
 }
 
@@ -523,6 +524,7 @@ impl<'a> Cx<'a> {
             names: Vec::new(),
             host: item.at,
             app: item.at,
+            path: item.at,
             context: self.context.clone(),
         };
         let name = match item.get("name") {
@@ -535,6 +537,9 @@ impl<'a> Cx<'a> {
                 self.checked("name", v, |s| match routes::check::host(s)? {
                     HostPattern::Wildcard(_) => Err(format!(
                         "the main name `{s}` cannot be a wildcard: put it in `aliases`"
+                    )),
+                    _ if s.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() => Err(format!(
+                        "the main name `{s}` must be a DNS name, not an address: put it in `aliases`"
                     )),
                     h => Ok(h.to_string()),
                 })
@@ -585,7 +590,10 @@ impl<'a> Cx<'a> {
         };
         let path = match item.get("path") {
             None => Some("/".to_string()),
-            Some(v) => self.checked("path", v, routes::check::path),
+            Some(v) => {
+                at.path = v.at;
+                self.checked("path", v, routes::check::path)
+            }
         };
         let app = match item.get("app") {
             None => {
@@ -734,6 +742,34 @@ impl<'a> Cx<'a> {
                     None => "app `internal` allows only the inventory's `internal_networks`, which it does not define".to_string(),
                 };
                 self.error_in(&at.context, at.app, msg);
+            }
+
+            // Redirects that would answer their own target (the routes parser refuses
+            // them as loops).
+            for (i, from) in s.redirect_from.iter().enumerate() {
+                let pattern = routes::check::host(from);
+                if pattern.is_ok_and(|p| p.matches(&s.name)) {
+                    let pos = at
+                        .names
+                        .get(1 + s.aliases.len() + i)
+                        .copied()
+                        .unwrap_or(at.id);
+                    let msg = format!(
+                        "`{from}` in `redirect_from` matches the main name `{}`: it would redirect to itself",
+                        s.name
+                    );
+                    self.error_in(&at.context, pos, msg);
+                }
+            }
+            for r in &preset.redirects {
+                let to = crate::expand::join(&s.path, r.to);
+                if routes::path_matches(r.path, &to) {
+                    let msg = format!(
+                        "with this path, the redirect app `{}` adds on `{}` would point under itself (`{to}`)",
+                        s.app, r.path
+                    );
+                    self.error_in(&at.context, at.path, msg);
+                }
             }
 
             // Names served (main name and aliases) at the service's path and at the

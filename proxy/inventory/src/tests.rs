@@ -329,6 +329,16 @@ fn toml_errors_are_all_reported_with_file_line_col() {
               in [[host]] #3 (name = "a")
             error: inventory.toml:18:7: app `internal` allows only the inventory's `internal_networks`, which it does not define
               in [[service]] #1 (name = "admin.example.org")"#]]),
+        // Redirects that would loop; an address as the main name.
+        (&format!("{TWO_HOSTS}\n[[service]]\nname = \"www.example.org\"\nredirect_from = [\"*.example.org\"]\npath = \"/.well-known/caldav\"\nhost = \"web-1\"\napp = \"nextcloud\"\n\n[[service]]\nname = \"172.28.1.60\"\nhost = \"db-1\"\napp = \"static\"\n"), expect![[r#"
+            error: inventory.toml:13:8: `www.example.org/.well-known/caldav` of service `www.example.org/.well-known/caldav` (app `nextcloud` adds it) is already claimed by service `www.example.org/.well-known/caldav` at inventory.toml:13:8
+              in [[service]] #1 (name = "www.example.org")
+            error: inventory.toml:14:18: `*.example.org` in `redirect_from` matches the main name `www.example.org`: it would redirect to itself
+              in [[service]] #1 (name = "www.example.org")
+            error: inventory.toml:15:8: with this path, the redirect app `nextcloud` adds on `/.well-known/caldav` would point under itself (`/.well-known/caldav/remote.php/dav/`)
+              in [[service]] #1 (name = "www.example.org")
+            error: inventory.toml:20:8: the main name `172.28.1.60` must be a DNS name, not an address: put it in `aliases`
+              in [[service]] #2 (name = "172.28.1.60")"#]]),
         ("[[host]\n", expect!["error: inventory.toml:1:8: invalid TOML: unclosed array table, expected `]`"]),
         ("host = 3\nservice = [1]\ndefaults = { hsts = 1 }\ninternal_networks = [\"10.0.0.1/8\"]\n", expect![[r#"
             error: inventory.toml:1:8: `host` must be an array of tables ([[host]]), found an integer
