@@ -321,6 +321,7 @@ for t in $TARGETS; do
     proxyd)
         RUST_LOG=warn start proxyd $PROXY_CORE "$PROXYD" --routes "$WORK/routes.toml" \
             --certs-store "$WORK/store" --local-issuer off --threads 1 --grace-period 1 \
+            --access-log-format off --max-conns-per-ip 0 \
             --https "127.0.0.1:${HTTPS_PORT[proxyd]}" --http "127.0.0.1:${HTTP_PORT[proxyd]}" \
             --admin-socket "$WORK/admin.sock" --upgrade-socket "$WORK/upgrade.sock" ;;
     nginx) start nginx $PROXY_CORE nginx -c "$WORK/nginx.conf" -p "$WORK" ;;

@@ -20,7 +20,10 @@
 # Environment: ROUNDS (3), DURATION seconds per run (10), CONNS (64), TESTS ("h1 h1_tls
 # h2_tls"), OUT (benches/results/observability.md), NO_BUILD=1 skips cargo build,
 # PROXYD=path benchmarks a prebuilt binary, KEEP_WORK=1 keeps the temporary directory,
-# PORT_BASE (31000; ports PORT_BASE..PORT_BASE+42 must be free).
+# PORT_BASE (31000; ports PORT_BASE..PORT_BASE+42 must be free), NO_CRITERION=1 skips the
+# in-process figures (criterion, benches/benches/observability.rs, on core 1 after the load
+# runs): the request path's own share, metric handle lookup + observe and one formatted
+# access log line.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -156,7 +159,7 @@ for v in "${VARIANTS[@]}"; do
     esac
     RUST_LOG=warn taskset -c $PROXY_CORE "$PROXYD" --routes "$WORK/routes.toml" \
         --certs-store "$WORK/store" --local-issuer off --threads 1 --grace-period 1 \
-        --https "127.0.0.1:${HTTPS[$v]}" --http "127.0.0.1:${HTTP[$v]}" \
+        --max-conns-per-ip 0 --https "127.0.0.1:${HTTPS[$v]}" --http "127.0.0.1:${HTTP[$v]}" \
         --admin-socket "$WORK/$v.admin.sock" --upgrade-socket "$WORK/$v.upgrade.sock" \
         "${extra[@]}" 2>"$WORK/$v.stderr" &
     PID[$v]=$!
@@ -238,6 +241,18 @@ scraped=$(curl -s "http://127.0.0.1:${METRICS[both]}/metrics" |
 dropped=$(curl -s "http://127.0.0.1:${METRICS[both]}/metrics" |
     awk '/^proxyd_access_log_dropped_lines_total/ { print $2 }')
 
+# -------------------------------------------------- in process: the request path's share
+CRIT=$WORK/criterion.txt
+: >"$CRIT"
+if [ -z "${NO_CRITERION:-}" ]; then
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    log "criterion: benches/benches/observability.rs on core $PROXY_CORE"
+    taskset -c $PROXY_CORE cargo bench -q -p benches --bench observability -- \
+        --warm-up-time 1 --measurement-time 5 2>/dev/null |
+        awk '/^(metrics|access_log)\// { name = $1 } /time:/ && name { print name "\t" $(NF - 3) " " $(NF - 2); name = "" }' \
+            >"$CRIT" || log "criterion failed; the report has no in-process figures"
+fi
+
 # -------------------------------------------------------------------------- report
 mkdir -p "$(dirname "$OUT")"
 cp "$RAW" "${OUT%.md}.tsv"
@@ -281,6 +296,19 @@ cp "$RAW" "${OUT%.md}.tsv"
     echo "wrote $lines_log lines; \`both\` $(total_of both) requests, $lines_both lines, $scraped in"
     echo "\`proxyd_requests_total\`, ${dropped:-?} lines dropped (the generators do not count the"
     echo "requests still in flight when a run ends, so lines may exceed their count slightly)."
+    if [ -s "$CRIT" ]; then
+        echo
+        echo "## In process: what each request pays (criterion, core $PROXY_CORE)"
+        echo
+        echo "\`cargo bench -p benches --bench observability\` (median time per call): the metric"
+        echo "handle lookup in \`request_filter\` (1 000 routes, ids walked in turn), one request's"
+        echo "counters and histograms in \`logging()\`, and one access log line formatted and queued"
+        echo "(the writer thread, on the same core, writes to /dev/null)."
+        echo
+        echo "| benchmark | time per request |"
+        echo "|---|---|"
+        awk -F'\t' '{ printf "| %s | %s |\n", $1, $2 }' "$CRIT"
+    fi
 } >"$OUT"
 log "wrote $OUT"
 cat "$OUT"

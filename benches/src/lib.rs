@@ -38,7 +38,7 @@ fn name(i: usize) -> (String, bool, bool) {
     if i % 10 == 9 {
         (format!("w{i}.s{site}.example"), true, false)
     } else {
-        (format!("h{i}.s{site}.example"), false, i % 4 == 0)
+        (format!("h{i}.s{site}.example"), false, i.is_multiple_of(4))
     }
 }
 

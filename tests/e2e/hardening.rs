@@ -46,7 +46,12 @@ pub async fn others_are_served(proxy: &Proxy, host: &str) {
             .get(host, "/still-serving")
             .await
             .unwrap_or_else(|e| panic!("another client was not served ({alpn:?}): {e:#}"));
-        assert_eq!(resp.status, 200, "another client ({alpn:?}): {}", resp.text());
+        assert_eq!(
+            resp.status,
+            200,
+            "another client ({alpn:?}): {}",
+            resp.text()
+        );
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "another client waited {:?} ({alpn:?})",

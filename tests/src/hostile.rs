@@ -181,8 +181,8 @@ pub mod h2 {
         async fn read_frame_inner(&mut self) -> anyhow::Result<Option<Frame>> {
             loop {
                 if self.buf.len() >= 9 {
-                    let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]])
-                        as usize;
+                    let len =
+                        u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
                     if self.buf.len() >= 9 + len {
                         let f = Frame {
                             kind: self.buf[3],

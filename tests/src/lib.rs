@@ -8,8 +8,8 @@
 pub mod backend;
 pub mod body;
 pub mod client;
-pub mod hostile;
 pub mod dns;
+pub mod hostile;
 pub mod pebble;
 pub mod proxy;
 pub mod raw_upstream;
@@ -24,8 +24,8 @@ use std::time::Duration;
 
 pub use backend::{Backend, BACKEND_HEADER};
 pub use body::{empty, full, zeros, zeros_chunked, Body};
-pub use dns::DnsServer;
 pub use client::{http_get, https_get, raw_tcp, raw_tls, request, Alpn, Conn, Response, TlsInfo};
+pub use dns::DnsServer;
 pub use proxy::{free_addr, free_port, mem_status, MemStatus, Proxy, ProxyBuilder};
 pub use ws::{ws_connect, wss_connect};
 

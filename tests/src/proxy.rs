@@ -212,7 +212,8 @@ impl ProxyBuilder {
 
         let store_in_ns = self.store_tmpfs.as_ref().map(|_| store.clone());
         let store = match &store_in_ns {
-            Some(s) => Path::new(&format!("/proc/{}/root", child.id())).join(s.strip_prefix("/").unwrap_or(s)),
+            Some(s) => Path::new(&format!("/proc/{}/root", child.id()))
+                .join(s.strip_prefix("/").unwrap_or(s)),
             None => store,
         };
         let mut proxy = Proxy {
@@ -334,8 +335,22 @@ impl Proxy {
             .as_ref()
             .expect("remount_store needs ProxyBuilder::store_tmpfs");
         let out = Command::new("nsenter")
-            .args(["-t", &self.pid().to_string(), "-U", "-m", "--preserve-credentials"])
-            .args(["mount", "-o", if read_only { "remount,ro" } else { "remount,rw" }])
+            .args([
+                "-t",
+                &self.pid().to_string(),
+                "-U",
+                "-m",
+                "--preserve-credentials",
+            ])
+            .args([
+                "mount",
+                "-o",
+                if read_only {
+                    "remount,ro"
+                } else {
+                    "remount,rw"
+                },
+            ])
             .arg(dir)
             .output()
             .expect("run nsenter");

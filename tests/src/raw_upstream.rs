@@ -91,7 +91,9 @@ impl RawUpstream {
     /// Plays `script` after each complete request (the connection is kept only as long
     /// as the script does not close it).
     pub async fn scripted(script: Vec<Step>) -> RawUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
         let conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
         let recorded = conns.clone();
@@ -314,13 +316,19 @@ mod tests {
 
     #[test]
     fn splits_by_length_and_chunked_framing() {
-        let bytes = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nHost: x\r\n\r\n\
+        let bytes =
+            b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nHost: x\r\n\r\n\
 POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nGET /d HTTP/1.1\r\n";
         let reqs = split_requests(bytes);
         let lines: Vec<_> = reqs.iter().map(|r| r.request_line().to_owned()).collect();
         assert_eq!(
             lines,
-            ["POST /a HTTP/1.1", "GET /b HTTP/1.1", "POST /c HTTP/1.1", "GET /d HTTP/1.1"]
+            [
+                "POST /a HTTP/1.1",
+                "GET /b HTTP/1.1",
+                "POST /c HTTP/1.1",
+                "GET /d HTTP/1.1"
+            ]
         );
         assert_eq!(reqs[0].body, b"abc");
         assert_eq!(reqs[2].body, b"hi");

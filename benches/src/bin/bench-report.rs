@@ -35,13 +35,34 @@ struct Mem {
 }
 
 const TESTS: &[(&str, &str)] = &[
-    ("h1", "HTTP/1.1 plaintext, keep-alive, 64 connections, 128 B responses (wrk)"),
-    ("h1_100k", "HTTP/1.1 plaintext, keep-alive, 64 connections, 100 KiB responses (wrk)"),
-    ("h1_tls", "HTTPS HTTP/1.1, keep-alive, 64 connections, 128 B (wrk)"),
-    ("h2_tls", "HTTPS HTTP/2, 64 connections x 10 streams, 128 B (h2load -m 10)"),
-    ("h2_tls_100k", "HTTPS HTTP/2, 64 connections x 10 streams, 100 KiB (h2load -m 10)"),
-    ("hs_full", "new TLS connection per request, full handshake, 16 concurrent (ab)"),
-    ("hs_resumed", "new TLS connection per request, resumed session, 16 concurrent (wrk, Connection: close)"),
+    (
+        "h1",
+        "HTTP/1.1 plaintext, keep-alive, 64 connections, 128 B responses (wrk)",
+    ),
+    (
+        "h1_100k",
+        "HTTP/1.1 plaintext, keep-alive, 64 connections, 100 KiB responses (wrk)",
+    ),
+    (
+        "h1_tls",
+        "HTTPS HTTP/1.1, keep-alive, 64 connections, 128 B (wrk)",
+    ),
+    (
+        "h2_tls",
+        "HTTPS HTTP/2, 64 connections x 10 streams, 128 B (h2load -m 10)",
+    ),
+    (
+        "h2_tls_100k",
+        "HTTPS HTTP/2, 64 connections x 10 streams, 100 KiB (h2load -m 10)",
+    ),
+    (
+        "hs_full",
+        "new TLS connection per request, full handshake, 16 concurrent (ab)",
+    ),
+    (
+        "hs_resumed",
+        "new TLS connection per request, resumed session, 16 concurrent (wrk, Connection: close)",
+    ),
 ];
 const ORDER: &[&str] = &["direct", "proxyd", "nginx", "haproxy", "caddy"];
 
@@ -63,7 +84,9 @@ fn arg(args: &[String], flag: &str) -> Result<String> {
         .iter()
         .position(|a| a == flag)
         .with_context(|| format!("{flag} FILE is required"))?;
-    args.get(i + 1).cloned().with_context(|| format!("{flag} needs a value"))
+    args.get(i + 1)
+        .cloned()
+        .with_context(|| format!("{flag} needs a value"))
 }
 
 fn fields(line: &str, n: usize, file: &str) -> Result<Vec<String>> {
@@ -119,7 +142,7 @@ fn num(x: f64) -> String {
     let s = r.abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -146,7 +169,10 @@ fn main() -> Result<()> {
     let machine = std::fs::read_to_string(arg(&args, "--machine")?)?;
 
     let mut runs = Vec::new();
-    for line in std::fs::read_to_string(&raw_file)?.lines().filter(|l| !l.is_empty()) {
+    for line in std::fs::read_to_string(&raw_file)?
+        .lines()
+        .filter(|l| !l.is_empty())
+    {
         let f = fields(line, 10, &raw_file)?;
         let p = |i: usize| f[i].parse::<f64>().unwrap_or(f64::NAN);
         runs.push(Run {
@@ -161,7 +187,10 @@ fn main() -> Result<()> {
         });
     }
     let mut mems = Vec::new();
-    for line in std::fs::read_to_string(&mem_file)?.lines().filter(|l| !l.is_empty()) {
+    for line in std::fs::read_to_string(&mem_file)?
+        .lines()
+        .filter(|l| !l.is_empty())
+    {
         let f = fields(line, 5, &mem_file)?;
         let p = |i: usize| f[i].parse::<f64>().unwrap_or(f64::NAN);
         mems.push(Mem {
@@ -223,7 +252,9 @@ fn main() -> Result<()> {
         get(test, t).map(|x| num(1e6 / x.cpu_us))
     })?;
     writeln!(o, "\n## Summary: p99 latency, ms (median)\n")?;
-    write_matrix(&mut o, &targets, |test, t| get(test, t).map(|x| format!("{:.2}", x.p99)))?;
+    write_matrix(&mut o, &targets, |test, t| {
+        get(test, t).map(|x| format!("{:.2}", x.p99))
+    })?;
 
     writeln!(o, "\n## Per test\n")?;
     for (test, desc) in TESTS {
@@ -273,7 +304,12 @@ fn main() -> Result<()> {
         writeln!(o, "| server | idle | peak | before | idle TLS conns held | RSS with them | KiB per conn |")?;
         writeln!(o, "|---|---:|---:|---:|---:|---:|---:|")?;
         let mut ms: Vec<&Mem> = mems.iter().collect();
-        ms.sort_by_key(|m| ORDER.iter().position(|o| *o == m.target).unwrap_or(ORDER.len()));
+        ms.sort_by_key(|m| {
+            ORDER
+                .iter()
+                .position(|o| *o == m.target)
+                .unwrap_or(ORDER.len())
+        });
         for m in ms {
             let per = if m.conns > 0 {
                 format!("{:.1}", (m.held - m.before) / m.conns as f64)
@@ -301,7 +337,9 @@ fn main() -> Result<()> {
         writeln!(o, "| test | req/s ≥ best of nginx, HAProxy | p99 ≤ best of nginx, HAProxy | CPU/req < nginx |")?;
         writeln!(o, "|---|---|---|---|")?;
         for (test, _) in TESTS {
-            let Some(p) = get(test, "proxyd") else { continue };
+            let Some(p) = get(test, "proxyd") else {
+                continue;
+            };
             let others: Vec<Summary> = ["nginx", "haproxy"]
                 .iter()
                 .filter_map(|t| get(test, t))

@@ -475,7 +475,10 @@ fn status(cli: &Cli) -> Result<Outcome> {
             s(&u["route"])
         ))?;
     }
-    let problems = v["store"]["problems"].as_array().cloned().unwrap_or_default();
+    let problems = v["store"]["problems"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if problems.is_empty() {
         output(writeln!(out, "store: ok"))?;
     } else {

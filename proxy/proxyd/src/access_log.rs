@@ -91,7 +91,9 @@ enum Msg {
 pub struct AccessLog {
     format: Format,
     tx: SyncSender<Msg>,
+    /// Dropped since the writer last warned (it resets this).
     dropped: Arc<AtomicU64>,
+    dropped_total: AtomicU64,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -111,9 +113,10 @@ static WRITER_PID: AtomicU32 = AtomicU32::new(0);
 /// Starts the writer thread when pingora starts its services.
 pub struct WriterService(Mutex<Option<Writer>>);
 
-#[async_trait]
-impl BackgroundService for WriterService {
-    async fn start(&self, _shutdown: ShutdownWatch) {
+impl WriterService {
+    /// Starts the writer thread (once; later calls do nothing). pingora calls it through
+    /// [`BackgroundService::start`]; benchmarks call it directly.
+    pub fn spawn(&self) {
         let Some(writer) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
@@ -126,6 +129,13 @@ impl BackgroundService for WriterService {
         if let Err(e) = spawned {
             tracing::error!("access log: cannot start the writer thread: {e}");
         }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for WriterService {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        self.spawn();
     }
 }
 
@@ -167,6 +177,7 @@ impl AccessLog {
             format,
             tx,
             dropped,
+            dropped_total: AtomicU64::new(0),
             metrics,
         };
         Ok((log, WriterService(Mutex::new(Some(writer)))))
@@ -184,11 +195,17 @@ impl AccessLog {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped_total.fetch_add(1, Ordering::Relaxed);
                 if let Some(m) = &self.metrics {
                     m.access_log_dropped(1);
                 }
             }
         }
+    }
+
+    /// Lines dropped since start because the writer fell behind.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total.load(Ordering::Relaxed)
     }
 
     /// Writes out everything queued so far (waits at most `within`).

@@ -228,6 +228,8 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 fn parse_size(s: &str) -> Result<usize, String> {
     match routes::check::size("size", s)? {
         Some(n) if n > 0 => usize::try_from(n).map_err(|_| format!("`{s}` is too large")),
-        _ => Err(format!("`{s}`: expected a size greater than zero, e.g. 64k")),
+        _ => Err(format!(
+            "`{s}`: expected a size greater than zero, e.g. 64k"
+        )),
     }
 }

@@ -12,6 +12,13 @@
 //!   becomes `--client-body-timeout` (idle time between two reads of the body);
 //!   [`request_finished`] (from `logging`) arms it again for the next request of a
 //!   keep-alive connection.
+//! - HTTP/2: pingora has no read timeout for request bodies over HTTP/2, so a stream
+//!   whose body stops would hold its upstream connection until the route's
+//!   `read_timeout`. [`request_started`] gives such a request a [`BodyWatch`] (kept in
+//!   the request context, fed by `request_body_filter`); when the body makes no
+//!   progress for `--client-body-timeout` the client's whole connection is closed (one
+//!   stream cannot be reset from outside pingora's session), through its
+//!   [`GuardedStream`].
 //! - [`h2_options`], [`server_options`]: HTTP/2 and keep-alive limits set explicitly, so
 //!   that a pingora or h2 upgrade cannot loosen them silently.
 //!
@@ -21,12 +28,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerOptions, ServerApp};
@@ -132,7 +139,7 @@ impl ConnCounter {
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
         let key = client_key(ip);
         if self.max > 0 {
-            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let mut open = lock(&self.open);
             let n = open.entry(key).or_insert(0);
             if *n >= self.max {
                 drop(open);
@@ -192,7 +199,7 @@ impl Drop for ConnSlot {
         if self.counter.max == 0 {
             return;
         }
-        let mut open = self.counter.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = lock(&self.counter.open);
         if let Some(n) = open.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -244,8 +251,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnCap<A> {
 // ---------------------------------------------------------------------------------------
 // HTTP/1.x request heads
 
-/// A listener app (inside TLS) that wraps every HTTP/1.x stream in a [`GuardedStream`].
-/// HTTP/2 streams pass as they are: the h2 settings bound their headers.
+/// A listener app (inside TLS) that wraps every client stream in a [`GuardedStream`]:
+/// HTTP/1.x to bound request heads, HTTP/2 to be closed when a request body stalls.
 pub struct HeadGuard<A> {
     inner: Arc<A>,
     limits: ClientLimits,
@@ -267,9 +274,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadGuard<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let stream: Stream = if h2 || stream.as_any().is::<GuardedStream>() {
+        let stream: Stream = if stream.as_any().is::<GuardedStream>() {
             stream
+        } else if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            Box::new(GuardedStream::new_h2(stream, self.limits))
         } else {
             Box::new(GuardedStream::new(stream, self.limits))
         };
@@ -294,9 +302,55 @@ pub struct GuardedStream {
     limits: ClientLimits,
     /// Set while the proxy works on a request whose head it has (see module docs).
     in_request: AtomicBool,
-    /// The head being read: its deadline and the bytes read so far.
-    head: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+    /// The head being read (from its first byte until the proxy has it).
+    head: Option<Head>,
     refused: bool,
+    /// HTTP/2: the connection's entry in [`H2_CONNS`], and its kill switch.
+    h2: Option<(Arc<ConnWatch>, Pin<Box<tokio::sync::futures::OwnedNotified>>)>,
+}
+
+/// An HTTP/2 client connection, as the request path finds it (by its addresses).
+#[derive(Debug)]
+pub struct ConnWatch {
+    killed: AtomicBool,
+    kill: Arc<tokio::sync::Notify>,
+    body_timeout: Duration,
+}
+
+impl ConnWatch {
+    fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.kill.notify_waiters();
+    }
+}
+
+type ConnKey = (SocketAddr, SocketAddr);
+
+/// Open HTTP/2 connections by (client, local) address: unique among live connections.
+/// Locked when one opens or closes, and for requests that have a body to come.
+static H2_CONNS: LazyLock<Mutex<HashMap<ConnKey, Weak<ConnWatch>>>> = LazyLock::new(Default::default);
+
+fn conn_key(peer: Option<&PingoraAddr>, local: Option<&PingoraAddr>) -> Option<ConnKey> {
+    Some((*peer?.as_inet()?, *local?.as_inet()?))
+}
+
+#[derive(Debug)]
+struct Head {
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    bytes: usize,
+    /// The last bytes read, for an end of head split over two reads.
+    tail: Vec<u8>,
+    /// Its end was seen within the size limit: what follows is body or the next request.
+    ended: bool,
+}
+
+/// Where the empty line ending a request head is, in `window` (`\n\n` or `\n\r\n`: the
+/// parser also takes bare LF line ends).
+fn head_end(window: &[u8]) -> bool {
+    window.iter().enumerate().any(|(i, &b)| {
+        b == b'\n'
+            && (window.get(i + 1) == Some(&b'\n') || window.get(i + 1..i + 3) == Some(&b"\r\n"[..]))
+    })
 }
 
 impl GuardedStream {
@@ -307,7 +361,32 @@ impl GuardedStream {
             in_request: AtomicBool::new(false),
             head: None,
             refused: false,
+            h2: None,
         }
+    }
+
+    /// An HTTP/2 connection: no head accounting, but it can be closed from the request
+    /// path ([`BodyWatch`]).
+    pub fn new_h2(inner: Stream, limits: ClientLimits) -> GuardedStream {
+        let mut g = GuardedStream::new(inner, limits);
+        let digest = g.inner.get_socket_digest();
+        let key = digest
+            .as_ref()
+            .and_then(|d| conn_key(d.peer_addr(), d.local_addr()));
+        if let Some(key) = key {
+            let watch = Arc::new(ConnWatch {
+                killed: AtomicBool::new(false),
+                kill: Arc::default(),
+                body_timeout: limits.body_timeout,
+            });
+            // Created now, so no kill is missed even before the first poll.
+            let killed = Box::pin(watch.kill.clone().notified_owned());
+            lock(&H2_CONNS).insert(key, Arc::downgrade(&watch));
+            g.h2 = Some((watch, killed));
+        }
+        // Every read of an HTTP/2 connection is part of some request.
+        g.in_request.store(true, Ordering::Relaxed);
+        g
     }
 
     /// Answer (best effort: the response fits a socket buffer) and fail the read.
@@ -347,14 +426,21 @@ fn guarded(session: &pingora::proxy::Session) -> Option<&GuardedStream> {
         .downcast_ref::<GuardedStream>()
 }
 
-/// The proxy has a request head: stop timing it, and time the body's reads instead.
-pub fn request_started(session: &mut pingora::proxy::Session) {
-    let Some(g) = guarded(session) else {
-        return;
-    };
+/// The proxy has a request head: stop timing it, and time the body's reads instead
+/// (HTTP/1.x: pingora's read timeout; HTTP/2: the returned [`BodyWatch`], to keep in the
+/// request context until the request ends).
+pub fn request_started(session: &mut pingora::proxy::Session) -> Option<BodyWatch> {
+    if session.is_http2() {
+        if session.is_body_done() {
+            return None;
+        }
+        return watch_h2_body(session);
+    }
+    let g = guarded(session)?;
     g.in_request.store(true, Ordering::Release);
     let body_timeout = g.limits.body_timeout;
     session.set_read_timeout(Some(body_timeout));
+    None
 }
 
 /// An HTTP/1.x request that came with both `Transfer-Encoding` and `Content-Length`.
@@ -377,11 +463,131 @@ pub fn has_te_and_cl(session: &pingora::proxy::Session) -> bool {
     })
 }
 
+/// One `Content-Length` for the upstream. pingora accepts repeated identical values
+/// (`Content-Length: 3` twice, or `3, 3`) and forwards them as they came; an upstream
+/// may refuse or misread that, and the body limit would not see a number. Anything
+/// pingora let through has one value: write it once.
+pub fn collapse_content_length(session: &mut pingora::proxy::Session) -> pingora::Result<()> {
+    let req = session.req_header();
+    let values: Vec<&[u8]> = req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if values.len() < 2 && !values.iter().any(|v| v.contains(&b',')) {
+        return Ok(());
+    }
+    let first = values
+        .iter()
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|t| t.trim_ascii())
+        .next()
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .and_then(|t| t.parse::<u64>().ok());
+    match first {
+        Some(n) => session
+            .req_header_mut()
+            .insert_header(http::header::CONTENT_LENGTH, n.to_string()),
+        None => Err(pingora::Error::explain(
+            pingora::ErrorType::HTTPStatus(400),
+            "unreadable Content-Length",
+        )),
+    }
+}
+
 /// The request is over: the next bytes on this connection start a new head.
 pub fn request_finished(session: &pingora::proxy::Session) {
     if let Some(g) = guarded(session) {
         g.in_request.store(false, Ordering::Release);
     }
+}
+
+impl Drop for GuardedStream {
+    fn drop(&mut self) {
+        let Some((watch, _)) = &self.h2 else {
+            return;
+        };
+        let digest = self.inner.get_socket_digest();
+        if let Some(key) = digest
+            .as_ref()
+            .and_then(|d| conn_key(d.peer_addr(), d.local_addr()))
+        {
+            let mut conns = lock(&H2_CONNS);
+            // Only our own entry: the address pair may already be a new connection's.
+            if conns
+                .get(&key)
+                .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(watch)))
+            {
+                conns.remove(&key);
+            }
+        }
+    }
+}
+
+/// The body of one HTTP/2 request, watched for progress (see the module docs). Kept in
+/// the request context; dropping it (the request ended) stops the watch.
+#[derive(Debug)]
+pub struct BodyWatch(Arc<BodyState>);
+
+#[derive(Debug)]
+struct BodyState {
+    started: Instant,
+    /// Milliseconds after `started` of the last body bytes.
+    last: AtomicU64,
+    done: AtomicBool,
+}
+
+impl BodyWatch {
+    /// Body bytes arrived (`end`: the last of them).
+    pub fn progress(&self, end: bool) {
+        let s = &self.0;
+        s.last
+            .store(s.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if end {
+            s.done.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for BodyWatch {
+    fn drop(&mut self) {
+        self.0.done.store(true, Ordering::Relaxed);
+    }
+}
+
+fn watch_h2_body(session: &pingora::proxy::Session) -> Option<BodyWatch> {
+    let key = conn_key(session.client_addr(), session.server_addr())?;
+    let conn = lock(&H2_CONNS).get(&key)?.clone();
+    let timeout = conn.upgrade()?.body_timeout;
+    let state = Arc::new(BodyState {
+        started: Instant::now(),
+        last: AtomicU64::new(0),
+        done: AtomicBool::new(false),
+    });
+    let watched = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let last = watched.last.load(Ordering::Relaxed);
+            let due = watched.started + Duration::from_millis(last) + timeout;
+            tokio::time::sleep_until(due.into()).await;
+            if watched.done.load(Ordering::Relaxed) {
+                return;
+            }
+            if watched.last.load(Ordering::Relaxed) == last {
+                if let Some(conn) = conn.upgrade() {
+                    tracing::debug!("HTTP/2 request body stalled: closing the connection");
+                    conn.kill();
+                }
+                return;
+            }
+        }
+    });
+    Some(BodyWatch(state))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl AsyncRead for GuardedStream {
@@ -391,32 +597,52 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some((watch, killed)) = &mut this.h2 {
+            if watch.killed.load(Ordering::Acquire) || killed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "a request body stalled over --client-body-timeout: connection closed",
+                )));
+            }
+        }
         if this.in_request.load(Ordering::Acquire) {
             this.head = None;
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        if let Some((deadline, bytes)) = &mut this.head {
-            // The parser wants more of a head that is already over the limit.
-            if *bytes > this.limits.max_header_size {
-                return this.refuse(cx, false);
-            }
+        if let Some(head) = this.head.as_mut().filter(|h| !h.ended) {
             // Polled before reading, so the task is woken at the deadline.
-            if deadline.as_mut().poll(cx).is_ready() {
+            if head.deadline.as_mut().poll(cx).is_ready() {
                 return this.refuse(cx, true);
             }
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            match &mut this.head {
-                Some((_, bytes)) => *bytes += n,
-                None => {
-                    let deadline = Box::pin(tokio::time::sleep(this.limits.header_timeout));
-                    this.head = Some((deadline, n));
-                }
-            }
+        let data = &buf.filled()[before..];
+        if data.is_empty() {
+            return result;
         }
+        let max = this.limits.max_header_size;
+        let head = this.head.get_or_insert_with(|| Head {
+            deadline: Box::pin(tokio::time::sleep(this.limits.header_timeout)),
+            bytes: 0,
+            tail: Vec::new(),
+            ended: false,
+        });
+        if head.ended {
+            return result;
+        }
+        // The head must end within `max` bytes: look for its end in what is left of them.
+        let room = max.saturating_sub(head.bytes);
+        let mut window = std::mem::take(&mut head.tail);
+        window.extend_from_slice(&data[..data.len().min(room)]);
+        if head_end(&window) {
+            head.ended = true;
+        } else if data.len() > room {
+            buf.set_filled(before);
+            return this.refuse(cx, false);
+        }
+        head.bytes += data.len();
+        head.tail = data[data.len().saturating_sub(2)..].to_vec();
         result
     }
 }
@@ -544,6 +770,15 @@ mod tests {
         drop(one);
         assert!(counter.acquire(ip).is_some());
         assert_eq!(counter.rejected(), 1);
+    }
+
+    #[test]
+    fn head_end_takes_crlf_and_bare_lf() {
+        assert!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(head_end(b"GET / HTTP/1.1\nHost: a\n\n"));
+        assert!(head_end(b"\n\r\n"));
+        assert!(!head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(!head_end(b"\r\r"));
     }
 
     #[test]

@@ -12,7 +12,10 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour only on a terminal: the journal and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none());
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        );
     let _ = match format {
         LogFormat::Text => builder.with_target(true).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -522,11 +522,6 @@ impl Metrics {
         &self.unrouted
     }
 
-    /// An accepted connection on a `listener` ("https", "http"), open until dropped.
-    pub fn connection_opened(&self, listener: &'static str) -> GaugeGuard {
-        GaugeGuard::new(self.connections_active.with_label_values(&[listener]))
-    }
-
     /// Counts the outcome of one TLS handshake (`Err(_)`: it timed out).
     pub fn tls_handshake_done<S: pingora::protocols::Ssl, T>(
         &self,
@@ -656,21 +651,21 @@ fn unix_now() -> i64 {
 /// `process_new` call, so a call in progress is an open connection.
 pub struct Counted<A> {
     inner: Arc<A>,
-    metrics: Option<Arc<Metrics>>,
-    listener: &'static str,
-    accepted: Option<IntCounter>,
+    /// (accepted, open) of this listener kind, resolved once; `None` without metrics.
+    handles: Option<(IntCounter, IntGauge)>,
 }
 
 impl<A> Counted<A> {
     pub fn new(inner: A, metrics: Option<Arc<Metrics>>, listener: &'static str) -> Self {
-        let accepted = metrics
-            .as_ref()
-            .map(|m| m.connections.with_label_values(&[listener]));
+        let handles = metrics.map(|m| {
+            (
+                m.connections.with_label_values(&[listener]),
+                m.connections_active.with_label_values(&[listener]),
+            )
+        });
         Counted {
             inner: Arc::new(inner),
-            metrics,
-            listener,
-            accepted,
+            handles,
         }
     }
 }
@@ -682,11 +677,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let _open = self.metrics.as_ref().map(|m| {
-            if let Some(c) = &self.accepted {
-                c.inc();
-            }
-            m.connection_opened(self.listener)
+        let _open = self.handles.as_ref().map(|(accepted, open)| {
+            accepted.inc();
+            GaugeGuard::new(open.clone())
         });
         self.inner.process_new(stream, shutdown).await
     }

@@ -63,6 +63,8 @@ pub struct Ctx {
     route_metrics: Option<Arc<crate::metrics::RouteMetrics>>,
     /// Counts an open websocket until the request ends.
     websocket: Option<crate::metrics::GaugeGuard>,
+    /// HTTP/2: the request body's progress, against --client-body-timeout (guard.rs).
+    body_watch: Option<crate::guard::BodyWatch>,
 }
 
 #[async_trait]
@@ -86,12 +88,13 @@ impl ProxyHttp for Proxy {
             target: None,
             route_metrics: None,
             websocket: None,
+            body_watch: None,
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         // The head is in: from now on the body's reads are timed, not the head.
-        crate::guard::request_started(session);
+        ctx.body_watch = crate::guard::request_started(session);
         if crate::guard::has_te_and_cl(session) {
             // pingora would drop the Content-Length and go on (RFC 9112 6.3 allows it);
             // at the edge this is a smuggling attempt until proven otherwise.
@@ -100,6 +103,7 @@ impl ProxyHttp for Proxy {
                 "request with both Transfer-Encoding and Content-Length",
             ));
         }
+        crate::guard::collapse_content_length(session)?;
         Ok(())
     }
 
@@ -201,9 +205,12 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(w) = &ctx.body_watch {
+            w.progress(end_of_stream);
+        }
         if let Some(chunk) = body {
             ctx.body_seen += chunk.len() as u64;
             let limit = ctx.route.as_ref().and_then(|r| r.policy.max_body);

@@ -43,9 +43,17 @@ pub fn load_routes(path: &Path) -> anyhow::Result<RouteTable> {
 /// runs until a signal ends the process.
 pub fn run(mut args: Args) -> anyhow::Result<()> {
     // A daemon changes its working directory: keep every path as the admin meant it.
-    for path in [&mut args.routes, &mut args.certs_store, &mut args.admin_socket, &mut args.upgrade_socket, &mut args.pid_file] {
+    for path in [
+        &mut args.routes,
+        &mut args.certs_store,
+        &mut args.admin_socket,
+        &mut args.upgrade_socket,
+        &mut args.pid_file,
+    ] {
         if path.is_relative() {
-            *path = std::env::current_dir().context("current directory")?.join(&*path);
+            *path = std::env::current_dir()
+                .context("current directory")?
+                .join(&*path);
         }
     }
     let table = load_routes(&args.routes)?;
@@ -146,6 +154,16 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         daemon_wait_for_ready: true,
         ..ServerConf::default()
     };
+    // pingora retries a busy port for a long while (and meanwhile whoever holds it
+    // answers): fail at once with the address instead. Not on upgrade, where the old
+    // process holds the ports and hands them over.
+    if !args.upgrade {
+        for addr in args.https.iter().chain(&args.http) {
+            std::net::TcpListener::bind(addr).with_context(|| {
+                format!("cannot listen on {addr} (in use by another process, or not permitted)")
+            })?;
+        }
+    }
     let opt = Opt {
         upgrade: args.upgrade,
         daemon: args.daemon,

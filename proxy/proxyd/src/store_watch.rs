@@ -142,7 +142,11 @@ pub fn check(shared: &Shared) -> Vec<String> {
         }
         problems.push(format!(
             "{lost}; served from memory until the next restart{}",
-            if local { "" } else { " (not written back: the key is not kept in exportable form)" }
+            if local {
+                ""
+            } else {
+                " (not written back: the key is not kept in exportable form)"
+            }
         ));
     }
 
@@ -187,8 +191,8 @@ fn probe(dir: &std::path::Path) -> Result<(), String> {
         std::process::id(),
         certs::fsutil::random_hex(4)
     ));
-    let result = certs::fsutil::write_new(&path, b"proxyd store check\n", 0o600)
-        .map_err(|e| e.to_string());
+    let result =
+        certs::fsutil::write_new(&path, b"proxyd store check\n", 0o600).map_err(|e| e.to_string());
     // Also after a failed write (e.g. ENOSPC after create): leave nothing behind.
     let removed = std::fs::remove_file(&path);
     result?;

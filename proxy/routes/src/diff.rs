@@ -58,8 +58,16 @@ fn compare<'a, T: PartialEq + 'a>(
 ) -> Lists {
     let old: BTreeMap<&str, &T> = old.collect();
     let new: BTreeMap<&str, &T> = new.collect();
-    let added = new.keys().filter(|k| !old.contains_key(*k)).map(|k| k.to_string()).collect();
-    let removed = old.keys().filter(|k| !new.contains_key(*k)).map(|k| k.to_string()).collect();
+    let added = new
+        .keys()
+        .filter(|k| !old.contains_key(*k))
+        .map(|k| k.to_string())
+        .collect();
+    let removed = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .map(|k| k.to_string())
+        .collect();
     let changed = new
         .iter()
         .filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v))

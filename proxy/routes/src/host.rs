@@ -41,7 +41,9 @@ pub fn normalize_host(raw: &str) -> Cow<'_, str> {
         // `[::1]junk` matches no route (it used to be read as `::1`).
         if let Some((ip, after)) = rest.split_once(']') {
             let port = after.strip_prefix(':').unwrap_or(after);
-            if after.is_empty() || after.starts_with(':') && port.bytes().all(|b| b.is_ascii_digit()) {
+            if after.is_empty()
+                || after.starts_with(':') && port.bytes().all(|b| b.is_ascii_digit())
+            {
                 h = ip;
             }
         }

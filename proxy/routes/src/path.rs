@@ -51,7 +51,10 @@ fn hex(b: u8) -> Option<u8> {
 
 /// The escape at `i` (`b[i] == b'%'`), decoded.
 fn escape_at(b: &[u8], i: usize) -> Result<u8, PathError> {
-    match (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+    match (
+        b.get(i + 1).copied().and_then(hex),
+        b.get(i + 2).copied().and_then(hex),
+    ) {
         (Some(0), Some(0)) => Err(PathError::BadEscape),
         (Some(h), Some(l)) => Ok(h * 16 + l),
         _ => Err(PathError::BadEscape),
@@ -92,9 +95,8 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         return Ok(Cow::Borrowed(raw));
     }
     let b = raw.as_bytes();
-    let suspicious = b.iter().any(|&c| c == b'%' || c == b'\\')
-        || raw.contains("//")
-        || raw.contains("/.");
+    let suspicious =
+        b.iter().any(|&c| c == b'%' || c == b'\\') || raw.contains("//") || raw.contains("/.");
     if !suspicious {
         return Ok(Cow::Borrowed(raw));
     }
@@ -167,7 +169,10 @@ mod tests {
     #[test]
     fn normal_paths_are_borrowed_unchanged() {
         for p in ["/", "/a/b", "/a.b/c..d/.e", "/x/", "/caf\u{e9}", "*"] {
-            assert!(matches!(normalize_path(p), Ok(Cow::Borrowed(q)) if q == p), "{p}");
+            assert!(
+                matches!(normalize_path(p), Ok(Cow::Borrowed(q)) if q == p),
+                "{p}"
+            );
         }
     }
 
@@ -189,8 +194,18 @@ mod tests {
     #[test]
     fn dot_segments_and_bad_escapes_are_refused() {
         for raw in [
-            "/..", "/.", "/a/../b", "/a/./b", "/a/..", "/%2e%2e/a", "/%2E./a", "/.%2e/a",
-            "/a%2F..%2Fb", "/a\\..\\b", "/..;/admin", "/a/.;x/b",
+            "/..",
+            "/.",
+            "/a/../b",
+            "/a/./b",
+            "/a/..",
+            "/%2e%2e/a",
+            "/%2E./a",
+            "/.%2e/a",
+            "/a%2F..%2Fb",
+            "/a\\..\\b",
+            "/..;/admin",
+            "/a/.;x/b",
         ] {
             assert_eq!(normalize_path(raw), Err(PathError::DotSegment), "{raw}");
         }
@@ -207,7 +222,11 @@ mod tests {
              [[route]]\nhosts = [\"a.test\"]\npath = \"/admin\"\nupstreams = [\"127.0.0.1:2\"]\n",
         )
         .unwrap();
-        let id = |p: &str| table.route("a.test", p).map(|t| t.map(|t| t.id().to_owned()));
+        let id = |p: &str| {
+            table
+                .route("a.test", p)
+                .map(|t| t.map(|t| t.id().to_owned()))
+        };
         assert_eq!(id("/%2Fadmin"), Err(PathError::Ambiguous));
         assert_eq!(id("/x%2Fy").unwrap(), id("/").unwrap());
         assert_eq!(id("/admin/a%2Fb").unwrap(), id("/admin").unwrap());

@@ -76,7 +76,12 @@ async fn connections_over_the_per_ip_cap_are_closed_and_others_are_served() {
         "the proxy to refuse connections over the cap",
         Duration::from_secs(5),
         Duration::from_millis(50),
-        || async { plain_get_from(attacker, &proxy).await.is_none().then_some(()) },
+        || async {
+            plain_get_from(attacker, &proxy)
+                .await
+                .is_none()
+                .then_some(())
+        },
     )
     .await;
     assert!(
@@ -87,7 +92,11 @@ async fn connections_over_the_per_ip_cap_are_closed_and_others_are_served() {
     for _ in 0..20 {
         assert_eq!(plain_get_from(attacker, &proxy).await, None);
     }
-    assert_eq!(a.requests(), before, "a connection over the cap reached the upstream");
+    assert_eq!(
+        a.requests(),
+        before,
+        "a connection over the cap reached the upstream"
+    );
 
     // Another address is served on both listeners.
     assert_eq!(plain_get_from(other, &proxy).await, Some(200));
@@ -108,7 +117,12 @@ async fn connections_over_the_per_ip_cap_are_closed_and_others_are_served() {
         "every slot to come back",
         Duration::from_secs(5),
         Duration::from_millis(50),
-        || async { tls_get_from(attacker, &proxy).await.ok().filter(|s| *s == 200) },
+        || async {
+            tls_get_from(attacker, &proxy)
+                .await
+                .ok()
+                .filter(|s| *s == 200)
+        },
     )
     .await;
     assert!(

@@ -42,7 +42,11 @@ fn assert_bounded(name: &str, cost: &Cost, max_cpu: Duration) {
         "{name}: proxy CPU {:?}, RSS growth {} KiB, CPU in the second after {:?}",
         cost.cpu, cost.rss_growth_kib, cost.cpu_after
     );
-    assert!(cost.cpu < max_cpu, "{name}: the attack cost {:?} of CPU", cost.cpu);
+    assert!(
+        cost.cpu < max_cpu,
+        "{name}: the attack cost {:?} of CPU",
+        cost.cpu
+    );
     assert!(
         cost.rss_growth_kib < 64 * 1024,
         "{name}: RSS grew by {} KiB",
@@ -63,7 +67,11 @@ async fn setup() -> (Backend, Proxy) {
 
 /// Write `frames` in batches until done or the proxy closes the connection; then read
 /// what it said. Returns (frames read, closed by the proxy, batches written).
-async fn flood(conn: &mut Conn, batches: usize, batch: impl Fn(usize) -> Vec<u8>) -> (Vec<h2::Frame>, bool, usize) {
+async fn flood(
+    conn: &mut Conn,
+    batches: usize,
+    batch: impl Fn(usize) -> Vec<u8>,
+) -> (Vec<h2::Frame>, bool, usize) {
     let mut written = 0;
     for i in 0..batches {
         if conn.send(&batch(i)).await.is_err() {
@@ -92,19 +100,19 @@ async fn rapid_reset_is_cut_off_and_bounded() {
     let (cost, (frames, closed, batches)) = measure(
         &proxy,
         flood(&mut conn, PAIRS / 100, |b| {
-                let mut out = Vec::new();
-                for i in 0..100 {
-                    let id = 2 * (b * 100 + i) as u32 + 1;
-                    out.extend(frame(
-                        h2::HEADERS,
-                        h2::END_HEADERS | h2::END_STREAM,
-                        id,
-                        &get("a.test", "/rapid-reset"),
-                    ));
-                    out.extend(frame(h2::RST_STREAM, 0, id, &h2::CANCEL.to_be_bytes()));
-                }
-                out
-            }),
+            let mut out = Vec::new();
+            for i in 0..100 {
+                let id = 2 * (b * 100 + i) as u32 + 1;
+                out.extend(frame(
+                    h2::HEADERS,
+                    h2::END_HEADERS | h2::END_STREAM,
+                    id,
+                    &get("a.test", "/rapid-reset"),
+                ));
+                out.extend(frame(h2::RST_STREAM, 0, id, &h2::CANCEL.to_be_bytes()));
+            }
+            out
+        }),
     )
     .await;
     eprintln!(
@@ -149,7 +157,10 @@ async fn continuation_flood_is_cut_off_with_bounded_memory() {
         goaway_code(&frames)
     );
     assert!(closed, "the proxy kept a CONTINUATION flood open");
-    assert!(batches < 10_000, "the proxy read 160 MiB of one header block");
+    assert!(
+        batches < 10_000,
+        "the proxy read 160 MiB of one header block"
+    );
     assert_eq!(a.requests(), 0);
     assert_bounded("CONTINUATION flood", &cost, Duration::from_secs(4));
     others_are_served(&proxy, "a.test").await;
@@ -220,10 +231,7 @@ async fn streams_over_the_concurrency_limit_are_refused() {
     }
     let _ = conn.send(&bytes).await;
     let (frames, closed) = conn.read_until_closed(Duration::from_secs(3)).await;
-    let refused = frames
-        .iter()
-        .filter(|f| f.kind == h2::RST_STREAM)
-        .count();
+    let refused = frames.iter().filter(|f| f.kind == h2::RST_STREAM).count();
     eprintln!(
         "300 streams: {refused} RST_STREAM, GOAWAY {:?}, closed {closed}; upstream saw {} requests",
         goaway_code(&frames),

@@ -34,7 +34,11 @@ async fn dot_segments_and_escapes_cannot_route_around_a_restricted_path() {
         ("/%2Fadmin/panel", 400, None),
         ("//admin/panel", 403, None),
         ("/%61dmin/panel", 403, None),
-        ("/docs/%7Euser/a%2Fb?q=%2e%2e", 200, Some("/docs/~user/a%2Fb?q=%2e%2e")),
+        (
+            "/docs/%7Euser/a%2Fb?q=%2e%2e",
+            200,
+            Some("/docs/~user/a%2Fb?q=%2e%2e"),
+        ),
         ("/files//x", 200, Some("/files/x")),
     ];
     for (path, want, seen) in cases {
@@ -49,16 +53,30 @@ async fn dot_segments_and_escapes_cannot_route_around_a_restricted_path() {
         )
         .await
         .unwrap();
-        assert_eq!(status_of(&raw), Some(want), "h1 {path}: {}", String::from_utf8_lossy(&raw));
+        assert_eq!(
+            status_of(&raw),
+            Some(want),
+            "h1 {path}: {}",
+            String::from_utf8_lossy(&raw)
+        );
         if let Some(seen) = seen {
             let text = String::from_utf8_lossy(&raw);
-            assert!(text.contains(&format!("\"path\":\"{seen}\"")), "h1 {path}: {text}");
+            assert!(
+                text.contains(&format!("\"path\":\"{seen}\"")),
+                "h1 {path}: {text}"
+            );
         }
         // ... and as an HTTP/2 :path.
         let mut conn = proxy.https("a.test", Alpn::H2).await.unwrap();
         let uri = format!("https://a.test{path}");
         let resp = conn
-            .send(Request::builder().method(Method::GET).uri(uri).body(tests::empty()).unwrap())
+            .send(
+                Request::builder()
+                    .method(Method::GET)
+                    .uri(uri)
+                    .body(tests::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(resp.status, want, "h2 {path}: {}", resp.text());

@@ -53,9 +53,21 @@ async fn sessions_resume_with_tickets_and_with_the_session_cache() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&one_route(&["a.test"], &a, "")).await;
     for (what, version, tls12) in [
-        ("TLS 1.3 ticket", &rustls::version::TLS13, Tls12Resumption::SessionIdOrTickets),
-        ("TLS 1.2 ticket", &rustls::version::TLS12, Tls12Resumption::SessionIdOrTickets),
-        ("TLS 1.2 session-ID cache", &rustls::version::TLS12, Tls12Resumption::SessionIdOnly),
+        (
+            "TLS 1.3 ticket",
+            &rustls::version::TLS13,
+            Tls12Resumption::SessionIdOrTickets,
+        ),
+        (
+            "TLS 1.2 ticket",
+            &rustls::version::TLS12,
+            Tls12Resumption::SessionIdOrTickets,
+        ),
+        (
+            "TLS 1.2 session-ID cache",
+            &rustls::version::TLS12,
+            Tls12Resumption::SessionIdOnly,
+        ),
     ] {
         let kinds = two_handshakes(&proxy, config(&proxy, version, tls12)).await;
         assert_eq!(kinds[0], HandshakeKind::Full, "{what}: first handshake");
@@ -73,7 +85,11 @@ async fn a_session_from_another_proxy_is_not_resumed() {
         .dir(dir.path())
         .start()
         .await;
-    let cfg = config(&first, &rustls::version::TLS13, Tls12Resumption::SessionIdOrTickets);
+    let cfg = config(
+        &first,
+        &rustls::version::TLS13,
+        Tls12Resumption::SessionIdOrTickets,
+    );
     let kinds = two_handshakes(&first, cfg.clone()).await;
     assert_eq!(kinds[1], HandshakeKind::Resumed);
     drop(first);
@@ -83,6 +99,8 @@ async fn a_session_from_another_proxy_is_not_resumed() {
         .dir(dir.path())
         .start()
         .await;
-    let tls = tls_connect(second.https_addr(), cfg, "a.test").await.unwrap();
+    let tls = tls_connect(second.https_addr(), cfg, "a.test")
+        .await
+        .unwrap();
     assert_eq!(tls.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
 }

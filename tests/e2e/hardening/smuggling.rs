@@ -209,6 +209,16 @@ fn cases() -> Vec<Case> {
             }),
         ),
         case(
+            "identical Content-Length list",
+            "POST /cl-list-same HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3, 3\r\n\r\nabc",
+            Forwarded(|r| {
+                if r.header("content-length") != ["3"] || r.body != b"abc" {
+                    return Err(format!("framing {:?}, body {:?}", r.header("content-length"), r.body));
+                }
+                Ok(())
+            }),
+        ),
+        case(
             "chunked body with an extension and a trailer",
             "POST /chunk-ok HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n",
             Forwarded(|r| {
@@ -326,8 +336,8 @@ async fn run(proxy: &Proxy, upstream: &RawUpstream, tls: bool) {
 async fn smuggling_shapes_are_refused_or_forwarded_unambiguously_over_plain_http() {
     let upstream = RawUpstream::start().await;
     let healthy = tests::Backend::start("healthy").await;
-    let routes = plain_route("a.test", upstream.addr(), "")
-        + &crate::one_route(&["ok.test"], &healthy, "");
+    let routes =
+        plain_route("a.test", upstream.addr(), "") + &crate::one_route(&["ok.test"], &healthy, "");
     let proxy = Proxy::start(&routes).await;
     run(&proxy, &upstream, false).await;
     others_are_served(&proxy, "ok.test").await;
@@ -337,8 +347,8 @@ async fn smuggling_shapes_are_refused_or_forwarded_unambiguously_over_plain_http
 async fn smuggling_shapes_are_refused_or_forwarded_unambiguously_over_tls() {
     let upstream = RawUpstream::start().await;
     let healthy = tests::Backend::start("healthy").await;
-    let routes = plain_route("a.test", upstream.addr(), "")
-        + &crate::one_route(&["ok.test"], &healthy, "");
+    let routes =
+        plain_route("a.test", upstream.addr(), "") + &crate::one_route(&["ok.test"], &healthy, "");
     let proxy = Proxy::start(&routes).await;
     run(&proxy, &upstream, true).await;
     others_are_served(&proxy, "ok.test").await;
@@ -351,8 +361,8 @@ async fn h2_requests_with_conflicting_framing_never_reach_the_upstream_as_two() 
     use tests::hostile::h2::{self, frame, header_block};
     let upstream = RawUpstream::start().await;
     let healthy = tests::Backend::start("healthy").await;
-    let routes = plain_route("a.test", upstream.addr(), "")
-        + &crate::one_route(&["ok.test"], &healthy, "");
+    let routes =
+        plain_route("a.test", upstream.addr(), "") + &crate::one_route(&["ok.test"], &healthy, "");
     let proxy = Proxy::start(&routes).await;
     let base = [
         (":method", "POST"),
@@ -372,7 +382,10 @@ async fn h2_requests_with_conflicting_framing_never_reach_the_upstream_as_two() 
         ),
         (
             "header value with CRLF",
-            vec![(":path", "/h2-crlf"), ("x-injected", "a\r\nTransfer-Encoding: chunked")],
+            vec![
+                (":path", "/h2-crlf"),
+                ("x-injected", "a\r\nTransfer-Encoding: chunked"),
+            ],
             b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n",
         ),
         (
@@ -393,12 +406,14 @@ async fn h2_requests_with_conflicting_framing_never_reach_the_upstream_as_two() 
         let (frames, _) = conn.read_until_closed(Duration::from_secs(2)).await;
         // A 200 (HEADERS on stream 1 with :status 200) would mean it was proxied; then
         // the recorder must show one request without the smuggled one.
-        let reset = frames.iter().any(|f| {
-            (f.kind == h2::RST_STREAM && f.stream == 1) || f.kind == h2::GOAWAY
-        });
+        let reset = frames
+            .iter()
+            .any(|f| (f.kind == h2::RST_STREAM && f.stream == 1) || f.kind == h2::GOAWAY);
         let requests = upstream.requests();
         assert!(
-            requests.iter().all(|r| !r.request_line().contains("smuggled")),
+            requests
+                .iter()
+                .all(|r| !r.request_line().contains("smuggled")),
             "{name}: a smuggled request reached the upstream:\n{}",
             upstream.dump()
         );

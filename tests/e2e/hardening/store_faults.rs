@@ -25,11 +25,16 @@ async fn start(a: &Backend) -> Proxy {
 /// Wait until `proxyctl status` shows store problems matching `pred` (all of them, as
 /// one string), and return them.
 async fn wait_for_store(proxy: &Proxy, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    wait_until(what, Duration::from_secs(10), Duration::from_millis(100), || async {
-        let v = status_json(proxy).await;
-        let problems = v["store"]["problems"].to_string();
-        pred(&problems).then_some(problems)
-    })
+    wait_until(
+        what,
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let v = status_json(proxy).await;
+            let problems = v["store"]["problems"].to_string();
+            pred(&problems).then_some(problems)
+        },
+    )
     .await
 }
 
@@ -52,9 +57,17 @@ async fn served(proxy: &Proxy, host: &str) {
 
 async fn reload(proxy: &Proxy) {
     let mut cmd = std::process::Command::new(tests::locate_bin("proxyctl", "PROXYCTL_BIN"));
-    cmd.arg("--socket").arg(proxy.dir().join("admin.sock")).arg("reload");
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-    assert!(out.status.success(), "reload: {}", String::from_utf8_lossy(&out.stdout));
+    cmd.arg("--socket")
+        .arg(proxy.dir().join("admin.sock"))
+        .arg("reload");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// Fill the store's tmpfs to the last byte; returns the file to remove to free it.
@@ -162,7 +175,11 @@ async fn deleted_or_corrupted_certificate_files_are_served_from_memory_and_repai
     // Corrupted while the disk is full (a read-only disk could not be corrupted):
     // reported, served from memory; repaired once there is room again.
     let fill = fill_up(&proxy);
-    std::fs::write(dir.join("fullchain.pem"), b"-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    std::fs::write(
+        dir.join("fullchain.pem"),
+        b"-----BEGIN CERTIFICATE-----\ngarbage\n",
+    )
+    .unwrap();
     let problems = wait_for_store(&proxy, "the corrupt file to be reported", |p| {
         p.contains("certs/a.test: unusable on disk")
     })
@@ -173,6 +190,13 @@ async fn deleted_or_corrupted_certificate_files_are_served_from_memory_and_repai
     wait_store_ok(&proxy).await;
     served(&proxy, "a.test").await;
     let text = std::fs::read_to_string(dir.join("fullchain.pem")).unwrap();
-    assert!(!text.contains("garbage"), "the corrupt file was not replaced");
-    assert!(proxy.log().contains("issued a.test again"), "{}", proxy.log_tail(30));
+    assert!(
+        !text.contains("garbage"),
+        "the corrupt file was not replaced"
+    );
+    assert!(
+        proxy.log().contains("issued a.test again"),
+        "{}",
+        proxy.log_tail(30)
+    );
 }

@@ -31,7 +31,10 @@ async fn expect_status(proxy: &Proxy, host: &str, status: u16, within: Duration)
             .unwrap_or_else(|e| panic!("{host} over {alpn:?}: no answer: {e:#}"));
         let took = started.elapsed();
         assert_eq!(resp.status, status, "{host} over {alpn:?}: {}", resp.text());
-        assert!(took < within, "{host} over {alpn:?}: {status} after {took:?}");
+        assert!(
+            took < within,
+            "{host} over {alpn:?}: {status} after {took:?}"
+        );
     }
 }
 
@@ -66,7 +69,9 @@ async fn faulty_upstreams_get_502_or_504_in_time() {
     ])
     .await;
     let two_lengths = RawUpstream::scripted(vec![
-        Step::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 9\r\n\r\nokEXTRA!!".to_vec()),
+        Step::Send(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 9\r\n\r\nokEXTRA!!".to_vec(),
+        ),
         Step::Close,
     ])
     .await;
@@ -116,13 +121,25 @@ async fn faulty_upstreams_get_502_or_504_in_time() {
 async fn upstream_reset_mid_body_cuts_the_response_visibly() {
     let ok = Backend::start("ok").await;
     let cut = RawUpstream::scripted(vec![
-        Step::Send(format!("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{}", "x".repeat(1000)).into_bytes()),
+        Step::Send(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{}",
+                "x".repeat(1000)
+            )
+            .into_bytes(),
+        ),
         Step::Sleep(Duration::from_millis(100)),
         Step::Reset,
     ])
     .await;
     let stalled = RawUpstream::scripted(vec![
-        Step::Send(format!("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{}", "x".repeat(1000)).into_bytes()),
+        Step::Send(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{}",
+                "x".repeat(1000)
+            )
+            .into_bytes(),
+        ),
         Step::Hang,
     ])
     .await;
@@ -145,7 +162,10 @@ async fn upstream_reset_mid_body_cuts_the_response_visibly() {
                     resp.body.len()
                 ),
             }
-            assert!(took < Duration::from_secs(3), "{host} over {alpn:?}: cut after {took:?}");
+            assert!(
+                took < Duration::from_secs(3),
+                "{host} over {alpn:?}: cut after {took:?}"
+            );
         }
     }
     others_are_served(&proxy, "ok.test").await;
@@ -168,7 +188,9 @@ async fn hanging_upstream_does_not_hold_up_other_routes() {
         let (addr, ca) = (proxy.https_addr(), ca.clone());
         waiting.push(tokio::spawn(async move {
             let alpn = if i % 2 == 0 { Alpn::H1 } else { Alpn::H2 };
-            let mut conn = tests::Conn::https(addr, &ca, "hang.test", alpn).await.unwrap();
+            let mut conn = tests::Conn::https(addr, &ca, "hang.test", alpn)
+                .await
+                .unwrap();
             conn.timeout = Duration::from_secs(30);
             conn.get("hang.test", "/hang").await
         }));
