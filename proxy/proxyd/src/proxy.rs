@@ -390,13 +390,18 @@ impl ProxyHttp for Proxy {
                 tracing::debug!(error = %we, "could not send error page");
             }
         }
-        tracing::warn!(
-            route = ctx.route.as_ref().map_or("-", |r| r.id.as_str()),
-            upstream = ctx.backend.as_ref().map(|b| b.addr.to_string()).unwrap_or_else(|| "-".into()),
-            status = code,
-            error = %e,
-            "request failed"
-        );
+        let route = ctx.route.as_ref().map_or("-", |r| r.id.as_str());
+        let upstream = ctx
+            .backend
+            .as_ref()
+            .map(|b| b.addr.to_string())
+            .unwrap_or_else(|| "-".into());
+        if code == 0 {
+            // The client went away: its own business, not the admin's.
+            tracing::debug!(route, upstream, error = %e, "client gone");
+        } else {
+            tracing::warn!(route, upstream, status = code, error = %e, "request failed");
+        }
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
