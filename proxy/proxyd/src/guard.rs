@@ -306,7 +306,10 @@ pub struct GuardedStream {
     head: Option<Head>,
     refused: bool,
     /// HTTP/2: the connection's entry in [`H2_CONNS`], and its kill switch.
-    h2: Option<(Arc<ConnWatch>, Pin<Box<tokio::sync::futures::OwnedNotified>>)>,
+    h2: Option<(
+        Arc<ConnWatch>,
+        Pin<Box<tokio::sync::futures::OwnedNotified>>,
+    )>,
 }
 
 /// An HTTP/2 client connection, as the request path finds it (by its addresses).
@@ -328,7 +331,8 @@ type ConnKey = (SocketAddr, SocketAddr);
 
 /// Open HTTP/2 connections by (client, local) address: unique among live connections.
 /// Locked when one opens or closes, and for requests that have a body to come.
-static H2_CONNS: LazyLock<Mutex<HashMap<ConnKey, Weak<ConnWatch>>>> = LazyLock::new(Default::default);
+static H2_CONNS: LazyLock<Mutex<HashMap<ConnKey, Weak<ConnWatch>>>> =
+    LazyLock::new(Default::default);
 
 fn conn_key(peer: Option<&PingoraAddr>, local: Option<&PingoraAddr>) -> Option<ConnKey> {
     Some((*peer?.as_inet()?, *local?.as_inet()?))
