@@ -11,6 +11,7 @@
 //! | `GET /v1/health/live`  | the process answers                               |
 //! | `GET /v1/health/ready` | 200 when every listener is listening (table in force), else 503; certificates reported (`readiness.rs`) |
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -97,8 +98,23 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
 
 /// SIGHUP reloads the routes file, like `proxyctl reload` (for systemd's ExecReload
 /// users who prefer a signal); the result goes to the log.
+///
+/// The signal is caught from [`SighupReload::new`] on, at start-up before any service
+/// runs: a SIGHUP that arrives before this service's runtime is up (systemd reloading a
+/// unit that has just started) is remembered and acted on, never the default action
+/// (which would end the daemon).
 pub struct SighupReload {
-    pub control: Arc<Control>,
+    control: Arc<Control>,
+    early: Arc<AtomicBool>,
+}
+
+impl SighupReload {
+    pub fn new(control: Arc<Control>) -> anyhow::Result<SighupReload> {
+        let early = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, early.clone())
+            .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
+        Ok(SighupReload { control, early })
+    }
 }
 
 #[async_trait]
@@ -111,12 +127,17 @@ impl BackgroundService for SighupReload {
                 return;
             }
         };
+        // From here on tokio sees every SIGHUP; one that came before is in the flag.
+        if self.early.swap(false, Ordering::AcqRel) {
+            self.control.reload(true, "SIGHUP").await;
+        }
         loop {
             tokio::select! {
                 got = hup.recv() => {
                     if got.is_none() {
                         return;
                     }
+                    self.early.store(false, Ordering::Release);
                     self.control.reload(true, "SIGHUP").await;
                 }
                 _ = shutdown.changed() => return,

@@ -274,7 +274,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         Some(std::fs::Permissions::from_mode(args.admin_socket_mode)),
     );
     let listeners = control.listeners.clone();
-    let sighup = background_service("SIGHUP reload", SighupReload { control });
+    let sighup = background_service("SIGHUP reload", SighupReload::new(control)?);
 
     if !args.https.is_empty() {
         server.add_service(https);
