@@ -291,3 +291,63 @@ async fn tls11_and_cbc_only_clients_are_refused() {
         "handshake record carrying a ServerHello"
     );
 }
+
+#[tokio::test]
+async fn the_server_cipher_order_wins_over_the_clients() {
+    use rustls::crypto::ring::{cipher_suite as cs, default_provider};
+    let s = start().await;
+    let mut roots = RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut s.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    // Clients that list ChaCha20, then AES-256, then AES-128 (what a phone without
+    // hardware AES sends) still get the server's first choice.
+    for (version, client_order, want) in [
+        (
+            &rustls::version::TLS13,
+            vec![
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_AES_128_GCM_SHA256,
+            ],
+            "TLS13_AES_128_GCM_SHA256",
+        ),
+        (
+            &rustls::version::TLS12,
+            vec![
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ],
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        ),
+    ] {
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: client_order,
+            ..default_provider()
+        };
+        let cfg = Arc::new(
+            ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth(),
+        );
+        let seen = connect(s.addr, &cfg, "a.test").await.unwrap();
+        assert_eq!(seen.suite, want, "{:?}", version.version);
+    }
+    // A client that offers only the server's last TLS 1.3 choice still connects with it.
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: vec![cs::TLS13_CHACHA20_POLY1305_SHA256],
+        ..default_provider()
+    };
+    let cfg = Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let seen = connect(s.addr, &cfg, "a.test").await.unwrap();
+    assert_eq!(seen.suite, "TLS13_CHACHA20_POLY1305_SHA256");
+}
