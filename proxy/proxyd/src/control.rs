@@ -2,11 +2,11 @@
 //! state `proxyctl status` reports. Used by the admin API and by SIGHUP.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use routes::{Diagnostic, RouteTable, TableDiff};
+use routes::{Diagnostic, TableDiff};
 use serde_json::{json, Value};
 
 use crate::state::Shared;
@@ -37,6 +37,60 @@ pub struct ReloadOutcome {
     /// One line for logs.
     pub message: String,
     pub duration_ms: f64,
+    /// Where `duration_ms` went, step by step in order (`read`, `parse`, `diff`,
+    /// `certificates`, `install`): wall-clock ms, and CPU ms of the thread that did the
+    /// step (the two differ when the machine is busy). For benchmarks and slow reloads.
+    pub phases: Vec<Phase>,
+}
+
+/// One step of a reload and its time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Phase {
+    pub name: &'static str,
+    pub wall_ms: f64,
+    pub cpu_ms: f64,
+}
+
+/// Splits one reload's time into named steps. Every step runs on one thread (see
+/// [`reload_blocking`]), so that thread's CPU clock tells the CPU each step took.
+struct Phases {
+    wall: Instant,
+    cpu: f64,
+    done: Vec<Phase>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            wall: Instant::now(),
+            cpu: thread_cpu_ms(),
+            done: Vec::new(),
+        }
+    }
+
+    /// The step `name` ends now.
+    fn mark(&mut self, name: &'static str) {
+        let (wall, cpu) = (Instant::now(), thread_cpu_ms());
+        self.done.push(Phase {
+            name,
+            wall_ms: wall.duration_since(self.wall).as_secs_f64() * 1000.0,
+            cpu_ms: cpu - self.cpu,
+        });
+        (self.wall, self.cpu) = (wall, cpu);
+    }
+}
+
+/// CPU time of the calling thread, in ms (0 if the clock cannot be read).
+fn thread_cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6
 }
 
 #[derive(Debug, Clone)]
@@ -77,25 +131,23 @@ impl Control {
     pub async fn reload(&self, apply: bool, trigger: &'static str) -> ReloadOutcome {
         let _one_at_a_time = self.reloading.lock().await;
         let started = Instant::now();
-        let mut outcome = match self.read().await {
-            Err(errors) => ReloadOutcome {
-                ok: false,
-                applied: false,
-                generation: self.shared.snapshot.load().generation,
-                diff: TableDiff::default(),
-                certificates_needed: Vec::new(),
-                certificates_issued: Vec::new(),
-                message: format!(
-                    "{} rejected: {} error{}; the running table is unchanged",
-                    self.routes_path.display(),
-                    errors.len(),
-                    if errors.len() == 1 { "" } else { "s" }
-                ),
-                errors,
-                duration_ms: 0.0,
-            },
-            Ok(table) => self.apply(table, apply).await,
-        };
+        // All of it on one blocking thread: parsing and diffing a large table is tens of
+        // ms of CPU (and issuing certificates more), which would otherwise hold up a
+        // worker of the admin runtime.
+        let (shared, path) = (self.shared.clone(), self.routes_path.clone());
+        let mut outcome =
+            tokio::task::spawn_blocking(move || reload_blocking(&shared, &path, apply))
+                .await
+                .unwrap_or_else(|e| {
+                    let error = Diagnostic {
+                        file: self.routes_path.display().to_string(),
+                        line: 0,
+                        col: 0,
+                        message: format!("the reload failed: {e}"),
+                        context: None,
+                    };
+                    self.rejected(vec![error])
+                });
         outcome.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         if apply {
             let record = ReloadRecord {
@@ -111,6 +163,7 @@ impl Control {
                     trigger,
                     generation = outcome.generation,
                     duration_ms = outcome.duration_ms,
+                    phases = %phases_line(&outcome.phases),
                     "reload: {}",
                     outcome.message
                 );
@@ -128,82 +181,8 @@ impl Control {
         outcome
     }
 
-    async fn read(&self) -> Result<RouteTable, Vec<Diagnostic>> {
-        let file = self.routes_path.display().to_string();
-        let text = tokio::fs::read_to_string(&self.routes_path)
-            .await
-            .map_err(|e| {
-                vec![Diagnostic {
-                    file: file.clone(),
-                    line: 0,
-                    col: 0,
-                    message: format!("cannot read the routes file: {e}"),
-                    context: None,
-                }]
-            })?;
-        routes::parse(&file, &text).map_err(|d| d.0)
-    }
-
-    async fn apply(&self, table: RouteTable, apply: bool) -> ReloadOutcome {
-        let old = self.shared.snapshot.load_full();
-        let diff = routes::diff(&old.table, &table);
-        // A map lookup per new name (a `*.x` name finds a wildcard certificate for x).
-        let resolver = self.shared.certs.resolver();
-        let certificates_needed: Vec<String> = diff
-            .names_added
-            .iter()
-            .filter(|name| resolver.lookup(name).is_none())
-            .cloned()
-            .collect();
-        let summary = summarize(&diff);
-        if !apply {
-            return ReloadOutcome {
-                ok: true,
-                applied: false,
-                generation: old.generation,
-                diff,
-                certificates_needed,
-                certificates_issued: Vec::new(),
-                errors: Vec::new(),
-                message: format!("valid; a reload would change: {summary}"),
-                duration_ms: 0.0,
-            };
-        }
-        if diff.is_empty() {
-            return ReloadOutcome {
-                ok: true,
-                applied: false,
-                generation: old.generation,
-                diff,
-                certificates_needed,
-                certificates_issued: Vec::new(),
-                errors: Vec::new(),
-                message: "valid; nothing changed".into(),
-                duration_ms: 0.0,
-            };
-        }
-        // Certificates first (local issuer: key generation is CPU work, off the
-        // runtime's workers), so the new names have one when the table goes live.
-        let groups = table.certificate_groups();
-        let shared = self.shared.clone();
-        let report = tokio::task::spawn_blocking(move || shared.certs.ensure(&groups))
-            .await
-            .unwrap_or_default();
-        for e in &report.errors {
-            tracing::error!("certificate: {e}");
-        }
-        let generation = self.shared.install(table);
-        ReloadOutcome {
-            ok: true,
-            applied: true,
-            generation,
-            diff,
-            certificates_needed,
-            certificates_issued: report.issued,
-            errors: Vec::new(),
-            message: format!("applied generation {generation}: {summary}"),
-            duration_ms: 0.0,
-        }
+    fn rejected(&self, errors: Vec<Diagnostic>) -> ReloadOutcome {
+        rejected(&self.shared, &self.routes_path, errors, Vec::new())
     }
 
     /// Everything `proxyctl status` shows.
@@ -272,6 +251,9 @@ impl ReloadOutcome {
             "generation": self.generation,
             "message": self.message,
             "duration_ms": self.duration_ms,
+            // Wall-clock and CPU ms of each step (see `Phase`).
+            "phases_ms": self.phases.iter().map(|p| (p.name.to_string(), json!(p.wall_ms))).collect::<serde_json::Map<_, _>>(),
+            "phases_cpu_ms": self.phases.iter().map(|p| (p.name.to_string(), json!(p.cpu_ms))).collect::<serde_json::Map<_, _>>(),
             "changes": {
                 "routes_added": d.routes_added,
                 "routes_removed": d.routes_removed,
@@ -291,6 +273,129 @@ impl ReloadOutcome {
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// The whole of one reload, on the calling (blocking) thread: read, parse, diff, then
+/// with `apply` certificates and the swap. The caller holds the one-at-a-time lock.
+fn reload_blocking(shared: &Shared, path: &Path, apply: bool) -> ReloadOutcome {
+    let mut phases = Phases::start();
+    let file = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            let error = Diagnostic {
+                file,
+                line: 0,
+                col: 0,
+                message: format!("cannot read the routes file: {e}"),
+                context: None,
+            };
+            return rejected(shared, path, vec![error], phases.done);
+        }
+    };
+    phases.mark("read");
+    let parsed = routes::parse(&file, &text);
+    phases.mark("parse");
+    drop_later(text);
+    let table = match parsed {
+        Ok(table) => table,
+        Err(d) => return rejected(shared, path, d.0, phases.done),
+    };
+
+    let old = shared.snapshot.load_full();
+    let diff = routes::diff(&old.table, &table);
+    // A map lookup per new name (a `*.x` name finds a wildcard certificate for x).
+    let resolver = shared.certs.resolver();
+    let certificates_needed: Vec<String> = diff
+        .names_added
+        .iter()
+        .filter(|name| resolver.lookup(name).is_none())
+        .cloned()
+        .collect();
+    let summary = summarize(&diff);
+    let generation = old.generation;
+    drop(old);
+    phases.mark("diff");
+    if !apply || diff.is_empty() {
+        // Freeing a large table is no reason to keep the caller waiting either.
+        drop_later(table);
+        let message = if apply {
+            "valid; nothing changed".into()
+        } else {
+            format!("valid; a reload would change: {summary}")
+        };
+        return ReloadOutcome {
+            ok: true,
+            applied: false,
+            generation,
+            diff,
+            certificates_needed,
+            certificates_issued: Vec::new(),
+            errors: Vec::new(),
+            message,
+            duration_ms: 0.0,
+            phases: phases.done,
+        };
+    }
+    // Certificates first, so the new names have one when the table goes live.
+    let report = shared.certs.ensure(&table.certificate_groups());
+    for e in &report.errors {
+        tracing::error!("certificate: {e}");
+    }
+    phases.mark("certificates");
+    let (generation, replaced) = shared.install(table);
+    phases.mark("install");
+    // The new table is in force. The old one goes once the last request that still
+    // holds it is done; freeing tens of thousands of routes and pools takes a few ms,
+    // which no reload caller needs to wait for.
+    drop_later(replaced);
+    ReloadOutcome {
+        ok: true,
+        applied: true,
+        generation,
+        diff,
+        certificates_needed,
+        certificates_issued: report.issued,
+        errors: Vec::new(),
+        message: format!("applied generation {generation}: {summary}"),
+        duration_ms: 0.0,
+        phases: phases.done,
+    }
+}
+
+/// The outcome for a file that could not be read or is invalid: nothing changes.
+fn rejected(
+    shared: &Shared,
+    path: &Path,
+    errors: Vec<Diagnostic>,
+    phases: Vec<Phase>,
+) -> ReloadOutcome {
+    ReloadOutcome {
+        ok: false,
+        applied: false,
+        generation: shared.snapshot.load().generation,
+        diff: TableDiff::default(),
+        certificates_needed: Vec::new(),
+        certificates_issued: Vec::new(),
+        message: format!(
+            "{} rejected: {} error{}; the running table is unchanged",
+            path.display(),
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" }
+        ),
+        errors,
+        duration_ms: 0.0,
+        phases,
+    }
+}
+
+/// `read 0.2/0.2 parse 20.1/19.8 ...` (wall/CPU ms), for the log.
+fn phases_line(phases: &[Phase]) -> String {
+    let parts: Vec<String> = phases
+        .iter()
+        .map(|p| format!("{} {:.1}/{:.1}", p.name, p.wall_ms, p.cpu_ms))
+        .collect();
+    parts.join(" ")
 }
 
 fn summarize(d: &TableDiff) -> String {
@@ -313,6 +418,17 @@ fn summarize(d: &TableDiff) -> String {
         "nothing".into()
     } else {
         parts.join(", ")
+    }
+}
+
+/// Drop `value` on a blocking thread rather than here (a large routes table or an old
+/// snapshot: many small allocations to free). Outside a runtime, drops it at once.
+fn drop_later<T: Send + 'static>(value: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn_blocking(move || drop(value));
+        }
+        Err(_) => drop(value),
     }
 }
 

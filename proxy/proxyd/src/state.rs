@@ -61,11 +61,13 @@ impl Shared {
     }
 
     /// Install a new validated table: pools of unchanged routes are kept (with their
-    /// members and health), then the whole snapshot is swapped at once.
-    pub fn install(&self, table: RouteTable) -> u64 {
+    /// members and health), then the whole snapshot is swapped at once. Returns the new
+    /// generation and the snapshot it replaced (for the caller to free where it suits).
+    pub fn install(&self, table: RouteTable) -> (u64, Arc<Snapshot>) {
         let old = self.snapshot.load_full();
         let generation = old.generation + 1;
         let snapshot = build_snapshot(table, generation, &self.registry, Some(&old));
+        drop(old);
         let in_use: HashSet<_> = snapshot
             .pools
             .values()
@@ -75,9 +77,9 @@ impl Shared {
             // Handles for the new ids before requests can route to them.
             m.sync_routes(&snapshot.table);
         }
-        self.snapshot.store(Arc::new(snapshot));
+        let replaced = self.snapshot.swap(Arc::new(snapshot));
         self.registry.retain(&in_use);
-        generation
+        (generation, replaced)
     }
 }
 

@@ -1,8 +1,8 @@
 //! What changes between two route tables: the summary a reload prints.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use crate::RouteTable;
+use crate::{FastMap, RouteTable};
 
 /// Differences between an old and a new table, by route/redirect id and by name.
 /// Every list is sorted.
@@ -26,18 +26,13 @@ impl TableDiff {
     }
 }
 
-/// Compare two tables.
+/// Compare two tables. Linear in their sizes: one hash map per side, no copy of either
+/// table; only the lists it returns are allocated and sorted.
 pub fn diff(old: &RouteTable, new: &RouteTable) -> TableDiff {
-    let (routes_added, routes_removed, routes_changed) = compare(
-        old.routes.iter().map(|r| (r.id.as_str(), &**r)),
-        new.routes.iter().map(|r| (r.id.as_str(), &**r)),
-    );
-    let (redirects_added, redirects_removed, redirects_changed) = compare(
-        old.redirects.iter().map(|r| (r.id.as_str(), &**r)),
-        new.redirects.iter().map(|r| (r.id.as_str(), &**r)),
-    );
-    let old_names: BTreeSet<String> = old.names().into_iter().collect();
-    let new_names: BTreeSet<String> = new.names().into_iter().collect();
+    let (routes_added, routes_removed, routes_changed) =
+        compare(&old.routes, &new.routes, |r| &r.id);
+    let (redirects_added, redirects_removed, redirects_changed) =
+        compare(&old.redirects, &new.redirects, |r| &r.id);
     TableDiff {
         routes_added,
         routes_removed,
@@ -45,35 +40,54 @@ pub fn diff(old: &RouteTable, new: &RouteTable) -> TableDiff {
         redirects_added,
         redirects_removed,
         redirects_changed,
-        names_added: new_names.difference(&old_names).cloned().collect(),
-        names_removed: old_names.difference(&new_names).cloned().collect(),
+        names_added: names_only_in(new, old),
+        names_removed: names_only_in(old, new),
     }
 }
 
 type Lists = (Vec<String>, Vec<String>, Vec<String>);
 
-fn compare<'a, T: PartialEq + 'a>(
-    old: impl Iterator<Item = (&'a str, &'a T)>,
-    new: impl Iterator<Item = (&'a str, &'a T)>,
-) -> Lists {
-    let old: BTreeMap<&str, &T> = old.collect();
-    let new: BTreeMap<&str, &T> = new.collect();
-    let added = new
-        .keys()
-        .filter(|k| !old.contains_key(*k))
-        .map(|k| k.to_string())
-        .collect();
-    let removed = old
-        .keys()
-        .filter(|k| !new.contains_key(*k))
-        .map(|k| k.to_string())
-        .collect();
-    let changed = new
+/// Added, removed and changed ids (ids are unique within a valid table), each sorted.
+fn compare<T: PartialEq>(old: &[Arc<T>], new: &[Arc<T>], id: impl Fn(&T) -> &str) -> Lists {
+    let old_by_id: FastMap<&str, &T> = old.iter().map(|e| (id(e), &**e)).collect();
+    let new_ids: FastMap<&str, ()> = new.iter().map(|e| (id(e), ())).collect();
+    let (mut added, mut changed) = (Vec::new(), Vec::new());
+    for e in new {
+        match old_by_id.get(id(e)) {
+            None => added.push(id(e).to_string()),
+            Some(o) if *o != &**e => changed.push(id(e).to_string()),
+            Some(_) => {}
+        }
+    }
+    let mut removed: Vec<String> = old
         .iter()
-        .filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v))
-        .map(|(k, _)| k.to_string())
+        .map(|e| id(e))
+        .filter(|i| !new_ids.contains_key(i))
+        .map(str::to_string)
         .collect();
+    added.sort_unstable();
+    removed.sort_unstable();
+    changed.sort_unstable();
     (added, removed, changed)
+}
+
+/// The served names (as [`RouteTable::names`] spells them) of `a` that `b` does not
+/// serve, sorted.
+fn names_only_in(a: &RouteTable, b: &RouteTable) -> Vec<String> {
+    let mut out: Vec<String> = a
+        .exact
+        .keys()
+        .filter(|k| !b.exact.contains_key(*k))
+        .cloned()
+        .collect();
+    out.extend(
+        a.wildcard
+            .keys()
+            .filter(|k| !b.wildcard.contains_key(*k))
+            .map(|s| format!("*.{s}")),
+    );
+    out.sort_unstable();
+    out
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //! values, each at its own position, and so that the raw file shape never leaks into the
 //! validated types. The schema is documented in `routes.reference.toml`.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -14,8 +13,8 @@ use toml::Spanned;
 
 use crate::values::{self, RedirectTo};
 use crate::{
-    Diagnostic, Diagnostics, HealthCheck, HostPattern, Hsts, IpNet, LbPolicy, PathSet, Policy,
-    Redirect, Route, RouteTable, Target, Upstream,
+    Diagnostic, Diagnostics, FastMap, HealthCheck, HostPattern, Hsts, IpNet, LbPolicy, PathSet,
+    Policy, Redirect, Route, RouteTable, Target, Upstream,
 };
 
 type Span = Range<usize>;
@@ -61,15 +60,16 @@ pub(crate) const REDIRECT_KEYS: &[&str] = &[
 ///
 /// Returns every problem at once, in file order. Never panics.
 pub fn parse(file: &str, text: &str) -> Result<RouteTable, Diagnostics> {
-    let mut cx = Cx::new(file, text);
     let root = match DeTable::parse(text) {
         Ok(root) => root,
         Err(e) => {
+            let mut cx = Cx::new(file, text);
             let at = e.span().map_or(0, |s| s.start);
             cx.error(at, format!("invalid TOML: {}", e.message()));
             return Err(cx.into_diagnostics());
         }
     };
+    let mut cx = Cx::new(file, text);
     let (routes, redirects) = cx.document(root.get_ref());
     if !cx.diags.is_empty() {
         return Err(cx.into_diagnostics());
@@ -77,42 +77,70 @@ pub fn parse(file: &str, text: &str) -> Result<RouteTable, Diagnostics> {
     Ok(build(routes, redirects))
 }
 
-/// Walk state: the file, the diagnostics found so far, the current context line.
+/// Walk state: the file, the diagnostics found so far, the current context.
 struct Cx<'a> {
     file: &'a str,
-    /// Byte offset of the start of each line.
-    line_starts: Vec<usize>,
+    /// Byte offset of the start of each line; computed on the first diagnostic (a valid
+    /// file needs none).
+    line_starts: std::cell::OnceCell<Vec<usize>>,
     text: &'a str,
     diags: Vec<(usize, Diagnostic)>,
-    context: Option<String>,
+    context: Context<'a>,
+}
+
+/// Which part of the file is being walked, for the context line of a diagnostic. Kept
+/// as a reference and rendered only when a diagnostic is made: a valid file of 10 000
+/// routes needs none of those lines.
+#[derive(Clone, Copy)]
+enum Context<'a> {
+    Top,
+    Defaults,
+    /// `[[kind]]` number `n` (1-based) and its table.
+    Item(&'static str, usize, &'a DeValue<'a>),
+}
+
+impl Context<'_> {
+    /// `in [[route]] #3 (hosts = ["cloud.example.org"])`, `in [defaults]` or nothing.
+    fn render(self) -> Option<String> {
+        match self {
+            Context::Top => None,
+            Context::Defaults => Some("in [defaults]".into()),
+            Context::Item(kind, n, item) => Some(item_context(kind, n, item)),
+        }
+    }
 }
 
 /// A host + path some entry claims, for the duplicate check.
-struct Claim {
+struct Claim<'a> {
     key: (HostPattern, String),
     at: usize,
-    context: Option<String>,
+    context: Context<'a>,
 }
 
 /// An id some entry claims, for the duplicate check.
-struct IdClaim {
+struct IdClaim<'a> {
     id: String,
     at: usize,
     explicit: bool,
-    context: Option<String>,
+    context: Context<'a>,
+}
+
+/// `[defaults]`: its keys, and the policy of every route that sets none of its own
+/// (one `Arc` for all of them).
+struct Defaults {
+    keys: PolicyKeys,
+    policy: Arc<Policy>,
+    lb: LbPolicy,
 }
 
 impl<'a> Cx<'a> {
     fn new(file: &'a str, text: &'a str) -> Self {
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
         Cx {
             file,
-            line_starts,
+            line_starts: std::cell::OnceCell::new(),
             text,
             diags: Vec::new(),
-            context: None,
+            context: Context::Top,
         }
     }
 
@@ -122,8 +150,13 @@ impl<'a> Cx<'a> {
         while !self.text.is_char_boundary(at) {
             at -= 1;
         }
-        let line = self.line_starts.partition_point(|&s| s <= at);
-        let start = self.line_starts[line - 1];
+        let line_starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        });
+        let line = line_starts.partition_point(|&s| s <= at);
+        let start = line_starts[line - 1];
         (line, self.text[start..at].chars().count() + 1)
     }
 
@@ -139,7 +172,7 @@ impl<'a> Cx<'a> {
             line,
             col,
             message: message.into(),
-            context: self.context.clone(),
+            context: self.context.render(),
         };
         self.diags.push((at, d));
     }
@@ -234,25 +267,31 @@ impl<'a> Cx<'a> {
 
     // -- the document -----------------------------------------------------------------
 
-    fn document(&mut self, root: &DeTable) -> (Vec<Route>, Vec<Redirect>) {
-        let mut defaults = PolicyKeys::default();
+    fn document(&mut self, root: &'a DeTable<'a>) -> (Vec<Route>, Vec<Redirect>) {
+        let mut keys = PolicyKeys::default();
         if let Some(v) = root.get("defaults") {
-            self.context = Some("in [defaults]".into());
+            self.context = Context::Defaults;
             match v.get_ref() {
                 DeValue::Table(t) => {
                     for (key, v) in entries(t) {
-                        if !self.policy_key(&mut defaults, key.get_ref(), v) {
+                        if !self.policy_key(&mut keys, key.get_ref(), v) {
                             self.unknown_key(key, POLICY_KEYS, "");
                         }
                     }
                 }
                 _ => {
-                    self.context = None;
+                    self.context = Context::Top;
                     self.type_error("defaults", "a table ([defaults])", v);
                 }
             }
-            self.context = None;
+            self.context = Context::Top;
         }
+        let (policy, lb) = merge(&keys, &PolicyKeys::default());
+        let defaults = Defaults {
+            keys,
+            policy: Arc::new(policy),
+            lb,
+        };
 
         let mut claims = Vec::new();
         let mut ids = Vec::new();
@@ -263,25 +302,25 @@ impl<'a> Cx<'a> {
                 "defaults" => {}
                 "route" => {
                     for (n, item) in self.array_of_tables("route", v).into_iter().enumerate() {
-                        self.context = Some(item_context("route", n + 1, item.get_ref()));
+                        self.context = Context::Item("route", n + 1, item.get_ref());
                         let before = self.diags.len();
                         let route = self.route(item, &defaults, &mut claims, &mut ids);
                         if self.diags.len() == before {
                             routes.extend(route);
                         }
                     }
-                    self.context = None;
+                    self.context = Context::Top;
                 }
                 "redirect" => {
                     for (n, item) in self.array_of_tables("redirect", v).into_iter().enumerate() {
-                        self.context = Some(item_context("redirect", n + 1, item.get_ref()));
+                        self.context = Context::Item("redirect", n + 1, item.get_ref());
                         let before = self.diags.len();
                         let redirect = self.redirect(item, &defaults, &mut claims, &mut ids);
                         if self.diags.len() == before {
                             redirects.extend(redirect);
                         }
                     }
-                    self.context = None;
+                    self.context = Context::Top;
                 }
                 _ => self.unknown_key(key, TOP_KEYS, ""),
             }
@@ -292,7 +331,7 @@ impl<'a> Cx<'a> {
     }
 
     /// The items of `[[name]]`: an array whose items are tables.
-    fn array_of_tables<'v>(&mut self, name: &str, v: &'v Value<'v>) -> Vec<&'v Value<'v>> {
+    fn array_of_tables(&mut self, name: &str, v: &'a Value<'a>) -> Vec<&'a Value<'a>> {
         let expected = format!("an array of tables ([[{name}]])");
         let DeValue::Array(items) = v.get_ref() else {
             self.type_error(name, &expected, v);
@@ -496,15 +535,15 @@ impl<'a> Cx<'a> {
         hosts: &[(HostPattern, usize)],
         path: Option<&str>,
         header_at: usize,
-        claims: &mut Vec<Claim>,
-        ids: &mut Vec<IdClaim>,
+        claims: &mut Vec<Claim<'a>>,
+        ids: &mut Vec<IdClaim<'a>>,
     ) -> Option<String> {
         if let Some(path) = path {
             for (h, at) in hosts {
                 claims.push(Claim {
                     key: (h.clone(), path.to_string()),
                     at: *at,
-                    context: self.context.clone(),
+                    context: self.context,
                 });
             }
         }
@@ -516,7 +555,7 @@ impl<'a> Cx<'a> {
             id: id.clone(),
             at,
             explicit,
-            context: self.context.clone(),
+            context: self.context,
         });
         Some(id)
     }
@@ -524,9 +563,9 @@ impl<'a> Cx<'a> {
     fn route(
         &mut self,
         item: &Value,
-        defaults: &PolicyKeys,
-        claims: &mut Vec<Claim>,
-        ids: &mut Vec<IdClaim>,
+        defaults: &Defaults,
+        claims: &mut Vec<Claim<'a>>,
+        ids: &mut Vec<IdClaim<'a>>,
     ) -> Option<Route> {
         let DeValue::Table(t) = item.get_ref() else {
             return None;
@@ -534,7 +573,7 @@ impl<'a> Cx<'a> {
         let header_at = item.span().start;
         let mut own = PolicyKeys::default();
         let mut strip_prefix = Some(false);
-        for (key, v) in entries(t) {
+        for (key, v) in t.iter() {
             match key.get_ref().as_ref() {
                 "name" | "hosts" | "path" | "upstreams" => {} // below
                 "strip_prefix" => strip_prefix = self.bool("strip_prefix", v),
@@ -557,7 +596,12 @@ impl<'a> Cx<'a> {
         let upstreams = self.upstreams(t, header_at);
         let id = self.claim(name, &hosts, path.as_deref(), header_at, claims, ids);
 
-        let (policy, lb) = merge(defaults, &own);
+        let (policy, lb) = if own.is_empty() {
+            (defaults.policy.clone(), defaults.lb)
+        } else {
+            let (policy, lb) = merge(&defaults.keys, &own);
+            (Arc::new(policy), lb)
+        };
         Some(Route {
             id: id?,
             hosts: hosts.into_iter().map(|(h, _)| h).collect(),
@@ -627,7 +671,7 @@ impl<'a> Cx<'a> {
     fn upstream_table(&mut self, t: &DeTable, at: usize) -> Option<Upstream> {
         const KEYS: &[&str] = &["name", "port", "fallback"];
         let mut ok = true;
-        for (key, _) in entries(t) {
+        for (key, _) in t.iter() {
             if !KEYS.contains(&key.get_ref().as_ref()) {
                 self.unknown_key(key, KEYS, " in an upstream table");
                 ok = false;
@@ -698,9 +742,9 @@ impl<'a> Cx<'a> {
     fn redirect(
         &mut self,
         item: &Value,
-        defaults: &PolicyKeys,
-        claims: &mut Vec<Claim>,
-        ids: &mut Vec<IdClaim>,
+        defaults: &Defaults,
+        claims: &mut Vec<Claim<'a>>,
+        ids: &mut Vec<IdClaim<'a>>,
     ) -> Option<Redirect> {
         let DeValue::Table(t) = item.get_ref() else {
             return None;
@@ -708,8 +752,8 @@ impl<'a> Cx<'a> {
         let header_at = item.span().start;
         let mut keep_path = Some(false);
         let mut status = Some(308);
-        let mut https_redirect = Some(defaults.https_redirect.unwrap_or(true));
-        for (key, v) in entries(t) {
+        let mut https_redirect = Some(defaults.keys.https_redirect.unwrap_or(true));
+        for (key, v) in t.iter() {
             match key.get_ref().as_ref() {
                 "name" | "hosts" | "path" | "to" => {} // below
                 "keep_path" => keep_path = self.bool("keep_path", v),
@@ -804,9 +848,10 @@ impl<'a> Cx<'a> {
     }
 
     /// Duplicate host+path pairs and duplicate ids, reported at the later one in the file.
-    fn check_duplicates(&mut self, mut claims: Vec<Claim>, mut ids: Vec<IdClaim>) {
+    fn check_duplicates(&mut self, mut claims: Vec<Claim<'a>>, mut ids: Vec<IdClaim<'a>>) {
         claims.sort_by_key(|c| c.at);
-        let mut first: HashMap<&(HostPattern, String), usize> = HashMap::new();
+        let mut first: FastMap<&(HostPattern, String), usize> = FastMap::default();
+        first.reserve(claims.len());
         let mut found = Vec::new();
         for c in &claims {
             if let Some(&at) = first.get(&c.key) {
@@ -816,13 +861,14 @@ impl<'a> Cx<'a> {
                     c.key.1,
                     self.at_str(at)
                 );
-                found.push((c.at, msg, c.context.clone()));
+                found.push((c.at, msg, c.context));
             } else {
                 first.insert(&c.key, c.at);
             }
         }
         ids.sort_by_key(|c| c.at);
-        let mut first: HashMap<&str, &IdClaim> = HashMap::new();
+        let mut first: FastMap<&str, &IdClaim> = FastMap::default();
+        first.reserve(ids.len());
         for c in &ids {
             match first.get(c.id.as_str()) {
                 // Two default ids are equal only if their first host and path are: the
@@ -834,7 +880,7 @@ impl<'a> Cx<'a> {
                         c.id,
                         self.at_str(f.at)
                     );
-                    found.push((c.at, msg, c.context.clone()));
+                    found.push((c.at, msg, c.context));
                 }
                 None => {
                     first.insert(&c.id, c);
@@ -845,11 +891,13 @@ impl<'a> Cx<'a> {
             self.context = context;
             self.error(at, msg);
         }
-        self.context = None;
+        self.context = Context::Top;
     }
 }
 
-/// The entries of a table in file order (toml's map may be sorted by key).
+/// The entries of a table in file order (toml's map may be sorted by key), where the
+/// order matters (the first of two duplicate headers). Elsewhere the table is walked in
+/// its own order: every diagnostic carries its position and they are sorted at the end.
 fn entries<'t, 'i>(
     t: &'t DeTable<'i>,
 ) -> Vec<(&'t Spanned<std::borrow::Cow<'i, str>>, &'t Value<'i>)> {
@@ -890,7 +938,7 @@ fn item_context(kind: &str, n: usize, item: &DeValue) -> String {
 }
 
 /// The policy keys of `[defaults]` or of one route: `None` = not given.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct PolicyKeys {
     /// `Some(None)` = "unlimited".
     max_body: Option<Option<u64>>,
@@ -911,6 +959,13 @@ struct PolicyKeys {
     /// `Some(None)` = "" (TCP check).
     health_check_path: Option<Option<String>>,
     health_check_interval: Option<std::time::Duration>,
+}
+
+impl PolicyKeys {
+    /// No key given: the route's policy is that of `[defaults]`.
+    fn is_empty(&self) -> bool {
+        *self == PolicyKeys::default()
+    }
 }
 
 /// A route's keys over `[defaults]` over the built-in defaults.
@@ -974,29 +1029,30 @@ pub(crate) fn merge_headers(
 fn build(routes: Vec<Route>, redirects: Vec<Redirect>) -> RouteTable {
     let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
     let redirects: Vec<Arc<Redirect>> = redirects.into_iter().map(Arc::new).collect();
-    let mut exact: HashMap<String, PathSet> = HashMap::new();
-    let mut wildcard: HashMap<String, PathSet> = HashMap::new();
+    let mut exact: FastMap<String, PathSet> = FastMap::default();
+    let mut wildcard: FastMap<String, PathSet> = FastMap::default();
+    exact.reserve(routes.len() + redirects.len());
     let targets = routes
         .iter()
-        .map(|r| (&r.hosts, &r.path, Target::Proxy(r.clone())))
+        .map(|r| (&r.hosts, Target::Proxy(r.clone())))
         .chain(
             redirects
                 .iter()
-                .map(|r| (&r.hosts, &r.path, Target::Redirect(r.clone()))),
+                .map(|r| (&r.hosts, Target::Redirect(r.clone()))),
         );
-    for (hosts, path, target) in targets {
+    for (hosts, target) in targets {
         for host in hosts {
             let set = match host {
                 HostPattern::Exact(h) => exact.entry(h.clone()).or_default(),
                 HostPattern::Wildcard(s) => wildcard.entry(s.clone()).or_default(),
             };
-            set.entries.push((path.clone(), target.clone()));
+            set.entries.push(target.clone());
         }
     }
     for set in exact.values_mut().chain(wildcard.values_mut()) {
         // Stable: equal lengths keep file order (and never both match one path).
         set.entries
-            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+            .sort_by_key(|t| std::cmp::Reverse(t.path().len()));
     }
     RouteTable {
         exact,

@@ -294,7 +294,7 @@ fn builtin_defaults_apply_to_a_bare_route() {
     assert_eq!(r.path, "/");
     assert!(!r.strip_prefix);
     assert_eq!(r.lb, LbPolicy::RoundRobin);
-    assert_eq!(r.policy, Policy::default());
+    assert_eq!(*r.policy, Policy::default());
     assert_eq!(r.policy.max_body, Some(10 * 1024 * 1024));
     assert_eq!(
         r.policy.hsts.as_ref().map(Hsts::header_value).as_deref(),
@@ -386,6 +386,56 @@ health_check_path = ""
     assert!(p.https_redirect);
     assert_eq!(b.lb, LbPolicy::IpHash);
     assert_eq!(p.health_check.http_path, None);
+}
+
+#[test]
+fn routes_without_policy_keys_share_the_defaults_policy() {
+    let t = table(
+        r#"
+[defaults]
+max_body = "1m"
+read_timeout = "5s"
+request_headers = { "X-A" = "1" }
+
+[[route]]
+hosts = ["a.example.org"]
+upstreams = ["10.0.0.1:80"]
+
+[[route]]
+hosts = ["b.example.org"]
+upstreams = ["10.0.0.2:80"]
+strip_prefix = true
+
+[[route]]
+hosts = ["c.example.org"]
+upstreams = ["10.0.0.3:80"]
+read_timeout = "9s"
+
+[[route]]
+hosts = ["d.example.org"]
+upstreams = ["10.0.0.4:80"]
+lb = "random"
+"#,
+    );
+    let [a, b, c, d] = &t.routes[..] else {
+        panic!("4 routes")
+    };
+    // Only `[defaults]`: one policy for both, the defaults' values.
+    assert!(Arc::ptr_eq(&a.policy, &b.policy));
+    assert_eq!(a.policy.max_body, Some(1 << 20));
+    assert_eq!(a.policy.read_timeout, Duration::from_secs(5));
+    assert_eq!(a.policy.request_headers, [("X-A".into(), "1".into())]);
+    assert_eq!(a.lb, LbPolicy::RoundRobin);
+    // One key of its own: a policy of its own, the rest still from `[defaults]`.
+    assert!(!Arc::ptr_eq(&a.policy, &c.policy));
+    assert_eq!(c.policy.read_timeout, Duration::from_secs(9));
+    assert_eq!(c.policy.max_body, Some(1 << 20));
+    assert_eq!(c.policy.request_headers, a.policy.request_headers);
+    assert_eq!(a.policy.read_timeout, Duration::from_secs(5));
+    // `lb` is a policy key too: its own copy, equal policy, its own balancing.
+    assert!(!Arc::ptr_eq(&a.policy, &d.policy));
+    assert_eq!(d.policy, a.policy);
+    assert_eq!((d.lb, a.lb), (LbPolicy::Random, LbPolicy::RoundRobin));
 }
 
 #[test]
@@ -635,7 +685,7 @@ fn path_sets_are_sorted_longest_prefix_first() {
     let paths: Vec<&str> = t.exact["cloud.example.org"]
         .entries
         .iter()
-        .map(|(p, _)| p.as_str())
+        .map(|t| t.path())
         .collect();
     assert_eq!(paths, ["/.well-known/carddav", "/api/v2/", "/api", "/"]);
     assert_eq!(
@@ -773,6 +823,53 @@ proptest! {
             let fast = t.lookup(host, path).map(|t| t.id().to_string());
             prop_assert_eq!(fast, linear_scan(&t, host, path), "{}{}\n{}", host, path, text);
         }
+    }
+
+    #[test]
+    fn diff_agrees_with_set_differences(
+        old in prop::collection::vec(
+            (any::<bool>(), prop::collection::vec(0..HOSTS.len(), 1..3), 0..PATHS.len()),
+            0..10,
+        ),
+        new in prop::collection::vec(
+            (any::<bool>(), prop::collection::vec(0..HOSTS.len(), 1..3), 0..PATHS.len()),
+            0..10,
+        ),
+    ) {
+        use std::collections::{BTreeMap, BTreeSet};
+        let (old_text, new_text) = (routes_text(&old), routes_text(&new));
+        let a = parse("a.toml", &old_text).map_err(|d| TestCaseError::fail(format!("{d}")))?;
+        let b = parse("b.toml", &new_text).map_err(|d| TestCaseError::fail(format!("{d}")))?;
+        let d = diff(&a, &b);
+        // Reference: whole-set differences over ids and over `names()`.
+        fn lists<T: PartialEq>(
+            old: BTreeMap<&str, &T>,
+            new: BTreeMap<&str, &T>,
+        ) -> (Vec<String>, Vec<String>, Vec<String>) {
+            let s = |v: Vec<&&str>| v.into_iter().map(|k| k.to_string()).collect();
+            (
+                s(new.keys().filter(|k| !old.contains_key(*k)).collect()),
+                s(old.keys().filter(|k| !new.contains_key(*k)).collect()),
+                s(new.iter().filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v)).map(|(k, _)| k).collect()),
+            )
+        }
+        fn routes(t: &RouteTable) -> BTreeMap<&str, &Route> {
+            t.routes.iter().map(|r| (r.id.as_str(), &**r)).collect()
+        }
+        fn redirects(t: &RouteTable) -> BTreeMap<&str, &Redirect> {
+            t.redirects.iter().map(|r| (r.id.as_str(), &**r)).collect()
+        }
+        let (ra, rr, rc) = lists(routes(&a), routes(&b));
+        let (da, dr, dc) = lists(redirects(&a), redirects(&b));
+        prop_assert_eq!((&d.routes_added, &d.routes_removed, &d.routes_changed), (&ra, &rr, &rc));
+        prop_assert_eq!((&d.redirects_added, &d.redirects_removed, &d.redirects_changed), (&da, &dr, &dc));
+        let (na, nb): (BTreeSet<String>, BTreeSet<String>) =
+            (a.names().into_iter().collect(), b.names().into_iter().collect());
+        prop_assert_eq!(&d.names_added, &nb.difference(&na).cloned().collect::<Vec<_>>());
+        prop_assert_eq!(&d.names_removed, &na.difference(&nb).cloned().collect::<Vec<_>>());
+        let nothing = [&ra, &rr, &rc, &da, &dr, &dc].iter().all(|l| l.is_empty()) && na == nb;
+        prop_assert_eq!(d.is_empty(), nothing);
+        prop_assert!(!(old_text == new_text && !d.is_empty()));
     }
 
     #[test]

@@ -93,8 +93,12 @@ pub(crate) fn cidr(raw: &str) -> Result<IpNet, String> {
 /// labels, or an IP literal (IPv6 with or without brackets). Lower-cased; one trailing
 /// dot removed; IP literals in canonical form.
 pub(crate) fn host_pattern(raw: &str) -> Result<HostPattern, String> {
-    let lower = raw.to_ascii_lowercase();
-    let s = lower.strip_suffix('.').unwrap_or(&lower);
+    // One allocation for the common case: the lower-cased text becomes the pattern.
+    let mut lower = raw.to_ascii_lowercase();
+    if lower.ends_with('.') {
+        lower.pop();
+    }
+    let s = lower.as_str();
     if let Some(inner) = s.strip_prefix('[') {
         return match inner
             .strip_suffix(']')
@@ -121,7 +125,8 @@ pub(crate) fn host_pattern(raw: &str) -> Result<HostPattern, String> {
                 "invalid host `{raw}`: a wildcard needs at least two labels after `*.` (e.g. `*.example.org`)"
             ));
         }
-        return Ok(HostPattern::Wildcard(suffix.to_string()));
+        lower.drain(..2);
+        return Ok(HostPattern::Wildcard(lower));
     }
     if s.contains('*') {
         return Err(format!(
@@ -132,7 +137,7 @@ pub(crate) fn host_pattern(raw: &str) -> Result<HostPattern, String> {
     if looks_like_ipv4(s) {
         return Err(format!("invalid host `{raw}`: not a valid IPv4 address"));
     }
-    Ok(HostPattern::Exact(s.to_string()))
+    Ok(HostPattern::Exact(lower))
 }
 
 /// All labels numeric: meant as an IPv4 address (and not a valid one if we got here).
