@@ -277,7 +277,7 @@ impl ReloadOutcome {
 
 /// The whole of one reload, on the calling (blocking) thread: read, parse, diff, then
 /// with `apply` certificates and the swap. The caller holds the one-at-a-time lock.
-fn reload_blocking(shared: &Shared, path: &Path, apply: bool) -> ReloadOutcome {
+fn reload_blocking(shared: &Arc<Shared>, path: &Path, apply: bool) -> ReloadOutcome {
     let mut phases = Phases::start();
     let file = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
@@ -346,9 +346,10 @@ fn reload_blocking(shared: &Shared, path: &Path, apply: bool) -> ReloadOutcome {
     let (generation, replaced) = shared.install(table);
     phases.mark("install");
     // The new table is in force. The old one goes once the last request that still
-    // holds it is done; freeing tens of thousands of routes and pools takes a few ms,
-    // which no reload caller needs to wait for.
-    drop_later(replaced);
+    // holds it is done; freeing tens of thousands of routes and pools, and pruning the
+    // backends only they used, takes a few ms, which no reload caller needs to wait for.
+    let retiring = shared.clone();
+    later(move || retiring.retire(replaced));
     ReloadOutcome {
         ok: true,
         applied: true,
@@ -422,13 +423,18 @@ fn summarize(d: &TableDiff) -> String {
 }
 
 /// Drop `value` on a blocking thread rather than here (a large routes table or an old
-/// snapshot: many small allocations to free). Outside a runtime, drops it at once.
+/// snapshot: many small allocations to free).
 fn drop_later<T: Send + 'static>(value: T) {
+    later(move || drop(value));
+}
+
+/// Run `work` on a blocking thread of the runtime (at once, outside a runtime).
+fn later(work: impl FnOnce() + Send + 'static) {
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
-            rt.spawn_blocking(move || drop(value));
+            rt.spawn_blocking(work);
         }
-        Err(_) => drop(value),
+        Err(_) => work(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The daemon's shared state: the current route snapshot (swapped whole) and the
 //! long-lived parts that outlive a snapshot (upstream health, certificates).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -68,18 +68,21 @@ impl Shared {
         let generation = old.generation + 1;
         let snapshot = build_snapshot(table, generation, &self.registry, Some(&old));
         drop(old);
-        let in_use: HashSet<_> = snapshot
-            .pools
-            .values()
-            .flat_map(|p| p.members().iter().map(|b| b.addr).collect::<Vec<_>>())
-            .collect();
         if let Some(m) = self.metrics.get() {
             // Handles for the new ids before requests can route to them.
             m.sync_routes(&snapshot.table);
         }
         let replaced = self.snapshot.swap(Arc::new(snapshot));
-        self.registry.retain(&in_use);
         (generation, replaced)
+    }
+
+    /// Free a snapshot that [`Shared::install`] replaced, then forget the backends that
+    /// no pool holds any more (those only the old table used). Not on a reload's
+    /// critical path: see `control.rs`. Backends that requests still in flight on the
+    /// old table hold stay until a later prune.
+    pub fn retire(&self, replaced: Arc<Snapshot>) {
+        drop(replaced);
+        self.registry.prune_unused();
     }
 }
 
@@ -105,5 +108,62 @@ fn build_snapshot(
         table,
         pools,
         generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> RouteTable {
+        routes::parse("t.toml", text).unwrap()
+    }
+
+    #[test]
+    fn install_keeps_unchanged_pools_with_their_health_and_retire_forgets_the_rest() {
+        let dir = std::env::temp_dir().join(format!("proxyd-state-test-{}", std::process::id()));
+        let store = certs::Store::open(&dir).unwrap();
+        let certs = certs::CertManager::new(store, None, Arc::new(certs::CertResolver::new()));
+        let a = r#"
+[[route]]
+name = "keep"
+hosts = ["keep.test"]
+upstreams = ["127.0.0.1:1"]
+[[route]]
+name = "move"
+hosts = ["move.test"]
+upstreams = ["127.0.0.1:2"]
+"#;
+        let shared = Shared::new(table(a), certs, None);
+        let first = shared.snapshot.load_full();
+        let keep = first.pools["keep"].clone();
+        let down = keep.members()[0].clone();
+        down.report_connect_failure();
+        let moved = Arc::downgrade(&first.pools["move"].members()[0]);
+        drop(first);
+
+        let (generation, replaced) = shared.install(table(&a.replace(":2\"", ":3\"")));
+        assert_eq!((generation, replaced.generation), (2, 1));
+        let now = shared.snapshot.load_full();
+        assert_eq!(now.generation, 2);
+        assert!(
+            Arc::ptr_eq(&now.pools["keep"], &keep),
+            "an unchanged route keeps its pool"
+        );
+        assert!(
+            !now.pools["keep"].members()[0].is_healthy(),
+            "and its health"
+        );
+        assert_eq!(now.pools["move"].members()[0].addr.port(), 3);
+        // The replaced snapshot holds the old backend until it is retired; then the
+        // registry forgets it, and keeps the backends the new table uses.
+        assert!(moved.upgrade().is_some());
+        shared.retire(replaced);
+        assert!(moved.upgrade().is_none());
+        assert!(Arc::ptr_eq(
+            &shared.registry.get_or_create(down.addr),
+            &down
+        ));
+        std::fs::remove_dir_all(dir).ok();
     }
 }

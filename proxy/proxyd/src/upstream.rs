@@ -94,13 +94,8 @@ impl Registry {
             .clone()
     }
 
-    /// Forget backends that no pool uses any more.
-    pub fn retain(&self, in_use: &HashSet<SocketAddr>) {
-        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|addr, _| in_use.contains(addr));
-    }
-
-    /// Forget backends that nothing holds but this map (addresses DNS moved away from).
+    /// Forget backends that nothing holds but this map: addresses DNS moved away from,
+    /// and, after a reload, those only the replaced table used (`Shared::retire`).
     /// Safe against a concurrent reload: a pool takes its backends under the same lock.
     pub fn prune_unused(&self) {
         let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
