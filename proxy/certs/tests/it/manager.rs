@@ -95,6 +95,40 @@ fn ensure_issues_one_certificate_for_the_uncovered_names_of_a_group() {
 }
 
 #[test]
+fn ensure_counts_a_name_covered_exactly_as_a_client_would() {
+    let (_t, store) = temp_store();
+    drop_in(
+        &store,
+        "_wildcard.w.test",
+        &self_signed(&["*.w.test", "exact.test"], -1, 60, "manual"),
+    );
+    let m = manager(store, true);
+    let r = m.ensure(&[
+        strings(&["a.w.test"]),   // one label under the wildcard: covered
+        strings(&["a.b.w.test"]), // two labels under it: not
+        strings(&["*.w.test"]),   // the wildcard itself: covered
+        strings(&["*.x.w.test"]), // a wildcard one level down: not
+        strings(&["Exact.test."]),
+        strings(&["w.test"]), // the wildcard's parent: not
+        // A certificate issued by this very call covers later groups too.
+        strings(&["new.test", "*.new.test"]),
+        strings(&["x.new.test"]),
+    ]);
+    assert_eq!(
+        r.issued,
+        ["a.b.w.test", "_wildcard.x.w.test", "w.test", "new.test"],
+        "{r:?}"
+    );
+    assert_eq!(m.resolver().lookup("x.new.test").unwrap().id, "new.test");
+    assert_eq!(
+        m.resolver().lookup("exact.test").unwrap().id,
+        "_wildcard.w.test"
+    );
+    let again = m.ensure(&[strings(&["a.b.w.test", "x.new.test", "a.w.test"])]);
+    assert!(again.issued.is_empty(), "{again:?}");
+}
+
+#[test]
 fn ensure_renews_local_certificates_with_a_third_of_their_life_left() {
     let (_t, store) = temp_store();
     // 30-day certificates with 5 days left.
