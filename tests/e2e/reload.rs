@@ -127,6 +127,18 @@ async fn reloads_under_steady_traffic_lose_no_request_and_route_as_the_table_say
                 let host = if n % 2 == 0 { "r.test" } else { "steady.test" };
                 match conn.get(host, &format!("/w{i}/{n}")).await {
                     Ok(resp) if resp.status == 200 => {
+                        // After guard::KEEPALIVE_REQUESTS (1000) requests on one HTTP/1.1
+                        // connection the proxy says `Connection: close`: as every client
+                        // does, go on with a new connection.
+                        if resp
+                            .header("connection")
+                            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                        {
+                            match Conn::https(addr, &ca, "r.test", alpn).await {
+                                Ok(c) => conn = c,
+                                Err(e) => failures.push(format!("reconnect: {e:#}")),
+                            }
+                        }
                         let backend = resp.backend();
                         let tag = resp.seen_header("x-table");
                         let consistent = match backend.as_str() {

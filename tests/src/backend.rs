@@ -24,6 +24,10 @@ use crate::body::{self, Body};
 /// Response header naming the backend that answered (also on websocket upgrades).
 pub const BACKEND_HEADER: &str = "x-backend";
 
+/// Request header whose value the backend remembers ([`Backend::saw_request`]): tells a
+/// request the upstream never got from one whose answer was lost on the way back.
+pub const REQUEST_ID_HEADER: &str = "x-test-request-id";
+
 /// An HTTP/1.1 upstream bound to `127.0.0.1:0`.
 ///
 /// Every request is answered with a JSON document describing what the backend saw:
@@ -55,6 +59,8 @@ struct Stats {
     body_bytes: AtomicU64,
     websockets: AtomicU64,
     connections: AtomicU64,
+    /// Values of [`REQUEST_ID_HEADER`] seen.
+    request_ids: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Clone)]
@@ -121,6 +127,11 @@ impl Backend {
     /// Websocket upgrades accepted.
     pub fn websockets(&self) -> u64 {
         self.stats.websockets.load(Ordering::SeqCst)
+    }
+
+    /// Whether a request with this [`REQUEST_ID_HEADER`] value reached this backend.
+    pub fn saw_request(&self, id: &str) -> bool {
+        self.stats.request_ids.lock().unwrap().contains(id)
     }
 
     /// TCP connections accepted.
@@ -250,6 +261,10 @@ async fn handle(
     upgrades: mpsc::UnboundedSender<OnUpgrade>,
 ) -> Response<Body> {
     ctx.stats.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(id) = req.headers().get(REQUEST_ID_HEADER) {
+        let id = String::from_utf8_lossy(id.as_bytes()).into_owned();
+        ctx.stats.request_ids.lock().unwrap().insert(id);
+    }
     if is_websocket(req.headers()) {
         let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
             return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");

@@ -422,6 +422,16 @@ impl Manager {
         match result {
             Ok(cert) => {
                 self.orders_issued.fetch_add(1, Ordering::Relaxed);
+                let renew_at = schedule::fallback_renewal_time(
+                    cert.not_before,
+                    cert.not_after,
+                    schedule::random01(),
+                );
+                // The schedule first, then the certificate: `status` (proxyctl certs,
+                // metrics) never shows a served certificate without its next renewal.
+                if let Some(e) = self.lock().get_mut(id) {
+                    e.renew_at = Some(renew_at);
+                }
                 self.host.certs().install(cert.clone());
                 let done = SystemTime::now();
                 let meta = Meta {
@@ -436,11 +446,6 @@ impl Manager {
                 if let Err(e) = store.write_meta(id, &meta) {
                     tracing::warn!(cert = %id, "ACME: {e}");
                 }
-                let renew_at = schedule::fallback_renewal_time(
-                    cert.not_before,
-                    cert.not_after,
-                    schedule::random01(),
-                );
                 // With ARI, ask the CA again soon rather than trusting the fallback.
                 let next_check = if self.ari.load(Ordering::Relaxed) == ARI_YES {
                     renew_at.min(done + ARI_RECHECK_MAX)

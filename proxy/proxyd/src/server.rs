@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
-use pingora::listeners::TcpSocketOptions;
+use pingora::listeners::{ListenerConfig, TcpSocketOptions};
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -198,7 +199,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let https_app = crate::metrics::Counted::new(https_app, metrics.clone(), "https");
     let mut https = Service::new("https".to_string(), https_app);
     for addr in &args.https {
-        https.add_tcp_with_settings(&addr.to_string(), socket_options(addr));
+        https.add_listener(public_listener(addr));
     }
     let mut http_proxy = pingora::proxy::http_proxy(
         &server.configuration,
@@ -217,7 +218,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         ),
     );
     for addr in &args.http {
-        http.add_tcp_with_settings(&addr.to_string(), socket_options(addr));
+        http.add_listener(public_listener(addr));
     }
     let health = background_service(
         "upstream health",
@@ -318,6 +319,21 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         "proxyd starting"
     );
     server.run_forever()
+}
+
+/// Read buffer under each client connection (pingora's default is 64 KiB, held for as
+/// long as the connection lives, idle or not). 16 KiB is one full TLS record per read
+/// syscall; rustls reads 4 KiB at a time above it.
+const CLIENT_READ_BUFFER: usize = 16 * 1024;
+
+/// A public listener: its socket options and client read buffer.
+fn public_listener(addr: &std::net::SocketAddr) -> ListenerConfig {
+    ListenerConfig::tcp(addr.to_string())
+        .tcp_socket_options(socket_options(addr))
+        .l4_buffer(L4BufferSettings {
+            read: Some(CLIENT_READ_BUFFER),
+            write: None,
+        })
 }
 
 fn socket_options(addr: &std::net::SocketAddr) -> TcpSocketOptions {

@@ -43,6 +43,47 @@ impl<A> TlsApp<A> {
     }
 }
 
+impl<A> TlsApp<A> {
+    /// The rustls handshake of a new connection: the TLS stream to serve, or `None`
+    /// when the handshake failed, timed out, or was a TLS-ALPN-01 validation (answered
+    /// by the handshake itself, then closed).
+    async fn handshake(&self, stream: Stream) -> Option<Stream> {
+        let l4 = *stream.into_any().downcast::<L4Stream>().ok()?;
+        let peer = l4.get_socket_digest();
+        let peer = move || {
+            peer.as_ref()
+                .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+                .unwrap_or_default()
+        };
+        let handshake =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.tls_handshake(l4)).await;
+        if let Some(m) = &self.metrics {
+            m.tls_handshake_done(&handshake);
+        }
+        let mut tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(client = %peer(), error = %e, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(client = %peer(), "TLS handshake timed out");
+                return None;
+            }
+        };
+        if tls
+            .selected_alpn_proto()
+            .is_some_and(|p| matches!(&p, ALPN::Custom(c) if c.protocol() == certs::ACME_TLS_ALPN))
+        {
+            // A TLS-ALPN-01 validation: the handshake was the whole answer (RFC 8737).
+            tracing::debug!(client = %peer(), "answered an ACME TLS-ALPN-01 validation");
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.shutdown()).await;
+            return None;
+        }
+        Some(Box::new(tls))
+    }
+}
+
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsApp<A> {
     async fn process_new(
@@ -54,38 +95,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsApp<A> {
             // A reused stream coming back is already TLS: hand it on as it is.
             return self.inner.process_new(stream, shutdown).await;
         }
-        let l4 = *stream.into_any().downcast::<L4Stream>().ok()?;
-        let peer = l4
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
-            .unwrap_or_default();
-        let handshake =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.tls_handshake(l4)).await;
-        if let Some(m) = &self.metrics {
-            m.tls_handshake_done(&handshake);
-        }
-        let tls = match handshake {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!(client = %peer, "TLS handshake timed out");
-                return None;
-            }
-        };
-        if tls
-            .selected_alpn_proto()
-            .is_some_and(|p| matches!(&p, ALPN::Custom(c) if c.protocol() == certs::ACME_TLS_ALPN))
-        {
-            // A TLS-ALPN-01 validation: the handshake was the whole answer (RFC 8737).
-            tracing::debug!(client = %peer, "answered an ACME TLS-ALPN-01 validation");
-            let mut tls = tls;
-            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.shutdown()).await;
-            return None;
-        }
-        self.inner.process_new(Box::new(tls), shutdown).await
+        // Boxed: the handshake's state (the rustls connection while it is built, the
+        // timeout, the result) lives on the heap only until the handshake is done, not
+        // in this future for as long as the connection lives.
+        let tls = Box::pin(self.handshake(stream)).await?;
+        self.inner.process_new(tls, shutdown).await
     }
 
     async fn cleanup(&self) {

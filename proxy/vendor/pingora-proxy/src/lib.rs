@@ -156,6 +156,7 @@ impl ShardedNotify {
     ///
     /// A task can migrate after registering, but its [`Notified`](tokio::sync::futures::Notified)
     /// future remains bound to this shard and shutdown notifies every shard.
+    #[allow(dead_code)] // proxyd: only await_shutdown used it
     fn local(&self) -> &Notify {
         static NEXT_THREAD_ID: AtomicUsize = AtomicUsize::new(0);
         thread_local! {
@@ -303,6 +304,7 @@ where
     /// `shutdown_flag` is checked, so a shutdown firing in between cannot be
     /// missed: either the flag load sees the store, or the registered waiter
     /// receives the notification.
+    #[allow(dead_code)] // proxyd: unused since the shutdown patch in handle_new_request
     async fn await_shutdown(&self) {
         let notified = self.shutdown.local().notified();
         tokio::pin!(notified);
@@ -329,14 +331,15 @@ where
     {
         // phase 1 read request header
 
-        let res = tokio::select! {
-            biased; // biased select is cheaper, and we don't want to drop already buffered requests
-            res = downstream_session.read_request() => { res }
-            _ = self.await_shutdown() => {
-                // service shutting down, dropping the connection to stop more req from coming in
-                return None;
-            }
-        };
+        // proxyd: an idle keep-alive connection is not dropped when the service shuts
+        // down (upstream pingora returns here on `await_shutdown`): a request the client
+        // sends at that moment would be lost (a reset, or EOF with no answer). Instead its
+        // next request is served with `Connection: close` (keep-alive is off once the
+        // shutdown started, see `process_new_http`), and a connection that stays idle is
+        // cut when the grace period ends, like HAProxy's `idle-close-on-response`. Slow or
+        // silent clients are bounded by proxyd's head timeout and pingora's keep-alive
+        // timeout. See proxy/vendor/README.md.
+        let res = downstream_session.read_request().await;
         match res {
             Ok(true) => {
                 // TODO: check n==0
@@ -1592,7 +1595,10 @@ where
                 .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
         }
 
-        self.process_request(session, ctx).await
+        // proxyd: boxed, so that a keep-alive connection waiting for its next request
+        // (in `handle_new_request` above) holds a small future, not the whole request
+        // state machine (~14 KB); see proxy/vendor/README.md.
+        Box::pin(self.process_request(session, ctx)).await
     }
 
     async fn http_cleanup(&self) {
