@@ -110,19 +110,56 @@ impl Context<'_> {
     }
 }
 
+/// One `[[route]]` or `[[redirect]]` as walked: what it claims (its hosts with their
+/// positions, its path, its id), which the duplicate checks borrow once every entry has
+/// been walked, and the rest of the entry when all of it is valid.
+struct Walked<'a, T> {
+    hosts: Vec<(HostPattern, usize)>,
+    path: Option<String>,
+    /// The id, where it was given (`name`, or the entry's header), whether `name` gave it.
+    id: Option<(String, usize, bool)>,
+    context: Context<'a>,
+    rest: Option<T>,
+}
+
 /// A host + path some entry claims, for the duplicate check.
-struct Claim<'a> {
-    key: (HostPattern, String),
+struct Claim<'w, 'a> {
+    key: (&'w HostPattern, &'w str),
     at: usize,
     context: Context<'a>,
 }
 
 /// An id some entry claims, for the duplicate check.
-struct IdClaim<'a> {
-    id: String,
+struct IdClaim<'w, 'a> {
+    id: &'w str,
     at: usize,
     explicit: bool,
     context: Context<'a>,
+}
+
+/// The fields of a valid route besides its claims.
+struct RouteRest {
+    strip_prefix: bool,
+    upstreams: Vec<Upstream>,
+    lb: LbPolicy,
+    policy: Arc<Policy>,
+}
+
+/// The fields of a valid redirect besides its claims.
+struct RedirectRest {
+    to: String,
+    keep_path: bool,
+    status: u16,
+    https_redirect: bool,
+}
+
+impl<'a, T> Walked<'a, T> {
+    /// The valid entry's hosts (positions dropped), path, id and the rest.
+    fn into_parts(self) -> Option<(Vec<HostPattern>, String, String, T)> {
+        let rest = self.rest?;
+        let hosts = self.hosts.into_iter().map(|(h, _)| h).collect();
+        Some((hosts, self.path?, self.id?.0, rest))
+    }
 }
 
 /// `[defaults]`: its keys, and the policy of every route that sets none of its own
@@ -293,31 +330,37 @@ impl<'a> Cx<'a> {
             lb,
         };
 
-        let mut claims = Vec::new();
-        let mut ids = Vec::new();
         let mut routes = Vec::new();
         let mut redirects = Vec::new();
         for (key, v) in entries(root) {
             match key.get_ref().as_ref() {
                 "defaults" => {}
                 "route" => {
-                    for (n, item) in self.array_of_tables("route", v).into_iter().enumerate() {
+                    let items = self.array_of_tables("route", v);
+                    routes.reserve(items.len());
+                    for (n, item) in items.into_iter().enumerate() {
                         self.context = Context::Item("route", n + 1, item.get_ref());
                         let before = self.diags.len();
-                        let route = self.route(item, &defaults, &mut claims, &mut ids);
-                        if self.diags.len() == before {
-                            routes.extend(route);
+                        if let Some(mut walked) = self.route(item, &defaults) {
+                            if self.diags.len() != before {
+                                walked.rest = None;
+                            }
+                            routes.push(walked);
                         }
                     }
                     self.context = Context::Top;
                 }
                 "redirect" => {
-                    for (n, item) in self.array_of_tables("redirect", v).into_iter().enumerate() {
+                    let items = self.array_of_tables("redirect", v);
+                    redirects.reserve(items.len());
+                    for (n, item) in items.into_iter().enumerate() {
                         self.context = Context::Item("redirect", n + 1, item.get_ref());
                         let before = self.diags.len();
-                        let redirect = self.redirect(item, &defaults, &mut claims, &mut ids);
-                        if self.diags.len() == before {
-                            redirects.extend(redirect);
+                        if let Some(mut walked) = self.redirect(item, &defaults) {
+                            if self.diags.len() != before {
+                                walked.rest = None;
+                            }
+                            redirects.push(walked);
                         }
                     }
                     self.context = Context::Top;
@@ -325,8 +368,34 @@ impl<'a> Cx<'a> {
                 _ => self.unknown_key(key, TOP_KEYS, ""),
             }
         }
-        self.check_duplicates(claims, ids);
+        self.check_duplicates(&routes, &redirects);
         // Both arrays were walked in file order.
+        let routes = routes
+            .into_iter()
+            .filter_map(Walked::into_parts)
+            .map(|(hosts, path, id, r)| Route {
+                id,
+                hosts,
+                path,
+                strip_prefix: r.strip_prefix,
+                upstreams: r.upstreams,
+                lb: r.lb,
+                policy: r.policy,
+            })
+            .collect();
+        let redirects = redirects
+            .into_iter()
+            .filter_map(Walked::into_parts)
+            .map(|(hosts, path, id, r)| Redirect {
+                id,
+                hosts,
+                path,
+                to: r.to,
+                keep_path: r.keep_path,
+                status: r.status,
+                https_redirect: r.https_redirect,
+            })
+            .collect();
         (routes, redirects)
     }
 
@@ -337,7 +406,7 @@ impl<'a> Cx<'a> {
             self.type_error(name, &expected, v);
             return Vec::new();
         };
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(items.len());
         for item in items.iter() {
             if item.get_ref().is_table() {
                 out.push(item);
@@ -527,46 +596,20 @@ impl<'a> Cx<'a> {
         Some((s.to_string(), v.span().start))
     }
 
-    /// Record the id and host+path claims of one entry.
-    #[allow(clippy::too_many_arguments)]
-    fn claim(
-        &self,
+    /// The id of an entry: its `name`, else `<main host><path>`.
+    fn entry_id(
         name: Option<(String, usize)>,
         hosts: &[(HostPattern, usize)],
         path: Option<&str>,
         header_at: usize,
-        claims: &mut Vec<Claim<'a>>,
-        ids: &mut Vec<IdClaim<'a>>,
-    ) -> Option<String> {
-        if let Some(path) = path {
-            for (h, at) in hosts {
-                claims.push(Claim {
-                    key: (h.clone(), path.to_string()),
-                    at: *at,
-                    context: self.context,
-                });
-            }
+    ) -> Option<(String, usize, bool)> {
+        match name {
+            Some((name, at)) => Some((name, at, true)),
+            None => Some((format!("{}{}", hosts.first()?.0, path?), header_at, false)),
         }
-        let (id, at, explicit) = match name {
-            Some((name, at)) => (name, at, true),
-            None => (format!("{}{}", hosts.first()?.0, path?), header_at, false),
-        };
-        ids.push(IdClaim {
-            id: id.clone(),
-            at,
-            explicit,
-            context: self.context,
-        });
-        Some(id)
     }
 
-    fn route(
-        &mut self,
-        item: &Value,
-        defaults: &Defaults,
-        claims: &mut Vec<Claim<'a>>,
-        ids: &mut Vec<IdClaim<'a>>,
-    ) -> Option<Route> {
+    fn route(&mut self, item: &Value, defaults: &Defaults) -> Option<Walked<'a, RouteRest>> {
         let DeValue::Table(t) = item.get_ref() else {
             return None;
         };
@@ -594,7 +637,7 @@ impl<'a> Cx<'a> {
         let hosts = self.hosts(t, header_at);
         let path = self.path(t);
         let upstreams = self.upstreams(t, header_at);
-        let id = self.claim(name, &hosts, path.as_deref(), header_at, claims, ids);
+        let id = Self::entry_id(name, &hosts, path.as_deref(), header_at);
 
         let (policy, lb) = if own.is_empty() {
             (defaults.policy.clone(), defaults.lb)
@@ -602,14 +645,21 @@ impl<'a> Cx<'a> {
             let (policy, lb) = merge(&defaults.keys, &own);
             (Arc::new(policy), lb)
         };
-        Some(Route {
-            id: id?,
-            hosts: hosts.into_iter().map(|(h, _)| h).collect(),
-            path: path?,
-            strip_prefix: strip_prefix?,
-            upstreams: upstreams?,
-            lb,
-            policy,
+        let rest = match (strip_prefix, upstreams) {
+            (Some(strip_prefix), Some(upstreams)) => Some(RouteRest {
+                strip_prefix,
+                upstreams,
+                lb,
+                policy,
+            }),
+            _ => None,
+        };
+        Some(Walked {
+            hosts,
+            path,
+            id,
+            context: self.context,
+            rest,
         })
     }
 
@@ -632,7 +682,7 @@ impl<'a> Cx<'a> {
             return None;
         }
         let mut ok = true;
-        let mut out: Vec<Upstream> = Vec::new();
+        let mut out: Vec<Upstream> = Vec::with_capacity(items.len());
         for item in items.iter() {
             let parsed = match item.get_ref() {
                 DeValue::String(s) => match values::upstream(s) {
@@ -739,13 +789,7 @@ impl<'a> Cx<'a> {
         })
     }
 
-    fn redirect(
-        &mut self,
-        item: &Value,
-        defaults: &Defaults,
-        claims: &mut Vec<Claim<'a>>,
-        ids: &mut Vec<IdClaim<'a>>,
-    ) -> Option<Redirect> {
+    fn redirect(&mut self, item: &Value, defaults: &Defaults) -> Option<Walked<'a, RedirectRest>> {
         let DeValue::Table(t) = item.get_ref() else {
             return None;
         };
@@ -781,15 +825,22 @@ impl<'a> Cx<'a> {
                 .checked("to", v, "a string", values::redirect_to)
                 .and_then(|to| self.check_redirect_to(v, to, &hosts, path.as_deref(), keep_path)),
         };
-        let id = self.claim(name, &hosts, path.as_deref(), header_at, claims, ids);
-        Some(Redirect {
-            id: id?,
-            hosts: hosts.into_iter().map(|(h, _)| h).collect(),
-            path: path?,
-            to: to?.to,
-            keep_path: keep_path?,
-            status: status?,
-            https_redirect: https_redirect?,
+        let id = Self::entry_id(name, &hosts, path.as_deref(), header_at);
+        let rest = match (to, keep_path, status, https_redirect) {
+            (Some(to), Some(keep_path), Some(status), Some(https_redirect)) => Some(RedirectRest {
+                to: to.to,
+                keep_path,
+                status,
+                https_redirect,
+            }),
+            _ => None,
+        };
+        Some(Walked {
+            hosts,
+            path,
+            id,
+            context: self.context,
+            rest,
         })
     }
 
@@ -848,9 +899,39 @@ impl<'a> Cx<'a> {
     }
 
     /// Duplicate host+path pairs and duplicate ids, reported at the later one in the file.
-    fn check_duplicates(&mut self, mut claims: Vec<Claim<'a>>, mut ids: Vec<IdClaim<'a>>) {
+    fn check_duplicates<R, D>(&mut self, routes: &[Walked<'a, R>], redirects: &[Walked<'a, D>]) {
+        // Borrowed from the walked entries: no copy of any host, path or id.
+        let mut claims: Vec<Claim> = Vec::with_capacity(routes.len() + redirects.len());
+        let mut ids: Vec<IdClaim> = Vec::with_capacity(routes.len() + redirects.len());
+        let walked = routes
+            .iter()
+            .map(|w| (&w.hosts, &w.path, &w.id, w.context))
+            .chain(
+                redirects
+                    .iter()
+                    .map(|w| (&w.hosts, &w.path, &w.id, w.context)),
+            );
+        for (hosts, path, id, context) in walked {
+            if let Some(path) = path {
+                for (h, at) in hosts {
+                    claims.push(Claim {
+                        key: (h, path),
+                        at: *at,
+                        context,
+                    });
+                }
+            }
+            if let Some((id, at, explicit)) = id {
+                ids.push(IdClaim {
+                    id,
+                    at: *at,
+                    explicit: *explicit,
+                    context,
+                });
+            }
+        }
         claims.sort_by_key(|c| c.at);
-        let mut first: FastMap<&(HostPattern, String), usize> = FastMap::default();
+        let mut first: FastMap<(&HostPattern, &str), usize> = FastMap::default();
         first.reserve(claims.len());
         let mut found = Vec::new();
         for c in &claims {
@@ -863,14 +944,14 @@ impl<'a> Cx<'a> {
                 );
                 found.push((c.at, msg, c.context));
             } else {
-                first.insert(&c.key, c.at);
+                first.insert(c.key, c.at);
             }
         }
         ids.sort_by_key(|c| c.at);
         let mut first: FastMap<&str, &IdClaim> = FastMap::default();
         first.reserve(ids.len());
         for c in &ids {
-            match first.get(c.id.as_str()) {
+            match first.get(c.id) {
                 // Two default ids are equal only if their first host and path are: the
                 // host+path check has already reported that.
                 Some(f) if !f.explicit && !c.explicit => {}
@@ -883,7 +964,7 @@ impl<'a> Cx<'a> {
                     found.push((c.at, msg, c.context));
                 }
                 None => {
-                    first.insert(&c.id, c);
+                    first.insert(c.id, c);
                 }
             }
         }
