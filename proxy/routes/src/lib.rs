@@ -101,8 +101,9 @@ pub struct RouteTable {
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PathSet {
-    /// Sorted by prefix length ([`Target::path`]), longest first.
-    pub(crate) entries: Vec<Target>,
+    /// Prefix (the target's path, kept beside it so a lookup reads no route) and
+    /// target, sorted by prefix length, longest first.
+    pub(crate) entries: Vec<(Box<str>, Target)>,
 }
 
 /// What a (host, path) resolves to.
@@ -430,7 +431,10 @@ impl RouteTable {
 
 impl PathSet {
     fn find(&self, path: &str) -> Option<&Target> {
-        self.entries.iter().find(|t| path_matches(t.path(), path))
+        self.entries
+            .iter()
+            .find(|(prefix, _)| path_matches(prefix, path))
+            .map(|(_, t)| t)
     }
 }
 

@@ -1127,13 +1127,13 @@ fn build(routes: Vec<Route>, redirects: Vec<Redirect>) -> RouteTable {
                 HostPattern::Exact(h) => exact.entry(h.clone()).or_default(),
                 HostPattern::Wildcard(s) => wildcard.entry(s.clone()).or_default(),
             };
-            set.entries.push(target.clone());
+            set.entries.push((target.path().into(), target.clone()));
         }
     }
     for set in exact.values_mut().chain(wildcard.values_mut()) {
         // Stable: equal lengths keep file order (and never both match one path).
         set.entries
-            .sort_by_key(|t| std::cmp::Reverse(t.path().len()));
+            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
     }
     RouteTable {
         exact,

@@ -685,7 +685,7 @@ fn path_sets_are_sorted_longest_prefix_first() {
     let paths: Vec<&str> = t.exact["cloud.example.org"]
         .entries
         .iter()
-        .map(|t| t.path())
+        .map(|(p, _)| &**p)
         .collect();
     assert_eq!(paths, ["/.well-known/carddav", "/api/v2/", "/api", "/"]);
     assert_eq!(
