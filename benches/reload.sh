@@ -14,8 +14,8 @@ SIZES=${SIZES:-"10 1000 10000"}
 OUT=${OUT:-benches/results/reload.md}
 
 cargo build --release -q -p proxyd -p proxyctl
-PROXYD=target/release/proxyd
-PROXYCTL=target/release/proxyctl
+PROXYD=${PROXYD:-target/release/proxyd}    # or another build, to compare
+PROXYCTL=${PROXYCTL:-target/release/proxyctl}
 work=$(mktemp -d /tmp/proxyd-reload-bench.XXXXXX)
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$work"; }
