@@ -298,45 +298,48 @@ fn addresses(specs: &[Upstream], registry: &Registry) -> Vec<SocketAddr> {
 }
 
 /// The check of one backend, from the first pool that uses it.
-#[derive(Clone)]
 struct CheckPlan {
     backend: Arc<Backend>,
     http_path: Option<String>,
     host: String,
-    interval: Duration,
     timeout: Duration,
 }
 
 /// Runs the due health checks of every backend of `pools`, concurrently.
 /// `last` remembers when each address was checked.
+///
+/// Called every tick with every pool of the table: a tick where nothing is due only
+/// walks the pools into one map of addresses (no strings copied, no check planned).
 pub async fn run_checks<'a>(
     pools: impl Iterator<Item = &'a Arc<Pool>>,
     last: &mut HashMap<SocketAddr, Instant>,
 ) {
-    let mut plans: HashMap<SocketAddr, CheckPlan> = HashMap::new();
+    // Per address: the shortest interval of the pools that use it, and the first pool.
+    let mut seen: HashMap<SocketAddr, (Duration, &'a Arc<Pool>, Arc<Backend>)> =
+        HashMap::with_capacity(last.len());
     for pool in pools {
         for b in pool.members().iter() {
-            let plan = plans.entry(b.addr).or_insert_with(|| CheckPlan {
-                backend: b.clone(),
-                http_path: pool.health.http_path.clone(),
-                host: pool.health_host.clone(),
-                interval: pool.health.interval,
-                timeout: pool.check_timeout,
-            });
-            plan.interval = plan.interval.min(pool.health.interval);
+            seen.entry(b.addr)
+                .and_modify(|(interval, _, _)| *interval = (*interval).min(pool.health.interval))
+                .or_insert_with(|| (pool.health.interval, pool, b.clone()));
         }
     }
-    last.retain(|addr, _| plans.contains_key(addr));
+    last.retain(|addr, _| seen.contains_key(addr));
     let now = Instant::now();
-    let due: Vec<CheckPlan> = plans
-        .into_values()
-        .filter(|p| {
-            last.get(&p.backend.addr)
-                .is_none_or(|t| now.duration_since(*t) >= p.interval)
-        })
-        .collect();
-    for p in &due {
-        last.insert(p.backend.addr, now);
+    let mut due = Vec::new();
+    for (addr, (interval, pool, backend)) in seen {
+        if last
+            .get(&addr)
+            .is_none_or(|t| now.duration_since(*t) >= interval)
+        {
+            last.insert(addr, now);
+            due.push(CheckPlan {
+                backend,
+                http_path: pool.health.http_path.clone(),
+                host: pool.health_host.clone(),
+                timeout: pool.check_timeout,
+            });
+        }
     }
     let checks = due.into_iter().map(|p| async move {
         let result = tokio::time::timeout(p.timeout, check(&p)).await;
