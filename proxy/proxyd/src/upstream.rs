@@ -249,13 +249,13 @@ impl Pool {
                 h.finish() as usize
             }),
         };
-        let candidates = (0..n).map(|i| &members[(start.wrapping_add(i)) % n]);
+        let mut candidates = (0..n).map(|i| &members[(start.wrapping_add(i)) % n]);
         let untried = |b: &&Arc<Backend>| !tried.contains(&b.addr);
         candidates
             .clone()
             .filter(untried)
             .find(|b| b.is_healthy())
-            .or_else(|| candidates.filter(untried).next())
+            .or_else(|| candidates.find(untried))
             .cloned()
     }
 }
