@@ -124,7 +124,11 @@ async fn reloads_under_steady_traffic_lose_no_request_and_route_as_the_table_say
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let host = if n.is_multiple_of(2) { "r.test" } else { "steady.test" };
+                let host = if n.is_multiple_of(2) {
+                    "r.test"
+                } else {
+                    "steady.test"
+                };
                 match conn.get(host, &format!("/w{i}/{n}")).await {
                     Ok(resp) if resp.status == 200 => {
                         // After guard::KEEPALIVE_REQUESTS (1000) requests on one HTTP/1.1
