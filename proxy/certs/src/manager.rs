@@ -209,8 +209,6 @@ impl CertManager {
     }
 }
 
-/// Covers `name`, is valid at `now`, and, when issued locally, has more than a third of
-/// its lifetime left (other issuers renew on their own schedule).
 /// Held certificates by each name they carry (`a.example.org`, `*.example.org`).
 #[derive(Default)]
 struct NameIndex {
@@ -248,6 +246,8 @@ impl NameIndex {
     }
 }
 
+/// Covers `name`, is valid at `now`, and, when issued locally, has more than a third of
+/// its lifetime left (other issuers renew on their own schedule).
 fn usable_for(cert: &StoredCert, name: &str, now: SystemTime) -> bool {
     if !cert.covers(name) || now < cert.not_before || now >= cert.not_after {
         return false;

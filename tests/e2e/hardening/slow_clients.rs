@@ -238,26 +238,38 @@ async fn slow_but_steady_body_is_served() {
     assert!(text.contains("\"body_len\":8"), "{text}");
 }
 
+/// An HTTP/2 connection to a.test, and the HEADERS frame (stream 1) of a POST to `path`
+/// announcing a body of `content_length` bytes, not sent yet.
+async fn h2_post(
+    proxy: &Proxy,
+    path: &str,
+    content_length: u64,
+) -> (tests::hostile::h2::Conn, Vec<u8>) {
+    use tests::hostile::h2::{self, frame, header_block};
+    let conn = h2::Conn::open(proxy.https_addr(), &proxy.ca_pem(), "a.test")
+        .await
+        .unwrap();
+    let len = content_length.to_string();
+    let head = header_block(&[
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", "a.test"),
+        (":path", path),
+        ("content-length", &len),
+    ]);
+    (conn, frame(h2::HEADERS, h2::END_HEADERS, 1, &head))
+}
+
 /// HTTP/2: a stream whose body stops is not held for ever. pingora cannot reset one
 /// stream from outside its session, so the client's connection is closed after
 /// `--client-body-timeout` without body progress; the upstream never gets a complete
 /// request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_h2_body_is_cut() {
-    use tests::hostile::h2::{self, frame, header_block};
+    use tests::hostile::h2::{self, frame};
     let a = Backend::start("a").await;
     let proxy = start(&a).await;
-    let mut conn = h2::Conn::open(proxy.https_addr(), &proxy.ca_pem(), "a.test")
-        .await
-        .unwrap();
-    let head = header_block(&[
-        (":method", "POST"),
-        (":scheme", "https"),
-        (":authority", "a.test"),
-        (":path", "/h2-stall"),
-        ("content-length", "100"),
-    ]);
-    let mut bytes = frame(h2::HEADERS, h2::END_HEADERS, 1, &head);
+    let (mut conn, mut bytes) = h2_post(&proxy, "/h2-stall", 100).await;
     bytes.extend(frame(h2::DATA, 0, 1, b"0123456789"));
     conn.send(&bytes).await.unwrap();
     let started = Instant::now();
@@ -296,22 +308,11 @@ async fn stalled_h2_body_is_cut() {
 /// HTTP/2 uploads that keep moving are not cut, however long they take in all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_but_steady_h2_body_is_served() {
-    use tests::hostile::h2::{self, frame, header_block};
+    use tests::hostile::h2::{self, frame};
     let a = Backend::start("a").await;
     let proxy = start(&a).await;
-    let mut conn = h2::Conn::open(proxy.https_addr(), &proxy.ca_pem(), "a.test")
-        .await
-        .unwrap();
-    let head = header_block(&[
-        (":method", "POST"),
-        (":scheme", "https"),
-        (":authority", "a.test"),
-        (":path", "/h2-steady"),
-        ("content-length", "8"),
-    ]);
-    conn.send(&frame(h2::HEADERS, h2::END_HEADERS, 1, &head))
-        .await
-        .unwrap();
+    let (mut conn, head) = h2_post(&proxy, "/h2-steady", 8).await;
+    conn.send(&head).await.unwrap();
     for i in 0..8 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let flags = if i == 7 { h2::END_STREAM } else { 0 };
