@@ -359,11 +359,15 @@ where
                         .respond_error(400)
                         .await
                         .unwrap_or_else(|e| {
-                            error!("failed to send error response to downstream: {e}");
+                            debug!("failed to send error response to downstream: {e}");
                         });
                 } else {
                     // otherwise the connection must be broken, no need to send anything
-                    error!(
+                    // proxyd: a client that closes mid-head, or trips the head timeout or
+                    // size limit, is the client's business: debug, not error, so a loop of
+                    // such connections cannot flood the log; proxyd counts them
+                    // (proxy/vendor/README.md).
+                    debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
@@ -392,7 +396,7 @@ where
                 .respond_error(405)
                 .await
                 .unwrap_or_else(|e| {
-                    error!("failed to send error response to downstream: {e}");
+                    debug!("failed to send error response to downstream: {e}");
                 });
             downstream_session.shutdown().await;
             return None;

@@ -342,7 +342,9 @@ where
                             }
                         },
                         Err(e) => {
-                           warn!("send error, draining read buf: {e}");
+                           // proxyd: debug; a request that fails for it is reported
+                           // once by fail_to_proxy (proxy/vendor/README.md).
+                           debug!("send error, draining read buf: {e}");
                            request_done = true;
 
                            // Built-in HTTP downstream sessions are expected to reject
@@ -849,7 +851,8 @@ where
                     debug!("finished sending body to downstream");
                 }
                 Err(e) => {
-                    error!("Error finish sending body to downstream: {}", e);
+                    // proxyd: the client went away; its business (proxy/vendor/README.md).
+                    debug!("Error finish sending body to downstream: {}", e);
                     reuse_downstream = false;
                 }
             }

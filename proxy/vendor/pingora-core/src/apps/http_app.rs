@@ -16,7 +16,7 @@
 
 use async_trait::async_trait;
 use http::Response;
-use log::{debug, error, trace};
+use log::{debug, trace};
 use pingora_http::ResponseHeader;
 use std::sync::Arc;
 
@@ -63,7 +63,8 @@ where
                 }
             },
             Err(e) => {
-                error!("HTTP server fails to read from downstream: {e}");
+                // proxyd: I/O with the client, the client's business (proxy/vendor/README.md).
+                debug!("HTTP server fails to read from downstream: {e}");
                 return None;
             }
         }
@@ -81,7 +82,7 @@ where
                 debug!("HTTP response header done.");
             }
             Err(e) => {
-                error!(
+                debug!(
                     "HTTP server fails to write to downstream: {e}, {}",
                     http.request_summary()
                 );
@@ -91,7 +92,7 @@ where
             // TODO: check if chunked encoding is needed
             match http.write_response_body(body.into(), true).await {
                 Ok(_) => debug!("HTTP response written."),
-                Err(e) => error!(
+                Err(e) => debug!(
                     "HTTP server fails to write to downstream: {e}, {}",
                     http.request_summary()
                 ),
@@ -101,7 +102,7 @@ where
         match http.finish().await {
             Ok(c) => c.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings)),
             Err(e) => {
-                error!("HTTP server fails to finish the request: {e}");
+                debug!("HTTP server fails to finish the request: {e}");
                 None
             }
         }
@@ -154,7 +155,8 @@ where
                 }
             },
             Err(e) => {
-                error!("HTTP server fails to read from downstream: {e}");
+                // proxyd: I/O with the client, the client's business (proxy/vendor/README.md).
+                debug!("HTTP server fails to read from downstream: {e}");
                 return None;
             }
         }
@@ -183,7 +185,7 @@ where
                 debug!("HTTP response header done.");
             }
             Err(e) => {
-                error!(
+                debug!(
                     "HTTP server fails to write to downstream: {e}, {}",
                     http.request_summary()
                 );
@@ -200,7 +202,7 @@ where
         // TODO: check if chunked encoding is needed
         match http.response_duplex_vec(vec![task]).await {
             Ok(_) => debug!("HTTP response written."),
-            Err(e) => error!(
+            Err(e) => debug!(
                 "HTTP server fails to write to downstream: {e}, {}",
                 http.request_summary()
             ),
@@ -209,7 +211,7 @@ where
         match http.finish().await {
             Ok(c) => c.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings)),
             Err(e) => {
-                error!("HTTP server fails to finish the request: {e}");
+                debug!("HTTP server fails to finish the request: {e}");
                 None
             }
         }

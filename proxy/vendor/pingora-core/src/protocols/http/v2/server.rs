@@ -367,10 +367,9 @@ fn invalid_request_authority(request: &RequestHeader) -> bool {
 fn account_malformed_stream(malformed_streams: &mut usize) -> Result<()> {
     *malformed_streams += 1;
     if *malformed_streams >= MAX_MALFORMED_STREAMS_PER_CONN {
-        // Rare, connection-level abuse signal (at most once per torn-down
-        // connection), so warn! is flood-safe here and useful for detecting
-        // abuse in production.
-        warn!(
+        // proxyd: once per connection is not flood-safe (connections are free to
+        // open): the client's business, debug (proxy/vendor/README.md).
+        debug!(
             "tearing down downstream h2 connection after \
              {malformed_streams} malformed requests"
         );

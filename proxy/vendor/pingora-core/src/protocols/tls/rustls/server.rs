@@ -19,7 +19,7 @@ use crate::protocols::tls::rustls::TlsStream;
 use crate::protocols::{Ssl, IO};
 use crate::{listeners::tls::Acceptor, protocols::Shutdown};
 use async_trait::async_trait;
-use log::warn;
+use log::{debug, warn};
 use pingora_error::{ErrorType::*, OrErr, Result};
 use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -101,7 +101,9 @@ where
         match <Self as AsyncWriteExt>::shutdown(self).await {
             Ok(()) => {}
             Err(e) => {
-                warn!("TLS shutdown failed, {e}");
+                // proxyd: a client that reset the connection first; its business, debug
+                // (proxy/vendor/README.md).
+                debug!("TLS shutdown failed, {e}");
             }
         }
     }
