@@ -82,8 +82,12 @@ fn access_log(c: &mut Criterion) {
     for (name, format) in [("json", Format::Json), ("combined", Format::Combined)] {
         // /dev/null: the request path's share (format + queue); a real file only adds
         // work on the writer thread.
-        let (log, writer) = AccessLog::start(format, Some("/dev/null".into()), None)
-            .expect("access log to /dev/null");
+        let (log, writer) = AccessLog::start(
+            format,
+            Some("/dev/null".into()),
+            proxyd::access_log::DEFAULT_QUEUE_BYTES,
+        )
+        .expect("access log to /dev/null");
         writer.spawn();
         let log = Arc::new(log);
         group.bench_function(name, |b| b.iter(|| log.log(black_box(&entry))));

@@ -2,10 +2,17 @@
 //! (journald) or in a file that SIGUSR1 reopens (logrotate's `postrotate`).
 //!
 //! **The request path never waits for the disk.** A request formats its line and hands
-//! it to a bounded channel (`try_send`); one writer thread batches lines into a buffered
-//! writer and writes them out at least every [`FLUSH_EVERY`]. If the writer falls
-//! [`QUEUE_LINES`] lines behind (a stalled disk), further lines are dropped and counted
-//! (`proxyd_access_log_dropped_lines_total`, and a warning) rather than slowing requests.
+//! it to a channel; one writer thread gathers lines and writes them out at least every
+//! [`FLUSH_EVERY`]. The queue is bounded in bytes (`--access-log-queue`, default
+//! [`DEFAULT_QUEUE_BYTES`]), not lines: if the writer falls that far behind (a stalled
+//! disk), further lines are dropped rather than slowing requests or growing memory.
+//!
+//! **Every line is accounted for.** A line is written, or counted as dropped
+//! (`proxyd_access_log_dropped_lines_total{reason}`): `queue_full` when the queue had no
+//! room, `write_error` when the writer could not write it (disk full, I/O error, stderr
+//! gone). The first write error is logged at once (at most once per [`ERROR_LINE_EVERY`]),
+//! the counts once per `--log-summary-interval` (`logging::Summaries`). A line cut short
+//! by a failed write is ended before the next one, so the file stays one line per line.
 //!
 //! **Reopen without losing lines.** SIGUSR1 only sets a flag (signal-hook, registered
 //! at start, before any service runs). The writer sees it within [`IDLE_TICK`], writes
@@ -18,12 +25,12 @@
 //! starts wait in the channel.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,10 +39,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
 
-use crate::metrics::Metrics;
-
-/// Lines the request path may queue ahead of the writer.
-pub const QUEUE_LINES: usize = 64 * 1024;
+/// Bytes of lines the request path may queue ahead of the writer, by default.
+pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
 /// Longest time a written line waits in the writer's buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// While lines wait to be written, the writer gathers more for this long without
@@ -43,7 +48,10 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const BATCH_TICK: Duration = Duration::from_millis(20);
 /// When idle, how often the writer looks at the reopen flag.
 pub const IDLE_TICK: Duration = Duration::from_millis(200);
+/// The writer writes out what it gathered once it holds this much.
 const BUFFER: usize = 64 * 1024;
+/// At most one "write failed" line per this long (the counts go to the summary).
+pub const ERROR_LINE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -51,6 +59,35 @@ pub enum Format {
     Json,
     /// Apache/nginx combined log format, with proxy fields appended.
     Combined,
+}
+
+/// Why a line was not written: a fixed set (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The queue was over its byte budget: the writer fell behind.
+    QueueFull,
+    /// The writer could not write it (the disk is full, an I/O error, stderr closed).
+    WriteError,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 2] = [DropReason::QueueFull, DropReason::WriteError];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::WriteError => "write_error",
+        }
+    }
+}
+
+/// Lines dropped since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drops {
+    pub queue_full: u64,
+    pub write_error: u64,
+    /// The error of the last failed write.
+    pub last_write_error: Option<String>,
 }
 
 /// One finished request, as `Proxy::logging` sees it.
@@ -87,26 +124,31 @@ enum Msg {
     Flush(mpsc::Sender<()>),
 }
 
+/// What the request path and the writer share.
+#[derive(Default)]
+struct Counters {
+    /// Bytes of lines sent and not yet taken by the writer.
+    queued: AtomicUsize,
+    queue_full: AtomicU64,
+    write_error: AtomicU64,
+    last_write_error: Mutex<Option<String>>,
+}
+
 /// The request path's handle: formats and queues lines.
 pub struct AccessLog {
     format: Format,
-    tx: SyncSender<Msg>,
-    /// Dropped since the writer last warned (it resets this).
-    dropped: Arc<AtomicU64>,
-    dropped_total: AtomicU64,
-    metrics: Option<Arc<Metrics>>,
+    tx: Sender<Msg>,
+    queue_bytes: usize,
+    counters: Arc<Counters>,
 }
 
 /// Where the writer thread writes.
 enum Sink {
     Stderr,
-    File {
-        path: PathBuf,
-        file: BufWriter<File>,
-    },
+    File { path: PathBuf, file: File },
 }
 
-static EXIT_FLUSH: OnceLock<SyncSender<Msg>> = OnceLock::new();
+static EXIT_FLUSH: OnceLock<Sender<Msg>> = OnceLock::new();
 /// The process the writer thread runs in (0: none yet): only that one flushes at exit.
 static WRITER_PID: AtomicU32 = AtomicU32::new(0);
 
@@ -141,11 +183,13 @@ impl BackgroundService for WriterService {
 
 impl AccessLog {
     /// Opens `file` (or takes stderr) and registers SIGUSR1; the returned service starts
-    /// the writer. Fails when the file cannot be opened: checked before any port is bound.
+    /// the writer. `queue_bytes`: how far (in bytes of lines) the writer may fall
+    /// behind before lines are dropped. Fails when the file cannot be opened: checked
+    /// before any port is bound.
     pub fn start(
         format: Format,
         file: Option<PathBuf>,
-        metrics: Option<Arc<Metrics>>,
+        queue_bytes: usize,
     ) -> anyhow::Result<(AccessLog, WriterService)> {
         let sink = match file {
             None => Sink::Stderr,
@@ -159,13 +203,18 @@ impl AccessLog {
         let reopen = Arc::new(AtomicBool::new(false));
         signal_hook::flag::register(signal_hook::consts::SIGUSR1, reopen.clone())
             .map_err(|e| anyhow::anyhow!("cannot handle SIGUSR1: {e}"))?;
-        let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
-        let dropped = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
         let writer = Writer {
             sink,
             rx,
             reopen,
-            dropped: dropped.clone(),
+            counters: counters.clone(),
+            pending: Vec::with_capacity(BUFFER),
+            pending_lines: 0,
+            cut_short: false,
+            failing: false,
+            last_error_line: None,
         };
         if EXIT_FLUSH.set(tx.clone()).is_ok() {
             // SAFETY: registers a plain `extern "C" fn` with no arguments.
@@ -176,9 +225,8 @@ impl AccessLog {
         let log = AccessLog {
             format,
             tx,
-            dropped,
-            dropped_total: AtomicU64::new(0),
-            metrics,
+            queue_bytes,
+            counters,
         };
         Ok((log, WriterService(Mutex::new(Some(writer)))))
     }
@@ -191,21 +239,39 @@ impl AccessLog {
             Format::Combined => write_combined(&mut line, e, SystemTime::now()),
         }
         line.push(b'\n');
-        match self.tx.try_send(Msg::Line(line)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                self.dropped_total.fetch_add(1, Ordering::Relaxed);
-                if let Some(m) = &self.metrics {
-                    m.access_log_dropped(1);
-                }
-            }
+        // What the line holds in memory until the writer takes it.
+        let cost = line.capacity();
+        let c = &self.counters;
+        if c.queued.fetch_add(cost, Ordering::Relaxed) + cost > self.queue_bytes {
+            c.queued.fetch_sub(cost, Ordering::Relaxed);
+            c.queue_full.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.tx.send(Msg::Line(line)).is_err() {
+            // No writer (it could not start): never written.
+            c.queued.fetch_sub(cost, Ordering::Relaxed);
+            c.queue_full.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Lines dropped since start because the writer fell behind.
+    /// Lines dropped since start, by reason.
+    pub fn drops(&self) -> Drops {
+        let c = &self.counters;
+        Drops {
+            queue_full: c.queue_full.load(Ordering::Relaxed),
+            write_error: c.write_error.load(Ordering::Relaxed),
+            last_write_error: c
+                .last_write_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Lines dropped since start, whatever the reason.
     pub fn dropped_total(&self) -> u64 {
-        self.dropped_total.load(Ordering::Relaxed)
+        let d = self.drops();
+        d.queue_full + d.write_error
     }
 
     /// Writes out everything queued so far (waits at most `within`).
@@ -214,21 +280,11 @@ impl AccessLog {
     }
 }
 
-fn flush_through(tx: &SyncSender<Msg>, within: Duration) {
-    let deadline = Instant::now() + within;
+fn flush_through(tx: &Sender<Msg>, within: Duration) {
     let (ack_tx, ack_rx) = mpsc::channel();
-    let mut msg = Msg::Flush(ack_tx);
-    loop {
-        match tx.try_send(msg) {
-            Ok(()) => break,
-            Err(TrySendError::Full(m)) if Instant::now() < deadline => {
-                msg = m;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(_) => return,
-        }
+    if tx.send(Msg::Flush(ack_tx)).is_ok() {
+        let _ = ack_rx.recv_timeout(within);
     }
-    let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
 }
 
 extern "C" fn flush_at_exit() {
@@ -240,30 +296,33 @@ extern "C" fn flush_at_exit() {
     }
 }
 
-fn open(path: &std::path::Path) -> io::Result<BufWriter<File>> {
-    let file = OpenOptions::new()
+fn open(path: &std::path::Path) -> io::Result<File> {
+    OpenOptions::new()
         .create(true)
         .append(true)
         // Client addresses: not for every local user.
         .mode(0o640)
-        .open(path)?;
-    Ok(BufWriter::with_capacity(BUFFER, file))
+        .open(path)
 }
 
 pub struct Writer {
     sink: Sink,
     rx: Receiver<Msg>,
     reopen: Arc<AtomicBool>,
-    dropped: Arc<AtomicU64>,
+    counters: Arc<Counters>,
+    /// Whole lines gathered, not yet written.
+    pending: Vec<u8>,
+    pending_lines: u64,
+    /// A failed write left part of a line in the file: end it before the next one.
+    cut_short: bool,
+    /// The last write failed.
+    failing: bool,
+    last_error_line: Option<Instant>,
 }
 
 impl Writer {
     fn run(mut self) {
-        // Stderr: lines are gathered here and written with one locked write_all each
-        // batch, so they never interleave with the daemon's own log lines.
-        let mut pending: Vec<u8> = Vec::with_capacity(BUFFER);
         let mut unflushed_since: Option<Instant> = None;
-        let mut write_failed = false;
         loop {
             let first = if unflushed_since.is_some() {
                 std::thread::sleep(BATCH_TICK);
@@ -284,18 +343,14 @@ impl Writer {
             while let Some(msg) = next {
                 match msg {
                     Msg::Line(line) => {
-                        let r = match &mut self.sink {
-                            Sink::Stderr => {
-                                pending.extend_from_slice(&line);
-                                if pending.len() >= BUFFER {
-                                    write_stderr(&mut pending)
-                                } else {
-                                    Ok(())
-                                }
-                            }
-                            Sink::File { file, .. } => file.write_all(&line),
-                        };
-                        report(&mut write_failed, r);
+                        self.counters
+                            .queued
+                            .fetch_sub(line.capacity(), Ordering::Relaxed);
+                        self.pending.extend_from_slice(&line);
+                        self.pending_lines += 1;
+                        if self.pending.len() >= BUFFER {
+                            self.write_out();
+                        }
                         unflushed_since.get_or_insert_with(Instant::now);
                     }
                     Msg::Flush(ack) => acks.push(ack),
@@ -305,8 +360,7 @@ impl Writer {
             let reopen = self.reopen.swap(false, Ordering::Relaxed);
             let due = unflushed_since.is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
             if due || reopen || !acks.is_empty() {
-                let r = self.flush(&mut pending);
-                report(&mut write_failed, r);
+                self.write_out();
                 unflushed_since = None;
             }
             if reopen {
@@ -315,22 +369,56 @@ impl Writer {
             for ack in acks {
                 let _ = ack.send(());
             }
-            let dropped = self.dropped.swap(0, Ordering::Relaxed);
-            if dropped > 0 {
-                tracing::warn!(
-                    lines = dropped,
-                    "access log: the writer fell behind; lines dropped"
-                );
-            }
         }
-        let _ = self.flush(&mut pending);
+        self.write_out();
     }
 
-    fn flush(&mut self, pending: &mut Vec<u8>) -> io::Result<()> {
-        match &mut self.sink {
-            Sink::Stderr => write_stderr(pending),
-            Sink::File { file, .. } => file.flush(),
+    /// Writes the gathered lines; those it cannot write are counted as dropped.
+    fn write_out(&mut self) {
+        if self.pending.is_empty() {
+            return;
         }
+        let result = match &mut self.sink {
+            Sink::Stderr => {
+                write_lines(&mut io::stderr().lock(), &self.pending, &mut self.cut_short)
+            }
+            Sink::File { file, .. } => write_lines(file, &self.pending, &mut self.cut_short),
+        };
+        match result {
+            Ok(()) => {
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!("access log: writing again");
+                }
+            }
+            Err((e, written)) => {
+                let done = self.pending[..written]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count() as u64;
+                let lost = self.pending_lines - done;
+                self.counters.write_error.fetch_add(lost, Ordering::Relaxed);
+                *self
+                    .counters
+                    .last_write_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                self.failing = true;
+                if self
+                    .last_error_line
+                    .is_none_or(|t| t.elapsed() >= ERROR_LINE_EVERY)
+                {
+                    self.last_error_line = Some(Instant::now());
+                    tracing::error!(
+                        lines = lost,
+                        "access log: write failed ({e}): lines are dropped and counted \
+                         (proxyd_access_log_dropped_lines_total) until it works again"
+                    );
+                }
+            }
+        }
+        self.pending.clear();
+        self.pending_lines = 0;
     }
 
     fn reopen_file(&mut self) {
@@ -340,6 +428,8 @@ impl Writer {
         match open(path) {
             Ok(new) => {
                 *file = new;
+                // A new file starts with a whole line.
+                self.cut_short = false;
                 tracing::info!(file = %path.display(), "access log reopened (SIGUSR1)");
             }
             Err(e) => tracing::error!(
@@ -350,28 +440,36 @@ impl Writer {
     }
 }
 
-fn write_stderr(pending: &mut Vec<u8>) -> io::Result<()> {
-    if pending.is_empty() {
-        return Ok(());
+/// Writes `lines` (whole lines) to `w`, after a newline if the last write cut a line
+/// short. On failure: the error and how many bytes of `lines` were written.
+fn write_lines(
+    w: &mut impl Write,
+    lines: &[u8],
+    cut_short: &mut bool,
+) -> Result<(), (io::Error, usize)> {
+    if *cut_short {
+        write_all(w, b"\n").map_err(|(e, _)| (e, 0))?;
+        *cut_short = false;
     }
-    let r = io::stderr().lock().write_all(pending);
-    pending.clear();
+    let r = write_all(w, lines);
+    if let Err((_, written)) = &r {
+        *cut_short = *written > 0 && lines[*written - 1] != b'\n';
+    }
     r
 }
 
-/// Logs the first write error after a success, and the recovery.
-fn report(failed: &mut bool, r: io::Result<()>) {
-    match r {
-        Err(e) if !*failed => {
-            *failed = true;
-            tracing::error!("access log: write failed: {e}");
+/// `write_all` that tells how far it got.
+fn write_all(w: &mut impl Write, buf: &[u8]) -> Result<(), (io::Error, usize)> {
+    let mut off = 0;
+    while off < buf.len() {
+        match w.write(&buf[off..]) {
+            Ok(0) => return Err((io::ErrorKind::WriteZero.into(), off)),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((e, off)),
         }
-        Ok(()) if *failed => {
-            *failed = false;
-            tracing::info!("access log: writing again");
-        }
-        _ => {}
     }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -588,6 +686,73 @@ mod tests {
         assert!(v["referer"].is_null());
         assert!(v.get("local").is_none());
         assert!(!out.contains(&b'\n'));
+    }
+
+    /// Accepts `room` bytes, then fails like a full disk.
+    struct Full {
+        got: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.room - self.got.len());
+            if n == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_full_disk_is_ended_before_the_next() {
+        let mut disk = Full {
+            got: Vec::new(),
+            room: 4,
+        };
+        let mut cut = false;
+        let (e, written) = write_lines(&mut disk, b"a\nbb\nccc\n", &mut cut).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(written, 4);
+        assert!(cut);
+        disk.room = 100;
+        write_lines(&mut disk, b"d\n", &mut cut).unwrap();
+        assert_eq!(disk.got, b"a\nbb\nd\n");
+        assert!(!cut);
+        // A write that fails on a line boundary leaves nothing to end.
+        let mut disk = Full {
+            got: Vec::new(),
+            room: 2,
+        };
+        assert!(write_lines(&mut disk, b"a\nbb\n", &mut cut).is_err());
+        assert!(!cut);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_and_every_line_is_counted() {
+        // No writer runs: lines stay queued until the budget is spent.
+        let budget = 16 * 1024;
+        let (log, _writer) = AccessLog::start(Format::Json, None, budget).unwrap();
+        let sent = 200;
+        for _ in 0..sent {
+            log.log(&entry());
+        }
+        let queued = log.counters.queued.load(Ordering::Relaxed);
+        assert!(queued <= budget, "{queued} bytes queued");
+        let per_line = queued as u64 / (sent - log.drops().queue_full);
+        assert!(per_line >= 384, "{per_line} bytes a line");
+        assert!(
+            queued as u64 + per_line > budget as u64,
+            "room was left: {queued}"
+        );
+        assert_eq!(log.drops().write_error, 0);
+        assert_eq!(log.dropped_total(), log.drops().queue_full);
+        assert!(log.drops().queue_full > 0);
     }
 
     #[test]

@@ -99,6 +99,17 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub access_log: Option<PathBuf>,
 
+    /// How far (in bytes of lines, e.g. 8m) the access log's writer may fall behind the
+    /// requests before lines are dropped (and counted) rather than held in memory.
+    #[arg(long, default_value = "8m", value_parser = parse_size, value_name = "SIZE")]
+    pub access_log_queue: usize,
+
+    /// What a client can repeat at will (client errors) or a dead backend makes repeat
+    /// (upstream failures), dropped access-log lines, and libraries' repeated warnings
+    /// are summed up in the daemon's log once per this interval, one line each.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub log_summary_interval: std::time::Duration,
+
     /// Serve Prometheus metrics (`GET /metrics`) and a health page (`GET /health`) on
     /// this address, meant for an internal one. Off by default.
     #[arg(long, value_name = "ADDR")]

@@ -5,7 +5,9 @@
 //!   any TLS or HTTP work.
 //! - [`HeadGuard`] / [`GuardedStream`], HTTP/1.x only: the whole request head within
 //!   `--client-header-timeout` of its first byte, and at most `--client-max-header-size`
-//!   bytes. pingora times each *read* of a head separately (60 s) and accepts heads up
+//!   bytes. The stream also tells how a connection failed, for the client-error counts
+//!   (`client_errors.rs`): a head cut short, timed out, too large or refused by the
+//!   parser; over HTTP/2, no valid connection preface. pingora times each *read* of a head separately (60 s) and accepts heads up
 //!   to 1 MiB, so a client sending a byte every few seconds (slowloris) would hold a
 //!   connection for ever. Once the proxy has the head ([`request_started`], from
 //!   `early_request_filter`) the stream stops counting, and pingora's per-read timeout
@@ -30,7 +32,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -46,6 +48,8 @@ use pingora::protocols::{
 };
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::client_errors::{ClientError, ClientErrors};
 
 /// What one client may hold or make the proxy wait for (from the command line).
 #[derive(Debug, Clone, Copy)]
@@ -256,13 +260,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnCap<A> {
 pub struct HeadGuard<A> {
     inner: Arc<A>,
     limits: ClientLimits,
+    errors: Arc<ClientErrors>,
 }
 
 impl<A> HeadGuard<A> {
-    pub fn new(inner: A, limits: ClientLimits) -> HeadGuard<A> {
+    pub fn new(inner: A, limits: ClientLimits, errors: Arc<ClientErrors>) -> HeadGuard<A> {
         HeadGuard {
             inner: Arc::new(inner),
             limits,
+            errors,
         }
     }
 }
@@ -277,9 +283,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadGuard<A> {
         let stream: Stream = if stream.as_any().is::<GuardedStream>() {
             stream
         } else if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            Box::new(GuardedStream::new_h2(stream, self.limits))
+            Box::new(GuardedStream::new_h2(
+                stream,
+                self.limits,
+                self.errors.clone(),
+            ))
         } else {
-            Box::new(GuardedStream::new(stream, self.limits))
+            Box::new(GuardedStream::new(stream, self.limits, self.errors.clone()))
         };
         self.inner.process_new(stream, shutdown).await
     }
@@ -300,11 +310,16 @@ const RESPONSE_431: &[u8] =
 pub struct GuardedStream {
     inner: Stream,
     limits: ClientLimits,
+    errors: Arc<ClientErrors>,
     /// Set while the proxy works on a request whose head it has (see module docs).
     in_request: AtomicBool,
+    /// Requests the proxy started on this connection (see [`Head::seq`]).
+    started: AtomicU32,
     /// The head being read (from its first byte until the proxy has it).
     head: Option<Head>,
     refused: bool,
+    /// HTTP/2: how far the client's connection preface came.
+    preface: Preface,
     /// HTTP/2: the connection's entry in [`H2_CONNS`], and its kill switch.
     h2: Option<(
         Arc<ConnWatch>,
@@ -338,8 +353,23 @@ fn conn_key(peer: Option<&PingoraAddr>, local: Option<&PingoraAddr>) -> Option<C
     Some((*peer?.as_inet()?, *local?.as_inet()?))
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Preface {
+    /// Not an HTTP/2 connection.
+    None,
+    /// This many bytes of it came, all right so far.
+    Reading(usize),
+    /// All of it.
+    Done,
+    /// Bytes that are not the preface.
+    Wrong,
+}
+
 #[derive(Debug)]
 struct Head {
+    /// `started` when its first byte came: once the proxy starts a request, the head
+    /// was consumed, and the next bytes begin a new one.
+    seq: u32,
     deadline: Pin<Box<tokio::time::Sleep>>,
     bytes: usize,
     /// The last bytes read, for an end of head split over two reads.
@@ -358,21 +388,25 @@ fn head_end(window: &[u8]) -> bool {
 }
 
 impl GuardedStream {
-    pub fn new(inner: Stream, limits: ClientLimits) -> GuardedStream {
+    pub fn new(inner: Stream, limits: ClientLimits, errors: Arc<ClientErrors>) -> GuardedStream {
         GuardedStream {
             inner,
             limits,
+            errors,
             in_request: AtomicBool::new(false),
+            started: AtomicU32::new(0),
             head: None,
             refused: false,
+            preface: Preface::None,
             h2: None,
         }
     }
 
     /// An HTTP/2 connection: no head accounting, but it can be closed from the request
     /// path ([`BodyWatch`]).
-    pub fn new_h2(inner: Stream, limits: ClientLimits) -> GuardedStream {
-        let mut g = GuardedStream::new(inner, limits);
+    pub fn new_h2(inner: Stream, limits: ClientLimits, errors: Arc<ClientErrors>) -> GuardedStream {
+        let mut g = GuardedStream::new(inner, limits, errors);
+        g.preface = Preface::Reading(0);
         let digest = g.inner.get_socket_digest();
         let key = digest
             .as_ref()
@@ -397,6 +431,11 @@ impl GuardedStream {
     fn refuse(&mut self, cx: &mut Context<'_>, timeout: bool) -> Poll<io::Result<()>> {
         if !self.refused {
             self.refused = true;
+            self.errors.record(if timeout {
+                ClientError::HeaderTimeout
+            } else {
+                ClientError::HeaderTooLarge
+            });
             let response = if timeout { RESPONSE_408 } else { RESPONSE_431 };
             let _ = Pin::new(&mut self.inner).poll_write(cx, response);
             let _ = Pin::new(&mut self.inner).poll_flush(cx);
@@ -441,6 +480,7 @@ pub fn request_started(session: &mut pingora::proxy::Session) -> Option<BodyWatc
         return watch_h2_body(session);
     }
     let g = guarded(session)?;
+    g.started.fetch_add(1, Ordering::Release);
     g.in_request.store(true, Ordering::Release);
     let body_timeout = g.limits.body_timeout;
     session.set_read_timeout(Some(body_timeout));
@@ -507,8 +547,40 @@ pub fn request_finished(session: &pingora::proxy::Session) {
     }
 }
 
+impl GuardedStream {
+    /// How the connection failed, if the client failed it: a head it never finished
+    /// (or that the parser refused), or, over HTTP/2, no valid connection preface.
+    fn failure(&self) -> Option<ClientError> {
+        if self.refused {
+            return None; // counted when refused
+        }
+        match self.preface {
+            Preface::None => {}
+            Preface::Done => return None,
+            Preface::Reading(_) | Preface::Wrong => return Some(ClientError::H2Handshake),
+        }
+        let head = self.head.as_ref()?;
+        if head.seq != self.started.load(Ordering::Acquire) {
+            return None; // the proxy had it
+        }
+        Some(if head.ended {
+            // Whole, yet never a request: pingora refused it (400, or 405 for CONNECT).
+            ClientError::BadRequest
+        } else {
+            ClientError::PartialHead
+        })
+    }
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 impl Drop for GuardedStream {
     fn drop(&mut self) {
+        if let Some(why) = self.failure() {
+            tracing::debug!(reason = why.as_str(), "client connection failed");
+            self.errors.record(why);
+        }
         let Some((watch, _)) = &self.h2 else {
             return;
         };
@@ -609,9 +681,29 @@ impl AsyncRead for GuardedStream {
                 )));
             }
         }
+        if let Preface::Reading(got) = this.preface {
+            let before = buf.filled().len();
+            let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+            let data = &buf.filled()[before..];
+            let n = data.len().min(H2_PREFACE.len() - got);
+            this.preface = if data[..n] != H2_PREFACE[got..got + n] {
+                Preface::Wrong
+            } else if got + n == H2_PREFACE.len() {
+                Preface::Done
+            } else {
+                Preface::Reading(got + n)
+            };
+            return result;
+        }
         if this.in_request.load(Ordering::Acquire) {
             this.head = None;
             return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let started = this.started.load(Ordering::Acquire);
+        if this.head.as_ref().is_some_and(|h| h.seq != started) {
+            // The proxy started a request on it without reading on: the next bytes
+            // begin a new head.
+            this.head = None;
         }
         if let Some(head) = this.head.as_mut().filter(|h| !h.ended) {
             // Polled before reading, so the task is woken at the deadline.
@@ -627,6 +719,7 @@ impl AsyncRead for GuardedStream {
         }
         let max = this.limits.max_header_size;
         let head = this.head.get_or_insert_with(|| Head {
+            seq: started,
             deadline: Box::pin(tokio::time::sleep(this.limits.header_timeout)),
             bytes: 0,
             tail: Vec::new(),

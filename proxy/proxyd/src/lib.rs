@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod acme_service;
 pub mod admin;
 pub mod cli;
+pub mod client_errors;
 pub mod control;
 pub mod dns;
 pub mod guard;

@@ -7,7 +7,8 @@
 //!
 //! **Bounded labels.** `route` is a route or redirect id from the routes file (`-` for
 //! requests that matched none), `status` one of `1xx`..`5xx` or `other`, `listener`
-//! `https` or `http`, `reason` one of [`TlsFailure`]'s fixed names, `upstream` an address
+//! `https` or `http`, `reason` one of [`TlsFailure`]'s, [`ClientError`]'s or the access
+//! log's fixed names, `upstream` an address
 //! of a configured upstream, `cert`/`name` a held certificate. Never a raw path, never a
 //! client address. Series of routes removed by a reload are dropped.
 //!
@@ -32,6 +33,8 @@ use prometheus::{
 };
 use routes::RouteTable;
 
+use crate::access_log::DropReason;
+use crate::client_errors::ClientError;
 use crate::control::Listeners;
 use crate::state::Shared;
 
@@ -250,8 +253,11 @@ pub struct Metrics {
     reloads_failed: IntCounter,
     reload_last_success: IntGauge,
     reload_last_failure: IntGauge,
-    access_log_dropped: IntCounter,
     // Read at scrape time.
+    /// Indexed like [`DropReason::ALL`].
+    access_log_dropped: [IntCounter; 2],
+    /// Indexed like [`ClientError::ALL`].
+    client_errors: [IntCounter; ClientError::ALL.len()],
     generation: IntGauge,
     upstream_healthy: IntGaugeVec,
     cert_not_after: IntGaugeVec,
@@ -367,6 +373,20 @@ impl Metrics {
             "Reloads of the routes file (admin API or SIGHUP), by result.",
             &["result"],
         );
+        let access_log_dropped = counter_vec(
+            &r,
+            "proxyd_access_log_dropped_lines_total",
+            "Access log lines not written, by reason: queue_full (the writer fell behind), \
+             write_error (the disk or stderr refused them).",
+            &["reason"],
+        );
+        let client_errors = counter_vec(
+            &r,
+            "proxyd_client_errors_total",
+            "Connections or requests that failed because of the client, by reason (logged \
+             at debug only).",
+            &["reason"],
+        );
         let acme_orders = counter_vec(
             &r,
             "proxyd_acme_orders_total",
@@ -388,11 +408,11 @@ impl Metrics {
                 "proxyd_reload_last_failure_timestamp_seconds",
                 "When a reload was last rejected, unix seconds (0: never).",
             ),
-            access_log_dropped: counter(
-                &r,
-                "proxyd_access_log_dropped_lines_total",
-                "Access log lines dropped because the writer fell behind.",
-            ),
+            access_log_dropped: DropReason::ALL.map(|why| {
+                access_log_dropped.with_label_values(&[why.as_str()])
+            }),
+            client_errors: ClientError::ALL
+                .map(|why| client_errors.with_label_values(&[why.as_str()])),
             generation: gauge(
                 &r,
                 "proxyd_routes_generation",
@@ -567,16 +587,21 @@ impl Metrics {
         }
     }
 
-    pub fn access_log_dropped(&self, lines: u64) {
-        self.access_log_dropped.inc_by(lines);
-    }
-
     /// Refreshes the scrape-time gauges from `shared` and renders everything in the
     /// Prometheus text format.
     pub fn render(&self, shared: &Shared) -> String {
         let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         let snapshot = shared.snapshot.load_full();
         self.generation.set(snapshot.generation as i64);
+
+        for (c, total) in self.client_errors.iter().zip(shared.client_errors.totals()) {
+            catch_up(c, total);
+        }
+        if let Some(log) = shared.access_log.get() {
+            let drops = log.drops();
+            catch_up(&self.access_log_dropped[0], drops.queue_full);
+            catch_up(&self.access_log_dropped[1], drops.write_error);
+        }
 
         self.upstream_healthy.reset();
         for route in &snapshot.table.routes {

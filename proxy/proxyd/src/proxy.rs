@@ -2,6 +2,11 @@
 //!
 //! Per request: one `ArcSwap` load, one table lookup, `Arc` clones into the context.
 //! No parsing of configuration, no file access, no locks.
+//!
+//! Failures: the client's (it went away, its body stalled or is too large, its request
+//! is malformed) are counted in `client_errors` and logged at debug; the upstream's
+//! (refused, reset, timed out, garbage) reach the log, the first for each route and
+//! upstream at once and the rest summed up once per interval (`logging::Repeats`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,6 +23,7 @@ use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 use pingora::{Error, ErrorSource, ErrorType};
 use routes::{normalize_host, Redirect, Route, Target};
 
+use crate::client_errors::ClientError;
 use crate::pages;
 use crate::state::Shared;
 use crate::upstream::{Backend, Pool};
@@ -111,6 +117,7 @@ impl ProxyHttp for Proxy {
         ctx.client_ip = client_ip(session);
         let Some(raw_host) = request_host(session.req_header()) else {
             ctx.local = Some("bad host");
+            self.shared.client_errors.record(ClientError::BadRequest);
             pages::send(session, 400, pages::BAD_REQUEST, &[]).await?;
             return Ok(true);
         };
@@ -188,6 +195,7 @@ impl ProxyHttp for Proxy {
                 {
                     if len > max {
                         ctx.local = Some("body over limit");
+                        self.shared.client_errors.record(ClientError::BodyTooLarge);
                         ctx.route = Some(route);
                         // The body is not read: close rather than drain it.
                         session.set_keepalive(None);
@@ -270,6 +278,10 @@ impl ProxyHttp for Proxy {
             .as_ref()
             .is_some_and(|p| p.members().len() > ctx.tried.len());
         e.set_retry(left);
+        if left {
+            // The request goes on; its final outcome is logged by fail_to_proxy.
+            self.upstream_failure(ctx, "connect failed, retried", &e);
+        }
         e
     }
 
@@ -390,17 +402,14 @@ impl ProxyHttp for Proxy {
                 tracing::debug!(error = %we, "could not send error page");
             }
         }
-        let route = ctx.route.as_ref().map_or("-", |r| r.id.as_str());
-        let upstream = ctx
-            .backend
-            .as_ref()
-            .map(|b| b.addr.to_string())
-            .unwrap_or_else(|| "-".into());
-        if code == 0 {
-            // The client went away: its own business, not the admin's.
-            tracing::debug!(route, upstream, error = %e, "client gone");
-        } else {
-            tracing::warn!(route, upstream, status = code, error = %e, "request failed");
+        match client_error(e, code) {
+            Some(why) => {
+                // The client's own business, not the admin's: counted, not logged.
+                self.shared.client_errors.record(why);
+                let route = ctx.route.as_ref().map_or("-", |r| r.id.as_str());
+                tracing::debug!(route, reason = why.as_str(), status = code, error = %e, "client error");
+            }
+            None => self.upstream_failure(ctx, status_kind(code), e),
         }
         FailToProxy {
             error_code: code,
@@ -409,7 +418,20 @@ impl ProxyHttp for Proxy {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
-        // fail_to_proxy logs one line with the route and upstream instead.
+        // fail_to_proxy counts or logs it instead, with the route and upstream.
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+        error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // A retry: fail_to_connect logs connect failures (rate-limited); a reused
+        // keep-alive connection the upstream had closed is routine.
+        tracing::debug!(%error, "retrying the request");
         true
     }
 
@@ -482,6 +504,32 @@ impl ProxyHttp for Proxy {
 }
 
 impl Proxy {
+    /// An upstream failure (or the proxy's own, 500): the first for this route and
+    /// upstream is logged now, the next ones are summed up once per interval.
+    fn upstream_failure(&self, ctx: &Ctx, kind: &'static str, e: &Error) {
+        let route = ctx.route.as_ref().map_or("-", |r| r.id.as_str());
+        let upstream = ctx
+            .backend
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |b| b.addr.to_string());
+        let key = (route.to_owned(), upstream);
+        if self
+            .shared
+            .upstream_failures
+            .note(&key, kind, || e.to_string())
+        {
+            tracing::warn!(
+                route,
+                upstream = %key.1,
+                failure = kind,
+                error = %e,
+                "upstream failure (more of this route and upstream: summed up every --log-summary-interval)"
+            );
+        } else {
+            tracing::debug!(route, upstream = %key.1, failure = kind, error = %e, "upstream failure");
+        }
+    }
+
     async fn bad_path(
         &self,
         session: &mut Session,
@@ -489,6 +537,7 @@ impl Proxy {
         e: routes::PathError,
     ) -> Result<bool> {
         ctx.local = Some("bad path");
+        self.shared.client_errors.record(ClientError::BadRequest);
         tracing::debug!(error = %e, path = %session.req_header().uri.path(), "refused a request path");
         pages::send(session, 400, pages::BAD_REQUEST, &[]).await?;
         Ok(true)
@@ -615,6 +664,29 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .client_addr()
         .and_then(PingoraAddr::as_inet)
         .map(|a| a.ip().to_canonical())
+}
+
+/// Whether a failed request is the client's doing (with the status it gets, from
+/// [`error_status`]), and why; `None`: the upstream's or the proxy's.
+fn client_error(e: &Error, code: u16) -> Option<ClientError> {
+    match code {
+        0 => Some(ClientError::Disconnect),
+        408 => Some(ClientError::BodyTimeout),
+        413 => Some(ClientError::BodyTooLarge),
+        400..=499 => Some(ClientError::BadRequest),
+        _ if e.esource() == &ErrorSource::Downstream => Some(ClientError::BadRequest),
+        _ => None,
+    }
+}
+
+/// The kind of an upstream failure, for its summary (a few fixed strings).
+fn status_kind(code: u16) -> &'static str {
+    match code {
+        502 => "502 bad gateway",
+        504 => "504 gateway timeout",
+        500 => "500 internal error",
+        _ => "other",
+    }
 }
 
 /// The status the client gets for a failed request (0: the client is gone).

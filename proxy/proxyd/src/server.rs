@@ -129,7 +129,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             let (log, writer) = crate::access_log::AccessLog::start(
                 format,
                 args.access_log.clone(),
-                metrics.clone(),
+                args.access_log_queue,
             )?;
             let _ = shared.access_log.set(log);
             Some(background_service("access log", writer))
@@ -192,8 +192,14 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     );
     https_proxy.server_options = Some(crate::guard::server_options());
     https_proxy.h2_options = Some(crate::guard::h2_options(&limits));
+    let errors = &shared.client_errors;
     let https_app = ConnCap::new(
-        TlsApp::new(HeadGuard::new(https_proxy, limits), tls_config).with_metrics(metrics.clone()),
+        TlsApp::new(
+            HeadGuard::new(https_proxy, limits, errors.clone()),
+            tls_config,
+            errors.clone(),
+        )
+        .with_metrics(metrics.clone()),
         conns.clone(),
     );
     let https_app = crate::metrics::Counted::new(https_app, metrics.clone(), "https");
@@ -212,7 +218,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let mut http = Service::new(
         "http".to_string(),
         crate::metrics::Counted::new(
-            ConnCap::new(HeadGuard::new(http_proxy, limits), conns),
+            ConnCap::new(HeadGuard::new(http_proxy, limits, errors.clone()), conns),
             metrics.clone(),
             "http",
         ),
@@ -305,6 +311,13 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     if let Some(writer) = access_log_writer {
         server.add_service(writer);
     }
+    server.add_service(background_service(
+        "log summaries",
+        crate::logging::Summaries {
+            shared: shared.clone(),
+            interval: args.log_summary_interval,
+        },
+    ));
     server.add_service(background_service(
         "certificate store check",
         crate::store_watch::StoreWatch {

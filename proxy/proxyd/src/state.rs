@@ -37,6 +37,11 @@ pub struct Shared {
     pub access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
     /// What the last certificate-store check found (`store_watch.rs`).
     pub store_health: crate::store_watch::StoreHealth,
+    /// Client-caused failures, counted instead of logged (`client_errors.rs`).
+    pub client_errors: Arc<crate::client_errors::ClientErrors>,
+    /// Upstream failures by (route id, upstream address): the first logged at once,
+    /// the others summed up once per interval (`logging.rs`).
+    pub upstream_failures: crate::logging::Repeats<(String, String)>,
 }
 
 impl Shared {
@@ -57,6 +62,8 @@ impl Shared {
             metrics: std::sync::OnceLock::new(),
             access_log: std::sync::OnceLock::new(),
             store_health: Default::default(),
+            client_errors: Default::default(),
+            upstream_failures: Default::default(),
         })
     }
 

@@ -26,14 +26,21 @@ pub struct TlsApp<A> {
     acceptor: Acceptor,
     /// Handshakes and failures by reason, with `--metrics`.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Failed handshakes are the client's business: counted, logged at debug.
+    errors: Arc<crate::client_errors::ClientErrors>,
 }
 
 impl<A> TlsApp<A> {
-    pub fn new(inner: A, config: Arc<rustls::ServerConfig>) -> Self {
+    pub fn new(
+        inner: A,
+        config: Arc<rustls::ServerConfig>,
+        errors: Arc<crate::client_errors::ClientErrors>,
+    ) -> Self {
         TlsApp {
             inner: Arc::new(inner),
             acceptor: Acceptor::from_server_config(config),
             metrics: None,
+            errors,
         }
     }
 
@@ -59,6 +66,10 @@ impl<A> TlsApp<A> {
             tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.tls_handshake(l4)).await;
         if let Some(m) = &self.metrics {
             m.tls_handshake_done(&handshake);
+        }
+        if !matches!(handshake, Ok(Ok(_))) {
+            self.errors
+                .record(crate::client_errors::ClientError::TlsHandshake);
         }
         let mut tls = match handshake {
             Ok(Ok(tls)) => tls,
