@@ -6,6 +6,7 @@
 
 mod conn_cap;
 mod h2_abuse;
+mod log_flood;
 mod path_confusion;
 mod resumption;
 mod slow_clients;
