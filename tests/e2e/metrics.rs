@@ -677,3 +677,149 @@ async fn access_log_is_reopened_on_sigusr1_without_losing_a_line() {
         new.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_that_cannot_be_written_are_counted_as_dropped() {
+    // /dev/full: every write fails with ENOSPC, as on a full disk.
+    let a = Backend::start("a").await;
+    let metrics = free_addr();
+    let proxy = Proxy::builder(&one_route(&["a.test"], &a, ""))
+        .arg("--metrics")
+        .arg(metrics.to_string())
+        .arg("--access-log")
+        .arg("/dev/full")
+        .arg("--log-summary-interval")
+        .arg("1s")
+        .start()
+        .await;
+    const REQUESTS: usize = 200;
+    let mut conn = proxy.https("a.test", Alpn::H1).await.unwrap();
+    for _ in 0..REQUESTS {
+        // Requests do not notice: they never wait for the disk.
+        assert_eq!(conn.get("a.test", "/").await.unwrap().status, 200);
+    }
+    let dropped = wait_until("every line counted as dropped", SOON, POLL, || async {
+        let s = scrape(metrics).await;
+        let write_error = s.get(
+            "proxyd_access_log_dropped_lines_total",
+            &[("reason", "write_error")],
+        );
+        (write_error >= REQUESTS as f64).then_some(s)
+    })
+    .await;
+    // Exactly one per request (the scrapes above are not logged), none for another reason.
+    assert_eq!(
+        dropped.get(
+            "proxyd_access_log_dropped_lines_total",
+            &[("reason", "write_error")]
+        ),
+        REQUESTS as f64
+    );
+    assert_eq!(
+        dropped.get(
+            "proxyd_access_log_dropped_lines_total",
+            &[("reason", "queue_full")]
+        ),
+        0.0
+    );
+    // The daemon's log says so once, with the cause, then sums it up: not a line each.
+    wait_until("a summary of the dropped lines", SOON, POLL, || async {
+        proxy
+            .log()
+            .lines()
+            .any(|l| l.contains("lines dropped in the last") && l.contains("write_error="))
+            .then_some(())
+    })
+    .await;
+    let log = proxy.log();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("access log: write failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{log}");
+    assert!(failed[0].contains("No space left on device"), "{log}");
+}
+
+/// The systemd unit this repository ships (proxy/proxyd/dist): its access log goes to a
+/// file in its LogsDirectory, not the journal, and the shipped logrotate snippet rotates
+/// that very file the way proxyd reopens it (rename, then SIGUSR1 to the main process).
+/// Then the rotation itself, as the snippet does it, on a proxyd started with the
+/// unit's access-log flag moved into a temporary directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_unit_logs_requests_to_a_file_the_shipped_logrotate_rotates() {
+    let dist = tests::workspace_root().join("proxy/proxyd/dist");
+    let unit = std::fs::read_to_string(dist.join("proxyd.service")).unwrap();
+    // ExecStart= with its continuation lines joined.
+    let unit = unit.replace("\\\n", " ");
+    let setting = |key: &str| -> String {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in proxyd.service"))
+            .to_owned()
+    };
+    let exec_start = setting("ExecStart");
+    let flags: Vec<&str> = exec_start.split_whitespace().collect();
+    let access_log = flags
+        .iter()
+        .position(|f| *f == "--access-log")
+        .map(|i| flags[i + 1])
+        .unwrap_or_else(|| panic!("the unit logs requests to the journal: {exec_start}"));
+    let logs_dir = format!("/var/log/{}/", setting("LogsDirectory"));
+    assert!(
+        access_log.starts_with(&logs_dir),
+        "{access_log} is not in the unit's LogsDirectory ({logs_dir}): ProtectSystem=strict refuses it"
+    );
+
+    let rotate = std::fs::read_to_string(dist.join("proxyd.logrotate")).unwrap();
+    let rule: Vec<&str> = rotate
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(rule[0], format!("{access_log} {{"), "{rotate}");
+    // Renamed, never copied and truncated (which loses lines), compressed a rotation
+    // later (proxyd may still end its last lines in it), reopened by the main process
+    // (SIGUSR1 to anything else in the unit, e.g. ExecReload's script, would kill it).
+    for directive in ["nocreate", "delaycompress"] {
+        assert!(rule.contains(&directive), "no {directive}: {rotate}");
+    }
+    assert!(!rule.contains(&"copytruncate"), "{rotate}");
+    let post = rule.iter().position(|l| *l == "postrotate").expect("postrotate");
+    assert_eq!(rule[post + 2], "endscript");
+    assert_eq!(
+        rule[post + 1],
+        "systemctl kill --kill-whom=main --signal=SIGUSR1 proxyd.service"
+    );
+
+    // The rotation, on a proxyd with the unit's flag (its directory moved here).
+    let a = Backend::start("a").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp
+        .path()
+        .join(access_log.strip_prefix(&logs_dir).unwrap());
+    let proxy = Proxy::builder(&one_route(&["a.test"], &a, ""))
+        .arg("--access-log")
+        .arg(&file)
+        .start()
+        .await;
+    let mut conn = proxy.https("a.test", Alpn::H1).await.unwrap();
+    assert_eq!(conn.get("a.test", "/day-1").await.unwrap().status, 200);
+    wait_until("the first line", SOON, POLL, || async {
+        (lines(&file).len() == 1).then_some(())
+    })
+    .await;
+    let rotated = file.with_extension("log.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    proxy.signal(libc::SIGUSR1);
+    wait_until("the file reopened at its path", SOON, POLL, || async {
+        file.exists().then_some(())
+    })
+    .await;
+    assert_eq!(conn.get("a.test", "/day-2").await.unwrap().status, 200);
+    wait_until("the next line in the new file", SOON, POLL, || async {
+        (lines(&file).len() == 1).then_some(())
+    })
+    .await;
+    assert!(lines(&rotated)[0].contains("/day-1"));
+    assert!(lines(&file)[0].contains("/day-2"));
+}

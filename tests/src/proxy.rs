@@ -70,20 +70,9 @@ pub struct ProxyBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     store_tmpfs: Option<String>,
-    /// More tmpfs mounts: (directory under the working directory, size).
-    tmpfs: Vec<(String, String)>,
 }
 
 impl ProxyBuilder {
-    /// Mount a tmpfs of this size (e.g. `"64k"`) at `<working dir>/<name>` (created), in
-    /// proxyd's private mount namespace as with [`ProxyBuilder::store_tmpfs`], e.g. for
-    /// an access log on a disk that fills up. Reach it with [`Proxy::path_in_ns`];
-    /// resize it with [`Proxy::remount`].
-    pub fn tmpfs(mut self, name: &str, size: &str) -> Self {
-        self.tmpfs.push((name.to_owned(), size.to_owned()));
-        self
-    }
-
     /// Put the certificate store on its own tmpfs of this size (e.g. `"1m"`), mounted in
     /// a private mount namespace of proxyd (`unshare --map-root-user --mount`), so a test
     /// can fill it or make it read-only ([`Proxy::remount_store`]) without touching the
@@ -177,32 +166,19 @@ impl ProxyBuilder {
         let https = self.https.unwrap_or_else(free_addr);
 
         let proxyd = locate_bin("proxyd", "PROXYD_BIN");
-        let mut mounts: Vec<(PathBuf, &str)> = Vec::new();
-        if let Some(size) = &self.store_tmpfs {
-            mounts.push((store.clone(), size));
-        }
-        for (name, size) in &self.tmpfs {
-            let at = dir.join(name);
-            std::fs::create_dir_all(&at).expect("create a tmpfs mount point");
-            mounts.push((at, size));
-        }
-        let mut cmd = if mounts.is_empty() {
-            Command::new(proxyd)
-        } else {
-            // unshare and sh exec: proxyd keeps the pid of the child.
-            let mut c = Command::new("unshare");
-            c.args(["--map-root-user", "--mount", "sh", "-c"])
-                .arg(concat!(
-                    r#"while [ "$1" != -- ]; do "#,
-                    r#"mount -t tmpfs -o "size=$2,mode=0700" tmpfs "$1" || exit 1; shift 2; "#,
-                    r#"done; shift; exec "$@""#
-                ))
-                .arg("sh");
-            for (at, size) in &mounts {
-                c.arg(at).arg(size);
+        let mut cmd = match &self.store_tmpfs {
+            None => Command::new(proxyd),
+            Some(size) => {
+                // unshare and sh exec: proxyd keeps the pid of the child.
+                let mut c = Command::new("unshare");
+                c.args(["--map-root-user", "--mount", "sh", "-c"])
+                    .arg(r#"mount -t tmpfs -o "size=$1,mode=0700" tmpfs "$2" && shift 2 && exec "$@""#)
+                    .arg("sh")
+                    .arg(size)
+                    .arg(&store)
+                    .arg(proxyd);
+                c
             }
-            c.arg("--").arg(proxyd);
-            c
         };
         cmd.arg("--routes")
             .arg(&routes_path)
@@ -234,7 +210,6 @@ impl ProxyBuilder {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {:?}: {e}", cmd.get_program()));
 
-        let in_ns = !mounts.is_empty();
         let store_in_ns = self.store_tmpfs.as_ref().map(|_| store.clone());
         let store = match &store_in_ns {
             Some(s) => Path::new(&format!("/proc/{}/root", child.id()))
@@ -248,7 +223,6 @@ impl ProxyBuilder {
             routes_path,
             store,
             store_in_ns,
-            in_ns,
             log_path,
             http,
             https,
@@ -328,8 +302,6 @@ pub struct Proxy {
     store: PathBuf,
     /// With [`ProxyBuilder::store_tmpfs`]: the store's path inside proxyd's namespace.
     store_in_ns: Option<PathBuf>,
-    /// proxyd runs in a mount namespace of its own (tmpfs mounts).
-    in_ns: bool,
     log_path: PathBuf,
     http: SocketAddr,
     https: SocketAddr,
@@ -352,7 +324,6 @@ impl Proxy {
             args: vec![],
             envs: vec![],
             store_tmpfs: None,
-            tmpfs: vec![],
         }
     }
 
@@ -386,41 +357,6 @@ impl Proxy {
         assert!(
             out.status.success(),
             "remounting the store failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A path as proxyd sees it, reachable from here: through `/proc/<pid>/root` when
-    /// proxyd has a mount namespace of its own ([`ProxyBuilder::tmpfs`]).
-    pub fn path_in_ns(&self, path: &Path) -> PathBuf {
-        if self.in_ns {
-            Path::new(&format!("/proc/{}/root", self.pid()))
-                .join(path.strip_prefix("/").unwrap_or(path))
-        } else {
-            path.to_path_buf()
-        }
-    }
-
-    /// Remount a tmpfs of proxyd's namespace ([`ProxyBuilder::tmpfs`]) with these
-    /// options, e.g. `"remount,size=1m"`.
-    pub fn remount(&self, dir: &Path, options: &str) {
-        assert!(self.in_ns, "remount needs ProxyBuilder::tmpfs");
-        let out = Command::new("nsenter")
-            .args([
-                "-t",
-                &self.pid().to_string(),
-                "-U",
-                "-m",
-                "--preserve-credentials",
-            ])
-            .args(["mount", "-o", options])
-            .arg(dir)
-            .output()
-            .expect("run nsenter");
-        assert!(
-            out.status.success(),
-            "remounting {} failed: {}",
-            dir.display(),
             String::from_utf8_lossy(&out.stderr)
         );
     }

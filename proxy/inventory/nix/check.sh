@@ -4,7 +4,8 @@
 #   1. inventory.nix evaluates to the committed inventory.json (which the inventory
 #      crate's tests expand to the committed routes.toml);
 #   2. nixos/proxyd.nix parses, and evaluates against a stub of nixpkgs' lib
-#      (module-check.nix);
+#      (module-check.nix), and the access log its unit writes is the file its
+#      logrotate settings rotate;
 #   3. the proxyd command line the module writes (ExecStartPre, with --check) is
 #      accepted by the proxyd just built, on the repository's routes.toml.
 set -euo pipefail
@@ -26,10 +27,23 @@ nix-instantiate --parse "$here/../nixos/proxyd.nix" >/dev/null
 unit=$(eval_nix "$here/module-check.nix" -A systemd.services.proxyd.serviceConfig)
 for want in '"ExecReload":"/nix/store/00000000000000000000000000000000-proxyd/bin/proxyctl --socket /run/proxyd/admin.sock reload"' \
     '"AmbientCapabilities":["CAP_NET_BIND_SERVICE"]' '"StateDirectory":"proxyd"' \
-    '"CapabilityBoundingSet":["CAP_NET_BIND_SERVICE"]' '"NoNewPrivileges":true'; do
+    '"CapabilityBoundingSet":["CAP_NET_BIND_SERVICE"]' '"NoNewPrivileges":true' \
+    '"LogsDirectory":"proxyd"' '--access-log /var/log/proxyd/access.log'; do
     if [[ $unit != *"$want"* ]]; then
         echo "nix/check: the module's unit lacks $want:" >&2
         echo "$unit" >&2
+        exit 1
+    fi
+done
+
+# The access log the unit writes is the file logrotate rotates, and its postrotate has
+# the main process (proxyd) reopen it.
+rotate=$(eval_nix "$here/module-check.nix" -A services.logrotate.settings.proxyd)
+for want in '"files":"/var/log/proxyd/access.log"' '"delaycompress":true' \
+    '"postrotate":"/run/current-system/sw/bin/systemctl kill --kill-whom=main --signal=SIGUSR1 proxyd.service"'; do
+    if [[ $rotate != *"$want"* ]]; then
+        echo "nix/check: the module's logrotate settings lack $want:" >&2
+        echo "$rotate" >&2
         exit 1
     fi
 done
@@ -43,5 +57,6 @@ trap 'rm -rf "$store"' EXIT
 pre=${pre//\/nix\/store\/00000000000000000000000000000000-proxyd\/bin/$root/target/debug}
 pre=${pre//\/etc\/proxyd\/routes.toml/$root/routes.toml}
 pre=${pre//\/var\/lib\/proxyd\/certs-store/$store/certs-store}
+pre=${pre//\/var\/log\/proxyd/$store}
 eval "$pre" >/dev/null
 echo "nix/check: inventory.nix = inventory.json; nixos/proxyd.nix evaluates; its proxyd command line is accepted"

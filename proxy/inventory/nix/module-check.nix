@@ -20,6 +20,7 @@ let
       path = "path";
       str = "str";
       bool = "bool";
+      int = "int";
       listOf = t: "listOf ${t}";
       enum = xs: "enum";
     };

@@ -9,6 +9,9 @@
 #     acme = { enable = true; contact = [ "mailto:ops@example.org" ]; };
 #   };
 #
+# The daemon's own log goes to the journal; the access log to /var/log/proxyd/access.log,
+# rotated daily by logrotate (services.proxyd.accessLog).
+#
 # The routes file is linked to /etc/proxyd/routes.toml, a path that does not change,
 # and listed in reloadTriggers: a deploy that changes only the routes makes activation
 # run `systemctl reload proxyd`, i.e. `proxyctl reload`, which has the running daemon
@@ -26,10 +29,14 @@ let
 
   adminSocket = "/run/proxyd/admin.sock";
   store = "/var/lib/proxyd/certs-store";
+  # In LogsDirectory (the only place under /var/log the unit may write).
+  accessLogFile = "/var/log/proxyd/access.log";
 
   args =
     [ "--routes" "/etc/proxyd/routes.toml" "--certs-store" store "--admin-socket" adminSocket
-      "--upgrade-socket" "/run/proxyd/upgrade.sock" "--log-format" cfg.logFormat ]
+      "--upgrade-socket" "/run/proxyd/upgrade.sock" "--log-format" cfg.logFormat
+      "--access-log-format" cfg.accessLog.format ]
+    ++ optionals (cfg.accessLog.format != "off") [ "--access-log" accessLogFile ]
     ++ lib.concatMap (a: [ "--https" a ]) cfg.https
     ++ lib.concatMap (a: [ "--http" a ]) cfg.http
     ++ lib.concatMap (a: [ "--dns-server" a ]) cfg.dnsServers
@@ -95,6 +102,23 @@ in
       description = "Log format on stderr, i.e. in the journal (--log-format).";
     };
 
+    accessLog = {
+      format = mkOption {
+        type = types.enum [ "json" "combined" "off" ];
+        default = "json";
+        description = ''
+          Access log format (--access-log-format). The log, one line per request, is
+          written to /var/log/proxyd/access.log (not the journal: a flood of requests
+          must not push the daemon's own messages out of it) and rotated by logrotate.
+        '';
+      };
+      rotate = mkOption {
+        type = types.int;
+        default = 14;
+        description = "Rotated access logs kept (one a day, or one per 1 GiB).";
+      };
+    };
+
     acme = {
       enable = mkEnableOption "certificates from an ACME CA (Let's Encrypt by default)";
       directory = mkOption {
@@ -133,6 +157,26 @@ in
     environment.systemPackages = [ cfg.package ];
     networking.firewall.allowedTCPPorts = optionals cfg.openFirewall [ 80 443 ];
 
+    # logrotate renames the file, then SIGUSR1 (to the main process: proxyd itself) has
+    # proxyd write out what it holds and reopen the path, creating the new file: no line
+    # is lost or split. delaycompress: never compress a file proxyd may still be ending.
+    services.logrotate = mkIf (cfg.accessLog.format != "off") {
+      enable = true;
+      settings.proxyd = {
+        files = accessLogFile;
+        frequency = "daily";
+        maxsize = "1G";
+        rotate = cfg.accessLog.rotate;
+        missingok = true;
+        notifempty = true;
+        nocreate = true;
+        compress = true;
+        delaycompress = true;
+        sharedscripts = true;
+        postrotate = "/run/current-system/sw/bin/systemctl kill --kill-whom=main --signal=SIGUSR1 proxyd.service";
+      };
+    };
+
     systemd.services.proxyd = {
       description = "proxyd HTTPS reverse proxy";
       wantedBy = [ "multi-user.target" ];
@@ -163,6 +207,9 @@ in
         # The certificate store: the daemon's only state (keys 0600, directory 0700).
         StateDirectory = "proxyd";
         StateDirectoryMode = "0700";
+        # The access log (/var/log/proxyd/access.log, rotated by logrotate).
+        LogsDirectory = "proxyd";
+        LogsDirectoryMode = "0750";
         # Admin and upgrade sockets; proxyctl (root, or the proxyd group) reaches them.
         RuntimeDirectory = "proxyd";
         RuntimeDirectoryMode = "0750";
