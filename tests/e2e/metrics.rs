@@ -784,7 +784,10 @@ async fn the_shipped_unit_logs_requests_to_a_file_the_shipped_logrotate_rotates(
         assert!(rule.contains(&directive), "no {directive}: {rotate}");
     }
     assert!(!rule.contains(&"copytruncate"), "{rotate}");
-    let post = rule.iter().position(|l| *l == "postrotate").expect("postrotate");
+    let post = rule
+        .iter()
+        .position(|l| *l == "postrotate")
+        .expect("postrotate");
     assert_eq!(rule[post + 2], "endscript");
     assert_eq!(
         rule[post + 1],
@@ -794,9 +797,7 @@ async fn the_shipped_unit_logs_requests_to_a_file_the_shipped_logrotate_rotates(
     // The rotation, on a proxyd with the unit's flag (its directory moved here).
     let a = Backend::start("a").await;
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp
-        .path()
-        .join(access_log.strip_prefix(&logs_dir).unwrap());
+    let file = tmp.path().join(access_log.strip_prefix(&logs_dir).unwrap());
     let proxy = Proxy::builder(&one_route(&["a.test"], &a, ""))
         .arg("--access-log")
         .arg(&file)

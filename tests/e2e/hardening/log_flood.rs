@@ -87,13 +87,17 @@ async fn flood(http: SocketAddr, https: SocketAddr, ca: String) {
     // Half a head, then close (the issue's `printf 'GET / HTTP/1.1\r\n' | nc`).
     let partial = many(PARTIAL_HEADS, move |_| async move {
         let mut s = tcp_connect(http).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+            .await
+            .unwrap();
     });
     let partial_tls = many(PARTIAL_HEADS_TLS, |_| {
         let h1 = h1.clone();
         async move {
             let mut s = tls_connect(https, h1, "a.test").await.unwrap();
-            s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n").await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+                .await
+                .unwrap();
             let _ = s.shutdown().await;
         }
     });
@@ -136,7 +140,15 @@ async fn flood(http: SocketAddr, https: SocketAddr, ca: String) {
             send_and_read(s, b"GET / HTTP/1.1\r\n\r\n", Duration::from_secs(5)).await;
         }
     });
-    tokio::join!(partial, partial_tls, timeouts, oversize, bad, not_tls, not_h2);
+    tokio::join!(
+        partial,
+        partial_tls,
+        timeouts,
+        oversize,
+        bad,
+        not_tls,
+        not_h2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,9 +173,12 @@ async fn a_flood_of_client_errors_is_counted_not_logged_and_admin_errors_still_s
         .start()
         .await;
     let acme_failed = |proxy: &Proxy| proxy.log().matches("ACME: ordering failed").count();
-    wait_until("the first ACME failure in the log", Duration::from_secs(10), POLL, || async {
-        (acme_failed(&proxy) >= 1).then_some(())
-    })
+    wait_until(
+        "the first ACME failure in the log",
+        Duration::from_secs(10),
+        POLL,
+        || async { (acme_failed(&proxy) >= 1).then_some(()) },
+    )
     .await;
     // Counts from before the flood (the readiness probe's bare connections count too).
     let baseline = scrape(metrics).await;
@@ -174,11 +189,19 @@ async fn a_flood_of_client_errors_is_counted_not_logged_and_admin_errors_still_s
 
     // During the flood (once it is counted): an invalid routes file is reloaded, an
     // ACME order fails.
-    wait_until("the flood under way", Duration::from_secs(10), POLL, || async {
-        let series = ("proxyd_client_errors_total", &[("reason", "partial_head")][..]);
-        let s = scrape(metrics).await;
-        (s.get(series.0, series.1) > baseline.get(series.0, series.1)).then_some(())
-    })
+    wait_until(
+        "the flood under way",
+        Duration::from_secs(10),
+        POLL,
+        || async {
+            let series = (
+                "proxyd_client_errors_total",
+                &[("reason", "partial_head")][..],
+            );
+            let s = scrape(metrics).await;
+            (s.get(series.0, series.1) > baseline.get(series.0, series.1)).then_some(())
+        },
+    )
     .await;
     let good = std::fs::read_to_string(proxy.routes_path()).unwrap();
     std::fs::write(proxy.routes_path(), format!("{good}\nupstrem = 1\n")).unwrap();
@@ -200,40 +223,59 @@ async fn a_flood_of_client_errors_is_counted_not_logged_and_admin_errors_still_s
         ("tls_handshake", NOT_TLS),
         ("h2_handshake", NOT_H2),
     ];
-    let counted = wait_until("the flood counted", Duration::from_secs(10), POLL, || async {
-        let s = scrape(metrics).await;
-        let got: Vec<(&str, f64)> = want
-            .iter()
-            .map(|(why, _)| {
-                let series = ("proxyd_client_errors_total", &[("reason", *why)]);
-                (*why, s.get(series.0, series.1) - baseline.get(series.0, series.1))
-            })
-            .collect();
-        want.iter()
-            .zip(&got)
-            .all(|((_, n), (_, g))| *g >= *n as f64)
-            .then_some(got)
-    })
+    let counted = wait_until(
+        "the flood counted",
+        Duration::from_secs(10),
+        POLL,
+        || async {
+            let s = scrape(metrics).await;
+            let got: Vec<(&str, f64)> = want
+                .iter()
+                .map(|(why, _)| {
+                    let series = ("proxyd_client_errors_total", &[("reason", *why)]);
+                    (
+                        *why,
+                        s.get(series.0, series.1) - baseline.get(series.0, series.1),
+                    )
+                })
+                .collect();
+            want.iter()
+                .zip(&got)
+                .all(|((_, n), (_, g))| *g >= *n as f64)
+                .then_some(got)
+        },
+    )
     .await;
     let exact: Vec<(&str, f64)> = want.iter().map(|(why, n)| (*why, *n as f64)).collect();
     assert_eq!(counted, exact);
 
     // What the admin must see is there: the reload error and where, the ACME failure.
-    wait_until("the ACME failure of the renewal", Duration::from_secs(10), POLL, || async {
-        (acme_failed(&proxy) >= 2).then_some(())
-    })
+    wait_until(
+        "the ACME failure of the renewal",
+        Duration::from_secs(10),
+        POLL,
+        || async { (acme_failed(&proxy) >= 2).then_some(()) },
+    )
     .await;
     let log = proxy.log();
     assert!(log.contains("reload: "), "no reload error in:\n{log}");
-    assert!(log.contains("unknown field `upstrem`"), "no reload error in:\n{log}");
+    assert!(
+        log.contains("unknown field `upstrem`"),
+        "no reload error in:\n{log}"
+    );
     // And a summary, at most one a second (wait for one after the flood).
-    wait_until("a summary of the flood", Duration::from_secs(5), POLL, || async {
-        proxy
-            .log()
-            .lines()
-            .any(|l| l.contains("client errors in the last") && l.contains("partial_head"))
-            .then_some(())
-    })
+    wait_until(
+        "a summary of the flood",
+        Duration::from_secs(5),
+        POLL,
+        || async {
+            proxy
+                .log()
+                .lines()
+                .any(|l| l.contains("client errors in the last") && l.contains("partial_head"))
+                .then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(INTERVAL).await;
 
@@ -251,7 +293,9 @@ async fn a_flood_of_client_errors_is_counted_not_logged_and_admin_errors_still_s
         during.join("\n")
     );
     assert!(
-        !during.iter().any(|l| l.contains("Fail to proxy") || l.contains("H2 handshake")),
+        !during
+            .iter()
+            .any(|l| l.contains("Fail to proxy") || l.contains("H2 handshake")),
         "{}",
         during.join("\n")
     );
@@ -285,19 +329,31 @@ async fn a_dead_backend_under_load_is_logged_once_then_summed_up() {
     .await;
 
     // The first failure is in the log with its cause, the rest in a summary with counts.
-    let summed = wait_until("a summary of the failures", Duration::from_secs(5), POLL, || async {
-        let lines = log_lines(&proxy);
-        let counts: usize = lines
-            .iter()
-            .filter(|l| l.contains("more upstream failures in the last"))
-            .filter_map(|l| l.split(" count=").nth(1)?.split(' ').next()?.parse::<usize>().ok())
-            .sum();
-        let firsts = lines
-            .iter()
-            .filter(|l| l.contains("upstream failure (more of this route and upstream"))
-            .count();
-        (firsts + counts == REQUESTS).then_some(firsts)
-    })
+    let summed = wait_until(
+        "a summary of the failures",
+        Duration::from_secs(5),
+        POLL,
+        || async {
+            let lines = log_lines(&proxy);
+            let counts: usize = lines
+                .iter()
+                .filter(|l| l.contains("more upstream failures in the last"))
+                .filter_map(|l| {
+                    l.split(" count=")
+                        .nth(1)?
+                        .split(' ')
+                        .next()?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .sum();
+            let firsts = lines
+                .iter()
+                .filter(|l| l.contains("upstream failure (more of this route and upstream"))
+                .count();
+            (firsts + counts == REQUESTS).then_some(firsts)
+        },
+    )
     .await;
     let first = proxy
         .log()
