@@ -1,9 +1,14 @@
 //! The shipped systemd unit (`proxy/proxyd/dist/proxyd.service`) run the way systemd runs
-//! it, without systemd: `ExecStart` is `proxyd --daemon $PROXYD_ARGS` (`Type=forking`: the
-//! command returns once the daemon serves, and `PIDFile=` names the daemon), `ExecReload`
-//! is `proxyctl upgrade --reload-if-unchanged` with `PROXYD_ARGS` and `PROXYD_BIN` in its
-//! environment (the unit's `EnvironmentFile`), and after a reload that exits 0 systemd
-//! reads the PID file again. Everything they print goes to one file, as to the journal.
+//! it, without systemd. Its `ExecStartPre`, `ExecStart` and `ExecReload` command lines are
+//! read from the shipped file, and `PROXYD_ARGS` from the shipped environment file
+//! (`proxy/proxyd/dist/proxyd.env`, the unit's `EnvironmentFile`) with its paths moved
+//! into a temporary directory and loopback listeners added; `/usr/bin/NAME` is the NAME
+//! just built, and `$PROXYD_ARGS` is split on whitespace as systemd does.
+//! `ExecStart` (`proxyd --daemon $PROXYD_ARGS`, `Type=forking`) returns once the daemon
+//! serves and `PIDFile=` names the daemon; `ExecReload` (`proxyctl upgrade
+//! --reload-if-unchanged`) gets `PROXYD_BIN`, the new binary a test installs, and after a
+//! reload that exits 0 systemd reads the PID file again. Everything they print goes to
+//! one file, as to the journal.
 //!
 //! The daemons are not children of the test (they fork, or outlive `proxyctl upgrade`):
 //! every PID the unit ever had is killed when the [`Unit`] is dropped.
@@ -14,11 +19,103 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::proxy::{free_addr, tail};
 use crate::locate_bin;
+use crate::proxy::{free_addr, tail};
 
 /// How long `proxyd --daemon` may take to return.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The shipped unit's commands and flags.
+#[derive(Debug, Clone)]
+pub struct Shipped {
+    /// `ExecStartPre`, `ExecStart`, `ExecReload`, split on whitespace.
+    pub exec_start_pre: Vec<String>,
+    pub exec_start: Vec<String>,
+    pub exec_reload: Vec<String>,
+    /// `EnvironmentFile=`.
+    pub environment_file: String,
+    /// `PIDFile=`.
+    pub pid_file: String,
+    /// `PROXYD_ARGS` of the shipped environment file, split on whitespace.
+    pub proxyd_args: Vec<String>,
+}
+
+fn dist_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../proxy/proxyd/dist")
+}
+
+impl Shipped {
+    /// `proxy/proxyd/dist/proxyd.service` and `proxyd.env`, as systemd reads them.
+    pub fn read() -> Result<Shipped, String> {
+        let read = |name: &str| {
+            let path = dist_dir().join(name);
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        Shipped::parse(&read("proxyd.service")?, &read("proxyd.env")?)
+    }
+
+    pub fn parse(service: &str, env: &str) -> Result<Shipped, String> {
+        // Continuation lines joined, comments dropped.
+        let service = service.replace("\\\n", " ");
+        let setting = |key: &str| -> Result<String, String> {
+            let mut found = service
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+                .map(|v| v.trim().to_owned());
+            let v = found.next().ok_or(format!("the unit has no {key}="))?;
+            if found.next().is_some() {
+                return Err(format!("the unit has more than one {key}="));
+            }
+            Ok(v)
+        };
+        let words = |v: String| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        let mut args = None;
+        for line in env.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (key, value) = line
+                .split_once('=')
+                .ok_or(format!("environment file: not KEY=VALUE: {line:?}"))?;
+            if key == "PROXYD_ARGS" {
+                let value = value
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(value);
+                args = Some(words(value.to_owned()));
+            }
+        }
+        Ok(Shipped {
+            exec_start_pre: words(setting("ExecStartPre")?),
+            exec_start: words(setting("ExecStart")?),
+            exec_reload: words(setting("ExecReload")?),
+            environment_file: setting("EnvironmentFile")?,
+            pid_file: setting("PIDFile")?,
+            proxyd_args: args.ok_or("the environment file sets no PROXYD_ARGS")?,
+        })
+    }
+}
+
+/// A command line of the unit, run here: `/usr/bin/NAME` is the NAME just built, and
+/// `$PROXYD_ARGS` these flags (systemd splits an unbraced variable on whitespace).
+fn command(words: &[String], proxyd_args: &[String]) -> tokio::process::Command {
+    let mut words = words.iter();
+    let program = words.next().expect("an empty command line in the unit");
+    let name = program
+        .strip_prefix("/usr/bin/")
+        .unwrap_or_else(|| panic!("the unit runs {program}, not a binary of /usr/bin"));
+    let env = format!("{}_BIN", name.to_ascii_uppercase());
+    let mut cmd = tokio::process::Command::new(locate_bin(name, &env));
+    for w in words {
+        if w == "$PROXYD_ARGS" {
+            cmd.args(proxyd_args);
+        } else {
+            assert!(!w.contains('$'), "the unit uses {w}, unknown here");
+            cmd.arg(w);
+        }
+    }
+    cmd
+}
 
 pub struct UnitBuilder {
     routes: String,
@@ -46,33 +143,30 @@ impl UnitBuilder {
             let dir = tmp.path().to_path_buf();
             std::fs::write(dir.join("routes.toml"), &self.routes).expect("write routes.toml");
             let (http, https) = (free_addr(), free_addr());
-            let p = |name: &str| dir.join(name).display().to_string();
-            let mut args = vec![
-                "--routes".into(),
-                p("routes.toml"),
-                "--certs-store".into(),
-                p("certs-store"),
+            let shipped = Shipped::read().unwrap_or_else(|e| panic!("the shipped unit: {e}"));
+            let mut args = shipped
+                .proxyd_args
+                .iter()
+                .map(|a| moved(a, &dir))
+                .collect::<Vec<_>>();
+            args.extend([
                 "--http".into(),
                 http.to_string(),
                 "--https".into(),
                 https.to_string(),
-                "--admin-socket".into(),
-                p("admin.sock"),
-                "--upgrade-socket".into(),
-                p("upgrade.sock"),
-                "--pid-file".into(),
-                p("proxyd.pid"),
-            ];
+            ]);
             args.extend(self.args.iter().cloned());
             let mut unit = Unit {
                 _tmp: tmp,
                 dir,
                 args,
+                shipped,
                 http,
                 https,
                 main_pid: 0,
                 seen: Vec::new(),
             };
+            unit.exec_start_pre().await;
             let status = unit.exec_start().await;
             if let Ok(pid) = unit.read_pid_file() {
                 unit.seen.push(pid);
@@ -122,10 +216,26 @@ impl Reload {
     }
 }
 
+/// A path of the shipped flags, moved into the unit's directory (the other flags as
+/// they are).
+fn moved(arg: &str, dir: &Path) -> String {
+    for prefix in ["/etc/proxyd/", "/var/lib/proxyd/", "/run/proxyd/"] {
+        if let Some(rest) = arg.strip_prefix(prefix) {
+            return dir.join(rest).display().to_string();
+        }
+    }
+    assert!(
+        !arg.starts_with('/'),
+        "the shipped PROXYD_ARGS name {arg}, which this harness does not move"
+    );
+    arg.to_owned()
+}
+
 pub struct Unit {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     args: Vec<String>,
+    shipped: Shipped,
     http: SocketAddr,
     https: SocketAddr,
     /// The main PID as systemd holds it: read from the PID file after ExecStart and after
@@ -164,8 +274,9 @@ impl Unit {
         self.main_pid
     }
 
+    /// `PIDFile=`, moved into the unit's directory.
     pub fn pid_file(&self) -> PathBuf {
-        self.dir.join("proxyd.pid")
+        PathBuf::from(moved(&self.shipped.pid_file, &self.dir))
     }
 
     pub fn admin_socket(&self) -> PathBuf {
@@ -178,8 +289,7 @@ impl Unit {
 
     pub fn ca_pem(&self) -> String {
         let path = self.certs_store().join("local-ca").join("ca.pem");
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
     }
 
     /// Everything ExecStart, ExecReload and the daemons printed so far.
@@ -219,11 +329,26 @@ impl Unit {
         v["pid"].as_u64()
     }
 
+    /// `ExecStartPre` (`--check`); panics with its output unless it exits 0.
+    async fn exec_start_pre(&self) {
+        let out = command(&self.shipped.exec_start_pre, &self.args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("run ExecStartPre");
+        assert!(
+            out.status.success(),
+            "ExecStartPre failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     async fn exec_start(&self) -> Option<ExitStatus> {
         let journal = self.journal_file();
-        let mut launcher = tokio::process::Command::new(locate_bin("proxyd", "PROXYD_BIN"))
-            .arg("--daemon")
-            .args(&self.args)
+        let mut launcher = command(&self.shipped.exec_start, &self.args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(journal.try_clone().expect("dup journal"))
@@ -237,13 +362,13 @@ impl Unit {
             .map(|s| s.expect("wait for proxyd --daemon"))
     }
 
-    /// `ExecReload` with this binary and these daemon flags (`PROXYD_BIN`,
-    /// `PROXYD_ARGS`), plus `proxyctl upgrade` options. On exit 0 the main PID is read
-    /// from the PID file again, as systemd does.
+    /// `ExecReload` with this binary installed as `/usr/bin/proxyd` (`PROXYD_BIN`) and
+    /// these daemon flags in the environment file (`PROXYD_ARGS`), plus `proxyctl
+    /// upgrade` options. On exit 0 the main PID is read from the PID file again, as
+    /// systemd does.
     pub async fn reload(&mut self, binary: &Path, args: &[String], options: &[&str]) -> Reload {
         let before = self.journal().len();
-        let status = tokio::process::Command::new(locate_bin("proxyctl", "PROXYCTL_BIN"))
-            .args(["upgrade", "--reload-if-unchanged"])
+        let status = command(&self.shipped.exec_reload, &[])
             .args(options)
             .env("PROXYD_BIN", binary)
             .env("PROXYD_ARGS", args.join(" "))
@@ -280,6 +405,23 @@ pub fn alive(pid: u32) -> bool {
     })
 }
 
+/// The running (not zombie) processes of process group `pgid`, from `/proc`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            alive(pid)
+                && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    s.rfind(')')
+                        .and_then(|i| s[i + 1..].split_whitespace().nth(2))
+                        == Some(pgid.to_string().as_str())
+                })
+        })
+        .collect()
+}
+
 impl Drop for Unit {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -304,5 +446,81 @@ impl Drop for Unit {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One place for the daemon's flags: every command of the shipped unit takes them
+    /// from its environment file, and that file's PID file is the unit's.
+    #[test]
+    fn the_shipped_unit_takes_every_flag_from_its_environment_file() {
+        let s = Shipped::read().unwrap();
+        assert_eq!(s.environment_file, "/etc/proxyd/proxyd.env");
+        assert_eq!(
+            s.exec_start_pre,
+            ["/usr/bin/proxyd", "$PROXYD_ARGS", "--check"]
+        );
+        assert_eq!(
+            s.exec_start,
+            ["/usr/bin/proxyd", "--daemon", "$PROXYD_ARGS"]
+        );
+        assert_eq!(
+            s.exec_reload,
+            ["/usr/bin/proxyctl", "upgrade", "--reload-if-unchanged"]
+        );
+        let flag = |name: &str| {
+            s.proxyd_args
+                .windows(2)
+                .find(|w| w[0] == name)
+                .map(|w| w[1].clone())
+        };
+        assert_eq!(flag("--pid-file").as_deref(), Some(s.pid_file.as_str()));
+        assert!(flag("--routes").is_some() && flag("--certs-store").is_some());
+        for set_by_the_unit in [
+            "-d",
+            "--daemon",
+            "-u",
+            "--upgrade",
+            "--staging-admin-socket",
+        ] {
+            assert!(
+                !s.proxyd_args.iter().any(|a| a == set_by_the_unit),
+                "{set_by_the_unit} in PROXYD_ARGS"
+            );
+        }
+        assert!(
+            !dist_dir().join("proxyd-reload").exists(),
+            "a second copy of the flags"
+        );
+    }
+
+    #[test]
+    fn unit_files_parse_as_systemd_reads_them() {
+        let s = Shipped::parse(
+            "[Service]\nPIDFile=/run/p.pid\nEnvironmentFile=/e\nExecStartPre=/usr/bin/proxyd $PROXYD_ARGS --check\n\
+             ExecStart=/usr/bin/proxyd --daemon \\\n    $PROXYD_ARGS\nExecReload=/usr/bin/proxyctl upgrade\n",
+            "# flags\n\nPROXYD_ARGS=\"--routes /etc/proxyd/r.toml  --pid-file /run/p.pid\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.exec_start,
+            ["/usr/bin/proxyd", "--daemon", "$PROXYD_ARGS"]
+        );
+        assert_eq!(
+            s.proxyd_args,
+            ["--routes", "/etc/proxyd/r.toml", "--pid-file", "/run/p.pid"]
+        );
+        assert!(Shipped::parse("ExecStart=/x\n", "PROXYD_ARGS=\n").is_err());
+        assert!(Shipped::parse(
+            "PIDFile=/p\nEnvironmentFile=/e\nExecStartPre=/a\nExecStart=/b\nExecReload=/c\n",
+            "OTHER=1\n"
+        )
+        .is_err());
+        let dir = Path::new("/tmp/u");
+        assert_eq!(moved("/run/proxyd/admin.sock", dir), "/tmp/u/admin.sock");
+        assert_eq!(moved("--routes", dir), "--routes");
     }
 }

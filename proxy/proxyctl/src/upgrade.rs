@@ -423,6 +423,8 @@ impl Plan {
         let deadline = Instant::now() + ready_timeout;
         let pid = new.child.id();
         let mut last = String::from("it did not start waiting for the listeners");
+        // What its readiness check last said: kept when a later call only times out.
+        let mut said = false;
         loop {
             match new.child.try_wait() {
                 Ok(Some(status)) => {
@@ -458,8 +460,9 @@ impl Plan {
                     }
                 }
             } else {
+                // Each call may run past the deadline by up to 1 s (a loaded machine).
                 let left = deadline.saturating_duration_since(Instant::now());
-                let t = left.clamp(Duration::from_millis(100), Duration::from_secs(2));
+                let t = left.clamp(Duration::from_secs(1), Duration::from_secs(2));
                 match client::call(&new.staging, "GET", "/v1/health/ready", t) {
                     Ok((200, r)) if r["ready"] == true => {
                         match client::call(&new.staging, "GET", "/v1/status", t) {
@@ -468,25 +471,29 @@ impl Plan {
                                 if answering == pid || process_group(answering) == Some(pid) {
                                     return Ok(answering);
                                 }
+                                said = true;
                                 last = format!(
                                     "pid {answering}, not the new proxyd, answers on {}",
                                     new.staging.display()
                                 );
                             }
                             Ok((code, _)) => last = format!("its status answered {code}"),
-                            Err(e) => last = e.to_string(),
+                            Err(e) if !said => last = e.to_string(),
+                            Err(_) => {}
                         }
                     }
                     Ok((_, r)) => {
+                        said = true;
                         last = format!("not ready: {}", r["problems"]);
                     }
-                    Err(CallError::NotRunning(_)) => {
+                    Err(CallError::NotRunning(_)) if !said => {
                         last = format!(
                             "it took the listeners but its admin API does not answer on {}",
                             new.staging.display()
                         );
                     }
-                    Err(e) => last = e.to_string(),
+                    Err(e) if !said => last = e.to_string(),
+                    Err(_) => {}
                 }
             }
             if Instant::now() >= deadline {
@@ -530,15 +537,13 @@ impl NewDaemon {
             let until = Instant::now() + self.stop_timeout;
             loop {
                 let _ = self.child.try_wait();
-                // SAFETY: signal 0 only checks whether the group has members left.
-                let left = unsafe { libc::kill(group, 0) } == 0;
-                if !left {
+                if !group_alive(pid) {
                     break format!(
                         "; stopped the new proxyd (pid {pid}, SIGTERM: its requests finished)"
                     );
                 }
                 if Instant::now() >= until {
-                    // SAFETY: as above.
+                    // SAFETY: kill(2) on the process group this command created.
                     unsafe { libc::kill(group, libc::SIGKILL) };
                     break format!(
                         "; stopped the new proxyd (pid {pid}; SIGKILL after {}s of SIGTERM)",
@@ -553,6 +558,15 @@ impl NewDaemon {
             format!("; stopped the new proxyd (pid {pid})")
         };
         let _ = self.child.wait();
+        // What the new binary started (a wrapper's children) goes too: SIGKILL whatever
+        // of the group is left, and wait until nothing is (bounded; a zombie is gone once
+        // its new parent reaps it).
+        // SAFETY: kill(2) on the process group this command created (setsid).
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        let until = Instant::now() + Duration::from_secs(5);
+        while group_alive(pid) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = std::fs::remove_file(&self.staging);
         let _ = std::fs::remove_file(&self.upgrade_socket);
         how
@@ -605,6 +619,15 @@ fn alive(pid: u32) -> bool {
             .and_then(|i| s[i + 1..].split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X")
     })
+}
+
+/// A process of group `pgid` still runs (not a zombie), from `/proc`.
+fn group_alive(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| alive(pid) && process_group(pid) == Some(pgid))
 }
 
 /// The process group of a process (`/proc/PID/stat`, field 5).
