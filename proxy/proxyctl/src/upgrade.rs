@@ -717,6 +717,15 @@ mod tests {
         assert!(running_args(me).is_some());
         assert!(process_group(me).is_some());
         assert!(alive(me));
+        assert!(group_alive(process_group(me).unwrap()));
+        // A child in a group of its own: gone (reaped) means its group is empty.
+        let mut child = std::process::Command::new("true")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!group_alive(pid));
         assert!(read_pid(Path::new("/nonexistent/proxyd.pid")).is_err());
     }
 }
