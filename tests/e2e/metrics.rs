@@ -749,7 +749,6 @@ async fn access_log_lines_that_cannot_be_written_are_counted_as_dropped() {
 async fn the_shipped_unit_logs_requests_to_a_file_the_shipped_logrotate_rotates() {
     let dist = tests::workspace_root().join("proxy/proxyd/dist");
     let unit = std::fs::read_to_string(dist.join("proxyd.service")).unwrap();
-    // ExecStart= with its continuation lines joined.
     let unit = unit.replace("\\\n", " ");
     let setting = |key: &str| -> String {
         unit.lines()
@@ -757,13 +756,14 @@ async fn the_shipped_unit_logs_requests_to_a_file_the_shipped_logrotate_rotates(
             .unwrap_or_else(|| panic!("no {key}= in proxyd.service"))
             .to_owned()
     };
-    let exec_start = setting("ExecStart");
-    let flags: Vec<&str> = exec_start.split_whitespace().collect();
+    // The daemon's flags: the unit's one environment file (PROXYD_ARGS).
+    let shipped = tests::unit::Shipped::read().unwrap();
+    let flags = &shipped.proxyd_args;
     let access_log = flags
         .iter()
-        .position(|f| *f == "--access-log")
-        .map(|i| flags[i + 1])
-        .unwrap_or_else(|| panic!("the unit logs requests to the journal: {exec_start}"));
+        .position(|f| f == "--access-log")
+        .map(|i| flags[i + 1].as_str())
+        .unwrap_or_else(|| panic!("the unit logs requests to the journal: {flags:?}"));
     let logs_dir = format!("/var/log/{}/", setting("LogsDirectory"));
     assert!(
         access_log.starts_with(&logs_dir),

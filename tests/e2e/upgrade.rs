@@ -1,200 +1,543 @@
-//! Binary upgrade: a new proxyd takes the listening sockets over from the running one
-//! (`proxyd -u`, then SIGQUIT to the old) while traffic flows, and no request is lost.
+//! Binary upgrade as systemd runs it (`tests::unit`): `proxyd --daemon $PROXYD_ARGS`, then
+//! `systemctl reload` = `proxyctl upgrade --reload-if-unchanged`, with HTTP/1.1 and
+//! HTTP/2 keep-alive traffic flowing the whole time. The old daemon is told to stop only
+//! once the new one serves; a new one that cannot start, fails on the store, is too slow,
+//! or never gets ready is stopped instead, and the old one serves on as if nothing had
+//! happened: not one request fails.
 
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tests::{free_addr, wait_until, Alpn, Backend, Conn, Proxy};
+use tests::client::Sent;
+use tests::unit::{alive, group_members, Unit};
+use tests::{free_addr, locate_bin, wait_until, Alpn, Backend, Conn};
 
 use crate::one_route;
 
-/// Kills the new daemon when the test ends, however it ends.
-struct Reaped(Child);
+/// Keep-alive clients (two HTTP/1.1, two HTTP/2) sending requests in a loop, each with an
+/// id the backend remembers.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    reconnects: Arc<AtomicU64>,
+    /// Requests that failed, by id, with why.
+    errored: Arc<Mutex<Vec<(String, String)>>>,
+    /// New connections that failed (the site was not there).
+    connect_errors: Arc<Mutex<Vec<String>>>,
+    /// Requests never written because their keep-alive connection had just been
+    /// closed, by id, with why; each was sent again on a new connection.
+    unsent: Arc<Mutex<Vec<(String, String)>>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
 
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// How traffic went.
+struct Tally {
+    ok: u64,
+    reconnects: u64,
+    errored: Vec<(String, String)>,
+    connect_errors: Vec<String>,
+    unsent: Vec<(String, String)>,
+}
+
+impl Traffic {
+    async fn start(unit: &Unit) -> Traffic {
+        let https = unit.https_addr();
+        let ca: Arc<str> = unit.ca_pem().into();
+        let t = Traffic {
+            stop: Arc::new(AtomicBool::new(false)),
+            ok: Arc::new(AtomicU64::new(0)),
+            reconnects: Arc::new(AtomicU64::new(0)),
+            errored: Arc::new(Mutex::new(Vec::new())),
+            connect_errors: Arc::new(Mutex::new(Vec::new())),
+            unsent: Arc::new(Mutex::new(Vec::new())),
+            workers: Vec::new(),
+        };
+        let mut t = t;
+        for (w, alpn) in [Alpn::H1, Alpn::H1, Alpn::H2, Alpn::H2]
+            .into_iter()
+            .enumerate()
+        {
+            let (stop, ok, reconnects, errored, connect_errors, unsent, ca) = (
+                t.stop.clone(),
+                t.ok.clone(),
+                t.reconnects.clone(),
+                t.errored.clone(),
+                t.connect_errors.clone(),
+                t.unsent.clone(),
+                ca.clone(),
+            );
+            t.workers.push(tokio::spawn(async move {
+                let mut conn: Option<Conn> = None;
+                let mut n = 0u64;
+                // A request the client never wrote (its connection was closed first),
+                // sent again on a new connection under a new id.
+                let mut again: Option<String> = None;
+                while !stop.load(Ordering::Relaxed) || again.is_some() {
+                    let Some(c) = conn.as_mut() else {
+                        match Conn::https(https, &ca, "up.test", alpn).await {
+                            Ok(c) => conn = Some(c),
+                            Err(e) => {
+                                connect_errors.lock().unwrap().push(format!("{e:#}"));
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                        continue;
+                    };
+                    let id = match again.take() {
+                        Some(id) => format!("{id}-again"),
+                        None => {
+                            n += 1;
+                            format!("{w}-{n}")
+                        }
+                    };
+                    let mut req = tests::client::request(
+                        http::Method::GET,
+                        "up.test",
+                        "/",
+                        tests::body::empty(),
+                    );
+                    req.headers_mut()
+                        .insert(tests::backend::REQUEST_ID_HEADER, id.parse().unwrap());
+                    match c.try_send(req).await {
+                        Ok(Sent::NotSent(e)) => {
+                            unsent.lock().unwrap().push((id.clone(), format!("{e:#}")));
+                            again = Some(id);
+                            reconnects.fetch_add(1, Ordering::Relaxed);
+                            conn = None;
+                        }
+                        Ok(Sent::Answered(r)) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            // A stopping daemon asks HTTP/1.1 clients to go elsewhere
+                            // with `Connection: close` on its last response.
+                            if r.header("connection")
+                                .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                            {
+                                reconnects.fetch_add(1, Ordering::Relaxed);
+                                conn = None;
+                            }
+                        }
+                        Ok(Sent::Answered(r)) => errored
+                            .lock()
+                            .unwrap()
+                            .push((id, format!("status {}", r.status))),
+                        Err(e) => {
+                            errored.lock().unwrap().push((id, format!("{e:#}")));
+                            reconnects.fetch_add(1, Ordering::Relaxed);
+                            conn = None;
+                        }
+                    }
+                }
+            }));
+        }
+        t.flowing(100).await;
+        t
+    }
+
+    /// Wait until `n` more requests have succeeded.
+    async fn flowing(&self, n: u64) {
+        let before = self.ok.load(Ordering::Relaxed);
+        wait_until(
+            "requests to flow",
+            Duration::from_secs(20),
+            Duration::from_millis(10),
+            || async { (self.ok.load(Ordering::Relaxed) >= before + n).then_some(()) },
+        )
+        .await;
+    }
+
+    async fn stop(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            w.await.unwrap();
+        }
+        Tally {
+            ok: self.ok.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            errored: self.errored.lock().unwrap().clone(),
+            connect_errors: self.connect_errors.lock().unwrap().clone(),
+            unsent: self.unsent.lock().unwrap().clone(),
+        }
     }
 }
 
+impl Tally {
+    /// The site was not disturbed at all: no failure, and no connection closed under
+    /// a client (the new daemon never took a listener, the old one never stopped).
+    fn assert_untouched(&self, site: &Backend) {
+        self.assert_no_failure(site);
+        assert!(
+            self.unsent.is_empty(),
+            "connections were closed: {:?}",
+            self.unsent
+        );
+        assert_eq!(self.reconnects, 0, "connections were closed");
+    }
+
+    /// Not one request failed and no connection was refused: through a good upgrade,
+    /// clients see nothing but `Connection: close` on HTTP/1.1 (the old daemon letting
+    /// its connections go) and a graceful GOAWAY on HTTP/2, after which they connect to
+    /// the new daemon.
+    ///
+    /// A request a client never wrote because the connection had been closed just
+    /// before (HTTP/2: after the GOAWAY) is sent again on a new connection, as browsers
+    /// and hyper-util's pool do, and counts as a failure only if the upstream got the
+    /// first one (then its answer was lost).
+    fn assert_no_failure(&self, site: &Backend) {
+        eprintln!(
+            "{} requests ok, {} reconnects, {} sent again: {:?}",
+            self.ok,
+            self.reconnects,
+            self.unsent.len(),
+            self.unsent
+        );
+        let lost: Vec<_> = self
+            .unsent
+            .iter()
+            .filter(|(id, _)| site.saw_request(id))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "requests sent again had reached the upstream: {lost:?}"
+        );
+        assert!(
+            self.errored.is_empty() && self.connect_errors.is_empty(),
+            "requests failed: {:?}; connections failed: {:?}",
+            self.errored,
+            self.connect_errors
+        );
+    }
+}
+
+fn proxyd() -> PathBuf {
+    locate_bin("proxyd", "PROXYD_BIN")
+}
+
+/// An executable shell script in `dir` (a stand-in for a new binary).
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A new binary at another path (the running daemon's executable is not it, so
+/// ExecReload upgrades): a wrapper that runs the one just built.
+fn new_binary(dir: &Path) -> PathBuf {
+    script(
+        dir,
+        "proxyd-new",
+        &format!("exec '{}' \"$@\"", proxyd().display()),
+    )
+}
+
+/// The unit as it was before the failed reload: same main PID in the PID file, which
+/// still runs and answers the admin socket, and no upgrade left behind.
+fn assert_old_in_charge(unit: &Unit, old: u32) {
+    assert_eq!(unit.main_pid(), old, "systemd's main PID changed");
+    assert_eq!(unit.read_pid_file(), Ok(old), "the PID file changed");
+    assert!(alive(old), "the old daemon is gone");
+    assert_eq!(
+        unit.status_pid(),
+        Some(u64::from(old)),
+        "the admin socket is not answered by the old daemon"
+    );
+    let staging = unit.dir().join("admin.sock.upgrade");
+    assert!(!staging.exists(), "{} left behind", staging.display());
+}
+
+async fn started(site: &Backend) -> Unit {
+    Unit::builder(&one_route(&["up.test"], site, ""))
+        .arg("--grace-period")
+        .arg("2")
+        .start()
+        .await
+}
+
+/// The good path, as `systemctl reload` after a flag was added to the environment file:
+/// the new daemon takes over (the flag is in force), the old one drains and exits, and
+/// no request is lost. Then a reload with nothing changed only re-reads the routes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn binary_upgrade_under_traffic_loses_no_request() {
     let site = Backend::start("site").await;
-    let dir = tempfile::tempdir().unwrap();
-    let (http, https) = (free_addr(), free_addr());
-    let mut old = Proxy::builder(&one_route(&["up.test"], &site, ""))
-        .dir(dir.path())
-        .arg("--grace-period")
-        .arg("3")
-        .http_addr(http)
-        .https_addr(https)
-        .start()
-        .await;
-    let ca = old.ca_pem();
+    let mut unit = started(&site).await;
+    let old = unit.main_pid();
+    let traffic = Traffic::start(&unit).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, reconnects) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    // Requests that failed, by id: after the old process is gone, each is lost if the
-    // upstream got it (the answer went missing) and refused if it never did (an HTTP/2
-    // stream above a GOAWAY's last stream id, a request on a keep-alive connection the
-    // old process closed): a client may send those again, as browsers and hyper's pool
-    // do, and the next request here does.
-    let errored = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
-    let mut workers = Vec::new();
-    for (w, alpn) in [Alpn::H1, Alpn::H1, Alpn::H2, Alpn::H2]
-        .into_iter()
-        .enumerate()
-    {
-        let (stop, ok, reconnects, errored, ca) = (
-            stop.clone(),
-            ok.clone(),
-            reconnects.clone(),
-            errored.clone(),
-            ca.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut conn = Conn::https(https, &ca, "up.test", alpn).await.unwrap();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let id = format!("{w}-{n}");
-                let mut req =
-                    tests::client::request(http::Method::GET, "up.test", "/", tests::body::empty());
-                req.headers_mut()
-                    .insert(tests::backend::REQUEST_ID_HEADER, id.parse().unwrap());
-                match conn.send(req).await {
-                    Ok(r) if r.status == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                        // The old process asks HTTP/1.1 clients to go elsewhere with
-                        // `Connection: close` on its last response.
-                        if r.header("connection")
-                            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-                        {
-                            reconnects.fetch_add(1, Ordering::Relaxed);
-                            conn = Conn::https(https, &ca, "up.test", alpn).await.unwrap();
-                        }
-                    }
-                    Ok(r) => errored
-                        .lock()
-                        .unwrap()
-                        .push((id, format!("status {}", r.status))),
-                    Err(e) => {
-                        errored.lock().unwrap().push((id, format!("{e:#}")));
-                        reconnects.fetch_add(1, Ordering::Relaxed);
-                        conn = Conn::https(https, &ca, "up.test", alpn).await.unwrap();
-                    }
-                }
-            }
-        }));
-    }
+    let metrics = free_addr();
+    let mut args = unit.args().to_vec();
+    args.extend(["--metrics".to_string(), metrics.to_string()]);
+    let reload = unit.reload(&proxyd(), &args, &[]).await;
+    assert!(reload.ok(), "ExecReload failed: {}", reload.output);
+    let new = unit.main_pid();
+    assert_ne!(new, old, "systemd still follows the old daemon");
+    assert!(alive(new));
+    assert!(
+        reload.output.contains(&format!("pid {old} handed")),
+        "{}",
+        reload.output
+    );
+    assert_eq!(
+        unit.status_pid(),
+        Some(u64::from(new)),
+        "the admin socket answers from the new daemon"
+    );
+    // The flag added to PROXYD_ARGS is in force.
+    let m = tests::http_get(metrics, "metrics", "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(m.status, 200);
+    assert!(String::from_utf8_lossy(&m.body).contains("proxyd_requests_total"));
+
     wait_until(
-        "traffic to flow",
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || async { (ok.load(Ordering::Relaxed) > 100).then_some(()) },
+        "the old daemon to exit",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || async { (!alive(old)).then_some(()) },
     )
     .await;
+    // The old daemon's exit took nothing of the new one's with it.
+    assert_eq!(unit.read_pid_file(), Ok(new));
+    assert_eq!(unit.status_pid(), Some(u64::from(new)));
+    traffic.flowing(200).await;
+    let tally = traffic.stop().await;
+    tally.assert_no_failure(&site);
+    assert!(
+        tally.reconnects >= 1,
+        "the old daemon never let its connections go"
+    );
 
-    // The new binary: the same flags plus -u. It waits on the upgrade socket for the
-    // old one's listeners.
-    let upgrade_sock = dir.path().join("upgrade.sock");
-    let log = std::fs::File::create(dir.path().join("proxyd-new.log")).unwrap();
-    let new = Command::new(tests::locate_bin("proxyd", "PROXYD_BIN"))
+    // Nothing changed: a routes reload by the same daemon.
+    let reload = unit.reload(&proxyd(), &args, &[]).await;
+    assert!(reload.ok(), "{}", reload.output);
+    assert!(
+        reload.output.contains("reloading its routes"),
+        "{}",
+        reload.output
+    );
+    assert_eq!(unit.main_pid(), new);
+}
+
+/// A new binary that exits at once, and the real one refusing an unknown flag: each
+/// time ExecReload fails with the new process's own message, and the old daemon, never
+/// told anything, serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_to_a_binary_that_cannot_start_leaves_the_old_daemon_serving() {
+    let site = Backend::start("site").await;
+    let mut unit = started(&site).await;
+    let old = unit.main_pid();
+    let traffic = Traffic::start(&unit).await;
+
+    let broken = script(
+        unit.dir(),
+        "proxyd-broken",
+        "echo 'proxyd-broken: cannot start' >&2; exit 1",
+    );
+    let args = unit.args().to_vec();
+    let reload = unit.reload(&broken, &args, &[]).await;
+    assert_eq!(reload.status.code(), Some(1), "{}", reload.output);
+    assert!(
+        reload.output.contains("proxyd-broken: cannot start"),
+        "{}",
+        reload.output
+    );
+    assert!(
+        reload.output.contains(&format!("pid {old} keeps serving"))
+            && reload
+                .output
+                .contains("exited (exit status: 1) before it was ready"),
+        "{}",
+        reload.output
+    );
+    assert_old_in_charge(&unit, old);
+    traffic.flowing(100).await;
+
+    let mut args = unit.args().to_vec();
+    args.push("--no-such-flag".into());
+    let reload = unit.reload(&proxyd(), &args, &[]).await;
+    assert_eq!(reload.status.code(), Some(1), "{}", reload.output);
+    assert!(
+        reload
+            .output
+            .contains("unexpected argument '--no-such-flag'"),
+        "{}",
+        reload.output
+    );
+    assert_old_in_charge(&unit, old);
+    traffic.flowing(100).await;
+    traffic.stop().await.assert_untouched(&site);
+}
+
+/// The new daemon finds the store's local CA key corrupt (the running one loaded it at
+/// its start): it refuses to start, and the old daemon serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_whose_new_daemon_fails_on_the_store_leaves_the_old_daemon_serving() {
+    let site = Backend::start("site").await;
+    let mut unit = started(&site).await;
+    let old = unit.main_pid();
+    let traffic = Traffic::start(&unit).await;
+
+    let key = unit.certs_store().join("local-ca").join("ca.key");
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nnot a key\n").unwrap();
+    let args = unit.args().to_vec();
+    let reload = unit.reload(&new_binary(unit.dir()), &args, &[]).await;
+    assert_eq!(reload.status.code(), Some(1), "{}", reload.output);
+    assert!(reload.output.contains("ca.key"), "{}", reload.output);
+    assert!(
+        reload.output.contains(&format!("pid {old} keeps serving")),
+        "{}",
+        reload.output
+    );
+    assert_old_in_charge(&unit, old);
+    traffic.flowing(100).await;
+    traffic.stop().await.assert_untouched(&site);
+}
+
+/// A new binary slow to start (here: a wrapper that waits before running it) is waited
+/// for, and only then does the old daemon stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_waits_for_a_slow_new_daemon() {
+    let site = Backend::start("site").await;
+    let mut unit = started(&site).await;
+    let old = unit.main_pid();
+    let traffic = Traffic::start(&unit).await;
+
+    let slow = script(
+        unit.dir(),
+        "proxyd-slow",
+        &format!("sleep 3\nexec '{}' \"$@\"", proxyd().display()),
+    );
+    let args = unit.args().to_vec();
+    let reload = unit.reload(&slow, &args, &[]).await;
+    assert!(reload.ok(), "{}", reload.output);
+    assert_ne!(unit.main_pid(), old);
+    assert_eq!(unit.status_pid(), Some(u64::from(unit.main_pid())));
+    wait_until(
+        "the old daemon to exit",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || async { (!alive(old)).then_some(()) },
+    )
+    .await;
+    traffic.flowing(100).await;
+    traffic.stop().await.assert_no_failure(&site);
+}
+
+/// A new binary that is not ready within --ready-timeout is stopped (with whatever it
+/// started: here the wrapper's `sleep`), and the old daemon serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_gives_up_on_a_new_daemon_not_ready_in_time() {
+    let site = Backend::start("site").await;
+    let mut unit = started(&site).await;
+    let old = unit.main_pid();
+    let traffic = Traffic::start(&unit).await;
+
+    let too_slow = script(
+        unit.dir(),
+        "proxyd-too-slow",
+        &format!("sleep 60\nexec '{}' \"$@\"", proxyd().display()),
+    );
+    let args = unit.args().to_vec();
+    let started = std::time::Instant::now();
+    let reload = unit
+        .reload(&too_slow, &args, &["--ready-timeout", "2"])
+        .await;
+    assert_eq!(reload.status.code(), Some(1), "{}", reload.output);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        reload.output.contains("was not ready within 2s"),
+        "{}",
+        reload.output
+    );
+    // The wrapper's process group is gone, its `sleep` included.
+    let pid: u32 = reload
+        .output
+        .split("stopped the new proxyd (pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no stopped pid in: {}", reload.output));
+    let left = group_members(pid);
+    assert!(
+        left.is_empty(),
+        "processes of the new daemon's group are left: {left:?}"
+    );
+    assert_old_in_charge(&unit, old);
+    traffic.flowing(100).await;
+    traffic.stop().await.assert_untouched(&site);
+}
+
+/// The new daemon takes the listeners (and serves on them beside the old one) but never
+/// gets ready: one of its --https addresses is taken by another process. It is stopped
+/// gracefully, the requests it took finish, and the old daemon serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_stops_a_new_daemon_that_took_the_listeners_but_never_got_ready() {
+    let site = Backend::start("site").await;
+    let mut unit = started(&site).await;
+    let old = unit.main_pid();
+    let traffic = Traffic::start(&unit).await;
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut args = unit.args().to_vec();
+    args.extend([
+        "--https".to_string(),
+        taken.local_addr().unwrap().to_string(),
+    ]);
+    let reload = unit
+        .reload(&proxyd(), &args, &["--ready-timeout", "3"])
+        .await;
+    assert_eq!(reload.status.code(), Some(1), "{}", reload.output);
+    assert!(
+        reload.output.contains(&format!("pid {old} handed"))
+            && reload.output.contains("was not ready within 3s")
+            && reload.output.contains("is not listening")
+            && reload.output.contains("SIGTERM"),
+        "{}",
+        reload.output
+    );
+    assert_old_in_charge(&unit, old);
+    traffic.flowing(100).await;
+    traffic.stop().await.assert_no_failure(&site);
+    drop(taken);
+}
+
+/// `proxyd --daemon` (systemd's Type=forking) returns as soon as the daemon serves, with
+/// its PID in the PID file; a daemon that cannot start makes it exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_mode_returns_once_the_daemon_serves() {
+    let site = Backend::start("site").await;
+    let started = std::time::Instant::now();
+    let unit = started_unit(&site).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "proxyd --daemon took {:?}",
+        started.elapsed()
+    );
+    let r = tests::https_get(unit.https_addr(), &unit.ca_pem(), "up.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(unit.status_pid(), Some(u64::from(unit.main_pid())));
+
+    // A bad routes file: exit 1 before any fork, with the error.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.toml"), "[[route]]\nhosts = 1\n").unwrap();
+    let out = std::process::Command::new(proxyd())
+        .arg("--daemon")
         .arg("--routes")
         .arg(dir.path().join("routes.toml"))
-        .arg("--certs-store")
-        .arg(dir.path().join("certs-store"))
-        .arg("--http")
-        .arg(http.to_string())
-        .arg("--https")
-        .arg(https.to_string())
-        .arg("--admin-socket")
-        .arg(dir.path().join("admin.sock"))
-        .arg("--upgrade-socket")
-        .arg(&upgrade_sock)
-        .arg("-u")
-        .arg("--grace-period")
-        .arg("3")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut new = Reaped(new);
-    let new_pid = new.0.id();
-    wait_until(
-        "the new proxyd to wait on the upgrade socket",
-        Duration::from_secs(20),
-        Duration::from_millis(10),
-        || async { upgrade_sock.exists().then_some(()) },
-    )
-    .await;
-    let before = ok.load(Ordering::Relaxed);
-    old.signal(libc::SIGQUIT);
-    wait_until(
-        "the old proxyd to exit",
-        Duration::from_secs(60),
-        Duration::from_millis(20),
-        || {
-            let running = old.is_running();
-            async move { (!running).then_some(()) }
-        },
-    )
-    .await;
-    assert!(
-        matches!(new.0.try_wait(), Ok(None)),
-        "the new proxyd died: {}",
-        std::fs::read_to_string(dir.path().join("proxyd-new.log")).unwrap()
-    );
-
-    // Traffic goes on, now served by the new process.
-    wait_until(
-        "traffic through the new proxyd",
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || async { (ok.load(Ordering::Relaxed) > before + 200).then_some(()) },
-    )
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    let fresh = tests::https_get(https, &ca, "up.test", "/").await.unwrap();
-    assert_eq!(fresh.status, 200);
-    let status = Command::new(tests::locate_bin("proxyctl", "PROXYCTL_BIN"))
-        .arg("--socket")
-        .arg(dir.path().join("admin.sock"))
-        .args(["status", "--json"])
+        .arg("--pid-file")
+        .arg(dir.path().join("proxyd.pid"))
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
-    assert_eq!(
-        v["pid"], new_pid,
-        "the admin socket answers from the new process: {v}"
-    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("routes.toml:2"));
+}
 
-    // The old process has exited: every request it took has ended one way or the other.
-    let errored = errored.lock().unwrap().clone();
-    let lost: Vec<_> = errored
-        .iter()
-        .filter(|(id, _)| site.saw_request(id))
-        .collect();
-    eprintln!(
-        "{} ok, {} refused before reaching the upstream, {} lost: {errored:?}",
-        ok.load(Ordering::Relaxed),
-        errored.len() - lost.len(),
-        lost.len()
-    );
-    assert!(
-        lost.is_empty(),
-        "requests lost during the upgrade: {lost:?}"
-    );
-    assert!(
-        reconnects.load(Ordering::Relaxed) >= 1,
-        "the old process never let its connections go"
-    );
+async fn started_unit(site: &Backend) -> Unit {
+    Unit::builder(&one_route(&["up.test"], site, ""))
+        .start()
+        .await
 }

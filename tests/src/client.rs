@@ -327,11 +327,49 @@ impl Conn {
             .map_err(|_| anyhow!("no whole response within {timeout:?}"))?
     }
 
+    /// Like [`Conn::send`], but tells a request that never left this client apart:
+    /// [`Sent::NotSent`] when the connection was closed (by the server: HTTP/1.1
+    /// keep-alive end, HTTP/2 GOAWAY) before the request was written. Clients send such a
+    /// request again on a new connection (RFC 9113 8.7, RFC 9112 9.3.1), as browsers and
+    /// hyper-util's pool do.
+    pub async fn try_send(&mut self, req: Request<Body>) -> anyhow::Result<Sent> {
+        let timeout = self.timeout;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let tls = self.tls.clone();
+        let fut = async {
+            let sent = match &mut self.sender {
+                Sender::H1(s) => match s.ready().await {
+                    Ok(()) => s.try_send_request(to_h1(req)?).await,
+                    Err(e) => return Ok(Sent::NotSent(e.into())),
+                },
+                Sender::H2(s) => match s.ready().await {
+                    Ok(()) => s.try_send_request(to_h2(req, scheme)?).await,
+                    Err(e) => return Ok(Sent::NotSent(e.into())),
+                },
+            };
+            match sent {
+                Ok(resp) => Ok(Sent::Answered(read_response(resp, tls).await?)),
+                Err(e) if e.message().is_some() => Ok(Sent::NotSent(e.into_error().into())),
+                Err(e) => Err(e.into_error().into()),
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| anyhow!("no whole response within {timeout:?}"))?
+    }
+
     /// `GET path` with this Host.
     pub async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<Response> {
         self.send(request(Method::GET, host, path, body::empty()))
             .await
     }
+}
+
+/// What [`Conn::try_send`] did.
+pub enum Sent {
+    Answered(Response),
+    /// The request was never written: the connection had been closed.
+    NotSent(anyhow::Error),
 }
 
 /// Read a hyper response to its end.

@@ -13,6 +13,7 @@ pub mod hostile;
 pub mod pebble;
 pub mod proxy;
 pub mod raw_upstream;
+pub mod unit;
 pub mod ws;
 
 #[cfg(test)]

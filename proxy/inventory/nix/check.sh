@@ -24,17 +24,31 @@ fi
 
 # 2.
 nix-instantiate --parse "$here/../nixos/proxyd.nix" >/dev/null
+failed=$(eval_nix -E "map (a: a.message) (builtins.filter (a: !a.assertion) (import $here/module-check.nix).assertions)")
+if [[ $failed != "[]" ]]; then
+    echo "nix/check: the module's assertions fail: $failed" >&2
+    exit 1
+fi
 unit=$(eval_nix "$here/module-check.nix" -A systemd.services.proxyd.serviceConfig)
-for want in '"ExecReload":"/nix/store/00000000000000000000000000000000-proxyd/bin/proxyctl --socket /run/proxyd/admin.sock reload"' \
+for want in '"ExecReload":"/nix/store/00000000000000000000000000000000-proxyd/bin/proxyctl upgrade --reload-if-unchanged"' \
+    '"ExecStart":"/nix/store/00000000000000000000000000000000-proxyd/bin/proxyd --daemon $PROXYD_ARGS"' \
+    '"Type":"forking"' '"PIDFile":"/run/proxyd/proxyd.pid"' \
     '"AmbientCapabilities":["CAP_NET_BIND_SERVICE"]' '"StateDirectory":"proxyd"' \
     '"CapabilityBoundingSet":["CAP_NET_BIND_SERVICE"]' '"NoNewPrivileges":true' \
-    '"LogsDirectory":"proxyd"' '--access-log /var/log/proxyd/access.log'; do
+    '"LogsDirectory":"proxyd"'; do
     if [[ $unit != *"$want"* ]]; then
         echo "nix/check: the module's unit lacks $want:" >&2
         echo "$unit" >&2
         exit 1
     fi
 done
+
+# The daemon's flags (one place: the unit's PROXYD_ARGS) write the access log to a file.
+flags=$(eval_nix "$here/module-check.nix" -A systemd.services.proxyd.environment.PROXYD_ARGS)
+if [[ $flags != *'--access-log /var/log/proxyd/access.log'* ]]; then
+    echo "nix/check: the module's PROXYD_ARGS lack --access-log /var/log/proxyd/access.log: $flags" >&2
+    exit 1
+fi
 
 # The access log the unit writes is the file logrotate rotates, and its postrotate has
 # the main process (proxyd) reopen it.
@@ -48,15 +62,18 @@ for want in '"files":"/var/log/proxyd/access.log"' '"delaycompress":true' \
     fi
 done
 
-# 3.
-pre=$(eval_nix "$here/module-check.nix" -A systemd.services.proxyd.serviceConfig.ExecStartPre)
-pre=${pre#\"}
-pre=${pre%\"}
+# 3. ExecStartPre with the unit's PROXYD_ARGS expanded (split on whitespace, as systemd
+#    does with an unbraced $PROXYD_ARGS).
+unquote() { local v=${1#\"}; echo "${v%\"}"; }
+pre=$(unquote "$(eval_nix "$here/module-check.nix" -A systemd.services.proxyd.serviceConfig.ExecStartPre)")
+args=$(unquote "$(eval_nix "$here/module-check.nix" -A systemd.services.proxyd.environment.PROXYD_ARGS)")
+pre=${pre//\$PROXYD_ARGS/$args}
 store=$(mktemp -d)
 trap 'rm -rf "$store"' EXIT
 pre=${pre//\/nix\/store\/00000000000000000000000000000000-proxyd\/bin/$root/target/debug}
 pre=${pre//\/etc\/proxyd\/routes.toml/$root/routes.toml}
 pre=${pre//\/var\/lib\/proxyd\/certs-store/$store/certs-store}
 pre=${pre//\/var\/log\/proxyd/$store}
+pre=${pre//\/run\/proxyd/$store}
 eval "$pre" >/dev/null
 echo "nix/check: inventory.nix = inventory.json; nixos/proxyd.nix evaluates; its proxyd command line is accepted"

@@ -16,7 +16,16 @@
 # and listed in reloadTriggers: a deploy that changes only the routes makes activation
 # run `systemctl reload proxyd`, i.e. `proxyctl reload`, which has the running daemon
 # re-read the file, validate all of it and swap it in at once; on any error the running
-# table stays and the reload (and the deploy) fails. A new package restarts the unit.
+# table stays and the reload (and the deploy) fails.
+#
+# A new package or changed flags do not restart the unit either (reloadIfChanged): the
+# daemon's flags are one list (`args`), the unit's PROXYD_ARGS, read by ExecStartPre,
+# ExecStart and ExecReload alike, and ExecReload is `proxyctl upgrade
+# --reload-if-unchanged`. When the running daemon is not the package's proxyd with these
+# flags, it starts the new one, which takes the listening sockets over, and tells the old
+# one to stop only once the new one answers its readiness check; if the new one fails
+# (flags, certificate store, not ready within 60 s) it is stopped, the old one keeps
+# serving, and the reload (so the deploy) fails with the reason in the journal.
 #
 # Not built here (no nixpkgs on the development machines); CI parses it and evaluates
 # it against a stub of nixpkgs' lib (nix/check.sh), which catches syntax and structure
@@ -28,14 +37,15 @@ let
   inherit (lib) mkEnableOption mkIf mkOption optionals types;
 
   adminSocket = "/run/proxyd/admin.sock";
+  pidFile = "/run/proxyd/proxyd.pid";
   store = "/var/lib/proxyd/certs-store";
   # In LogsDirectory (the only place under /var/log the unit may write).
   accessLogFile = "/var/log/proxyd/access.log";
 
   args =
     [ "--routes" "/etc/proxyd/routes.toml" "--certs-store" store "--admin-socket" adminSocket
-      "--upgrade-socket" "/run/proxyd/upgrade.sock" "--log-format" cfg.logFormat
-      "--access-log-format" cfg.accessLog.format ]
+      "--upgrade-socket" "/run/proxyd/upgrade.sock" "--pid-file" pidFile
+      "--log-format" cfg.logFormat "--access-log-format" cfg.accessLog.format ]
     ++ optionals (cfg.accessLog.format != "off") [ "--access-log" accessLogFile ]
     ++ lib.concatMap (a: [ "--https" a ]) cfg.https
     ++ lib.concatMap (a: [ "--http" a ]) cfg.http
@@ -46,6 +56,8 @@ let
       ++ lib.concatMap (c: [ "--acme-contact" c ]) cfg.acme.contact
     )
     ++ cfg.extraArgs;
+  # systemd splits an unbraced $PROXYD_ARGS on whitespace, as `proxyctl upgrade` does.
+  argsWithSpace = builtins.filter (a: builtins.match ".*[[:space:]].*" a != null) args;
 
   proxyd = "${cfg.package}/bin/proxyd";
   proxyctl = "${cfg.package}/bin/proxyctl";
@@ -153,6 +165,10 @@ in
   };
 
   config = mkIf cfg.enable {
+    assertions = [{
+      assertion = argsWithSpace == [ ];
+      message = "services.proxyd: flags cannot contain whitespace: ${toString argsWithSpace}";
+    }];
     environment.etc."proxyd/routes.toml".source = cfg.routesFile;
     environment.systemPackages = [ cfg.package ];
     networking.firewall.allowedTCPPorts = optionals cfg.openFirewall [ 80 443 ];
@@ -182,19 +198,33 @@ in
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
-      # A new routes file alone is a reload, not a restart.
+      # A new routes file alone is a reload, not a restart; so is a changed unit (a new
+      # package, other flags): ExecReload upgrades to it without dropping a connection.
       reloadTriggers = [ cfg.routesFile ];
-      restartTriggers = [ cfg.package ];
-      environment.PROXYCTL_SOCKET = adminSocket;
+      reloadIfChanged = true;
+      environment = {
+        PROXYCTL_SOCKET = adminSocket;
+        # The daemon's flags, in one place.
+        PROXYD_ARGS = builtins.concatStringsSep " " args;
+        # The binary ExecReload upgrades to.
+        PROXYD_BIN = proxyd;
+      };
 
       serviceConfig = {
-        Type = "simple";
+        # `proxyd --daemon` returns once the daemon serves; systemd follows the PID
+        # file, which an upgrade points at the new daemon.
+        Type = "forking";
+        PIDFile = pidFile;
         # The whole routes file is checked before any port is bound.
-        ExecStartPre = lib.escapeShellArgs ([ proxyd ] ++ args ++ [ "--check" ]);
-        ExecStart = lib.escapeShellArgs ([ proxyd ] ++ args);
-        # Validates the whole file first; on any error the running table stays and the
-        # reload fails (exit 1) with every error in the journal.
-        ExecReload = lib.escapeShellArgs [ proxyctl "--socket" adminSocket "reload" ];
+        ExecStartPre = "${proxyd} $PROXYD_ARGS --check";
+        ExecStart = "${proxyd} --daemon $PROXYD_ARGS";
+        # Same daemon and flags: re-read the routes file, validated whole; on any error
+        # the running table stays and the reload fails (exit 1) with every error in the
+        # journal. Otherwise a binary upgrade, which fails (exit 1, the reason in the
+        # journal) and leaves the old daemon serving if the new one does not get ready.
+        ExecReload = "${proxyctl} upgrade --reload-if-unchanged";
+        # Up to 60 s for the new daemon to get ready, 40 s for a failed one to drain.
+        TimeoutReloadSec = "120s";
         Restart = "on-failure";
         RestartSec = "2s";
         # In-flight requests get proxyd's grace period (30 s) on stop.

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 mod client;
 mod generate;
+mod upgrade;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -74,6 +75,11 @@ enum Command {
         #[command(subcommand)]
         action: generate::RoutesAction,
     },
+    /// Replace the running proxyd by a new binary (with the flags in PROXYD_ARGS) without
+    /// dropping a connection: the old one stops only once the new one serves; if the new
+    /// one fails, it is stopped and the old one keeps serving (exit 1). systemd's
+    /// ExecReload.
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +136,7 @@ fn run(cli: &Cli) -> Result<Outcome> {
             action: Some(CertsAction::Renew { name }),
         } => certs_renew(cli, name),
         Command::Routes { action } => generate::run(cli, action),
+        Command::Upgrade(opts) => upgrade::run(cli, opts),
     }
 }
 
@@ -283,8 +290,17 @@ fn ask(
     method: &str,
     path: &str,
 ) -> Result<std::result::Result<(u16, serde_json::Value), Outcome>> {
+    ask_at(cli, &cli.socket, method, path)
+}
+
+fn ask_at(
+    cli: &Cli,
+    socket: &Path,
+    method: &str,
+    path: &str,
+) -> Result<std::result::Result<(u16, serde_json::Value), Outcome>> {
     match client::call(
-        &cli.socket,
+        socket,
         method,
         path,
         std::time::Duration::from_secs(cli.timeout),
@@ -303,7 +319,11 @@ fn ask(
 
 /// `proxyctl reload` and `proxyctl diff`: the same answer, applied or not.
 fn reload(cli: &Cli, method: &str, path: &str) -> Result<Outcome> {
-    let (status, v) = match ask(cli, method, path)? {
+    reload_at(cli, &cli.socket, method, path)
+}
+
+fn reload_at(cli: &Cli, socket: &Path, method: &str, path: &str) -> Result<Outcome> {
+    let (status, v) = match ask_at(cli, socket, method, path)? {
         Ok(answer) => answer,
         Err(outcome) => return Ok(outcome),
     };

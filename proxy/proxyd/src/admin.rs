@@ -10,6 +10,7 @@
 //! | `POST /v1/certs/renew?name=NAME` | order a new ACME certificate for NAME's group now |
 //! | `GET /v1/health/live`  | the process answers                               |
 //! | `GET /v1/health/ready` | 200 when every listener is listening (table in force), else 503; certificates reported (`readiness.rs`) |
+//! | `POST /v1/upgrade/handover` | send copies of the listening sockets to the process waiting on `--upgrade-socket`, and keep serving (`handover.rs`; `proxyctl upgrade`) |
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::control::Control;
 
 pub struct AdminApp {
     pub control: Arc<Control>,
+    pub handover: Arc<crate::handover::Handover>,
 }
 
 #[async_trait]
@@ -66,6 +68,7 @@ impl ServeHttp for AdminApp {
                     body,
                 )
             }
+            (Method::POST, "/v1/upgrade/handover") => self.handover().await,
             (Method::GET, "/v1/health/live") => (StatusCode::OK, json!({"live": true})),
             (Method::GET, "/v1/health/ready") => {
                 let r = crate::readiness::check(&self.control.shared, &self.control.listeners);
@@ -82,6 +85,39 @@ impl ServeHttp for AdminApp {
             ),
         };
         json_response(status, &body)
+    }
+}
+
+impl AdminApp {
+    async fn handover(&self) -> (StatusCode, Value) {
+        use crate::handover::HandoverError;
+        let handover = self.handover.clone();
+        let result = tokio::task::spawn_blocking(move || handover.hand_over())
+            .await
+            .unwrap_or_else(|e| Err(HandoverError::Send(format!("handover task: {e}"))));
+        let socket = self.handover.upgrade_socket().display().to_string();
+        match result {
+            Ok(sent) => {
+                tracing::info!(upgrade_socket = %socket, listeners = ?sent,
+                    "listening sockets handed to a new process; still serving");
+                (
+                    StatusCode::OK,
+                    json!({"ok": true, "pid": std::process::id(), "sent": sent, "upgrade_socket": socket}),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(upgrade_socket = %socket, "handover refused: {e}");
+                let status = match e {
+                    HandoverError::NobodyWaiting(_) | HandoverError::Busy => StatusCode::CONFLICT,
+                    HandoverError::NotStarted => StatusCode::SERVICE_UNAVAILABLE,
+                    HandoverError::Send(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                (
+                    status,
+                    json!({"ok": false, "error": e.to_string(), "upgrade_socket": socket}),
+                )
+            }
+        }
     }
 }
 

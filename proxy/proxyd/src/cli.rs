@@ -152,9 +152,16 @@ pub struct Args {
     #[arg(long, default_value = "/run/proxyd/upgrade.sock", value_name = "PATH")]
     pub upgrade_socket: PathBuf,
 
-    /// Take the listening sockets over from a running proxyd (binary upgrade).
+    /// Take the listening sockets over from a running proxyd (binary upgrade; see
+    /// `proxyctl upgrade`).
     #[arg(short = 'u', long)]
     pub upgrade: bool,
+
+    /// With --upgrade: serve the admin API on PATH instead of --admin-socket, which the
+    /// old process still owns; `proxyctl upgrade` sets it, and renames PATH over
+    /// --admin-socket once this process is ready.
+    #[arg(long, value_name = "PATH", requires = "upgrade")]
+    pub staging_admin_socket: Option<PathBuf>,
 
     /// Run in the background; the command returns once the daemon is ready (systemd
     /// `Type=forking`). Logs stay on the inherited stderr (the journal).

@@ -50,7 +50,10 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         &mut args.admin_socket,
         &mut args.upgrade_socket,
         &mut args.pid_file,
-    ] {
+    ]
+    .into_iter()
+    .chain(args.staging_admin_socket.as_mut())
+    {
         if path.is_relative() {
             *path = std::env::current_dir()
                 .context("current directory")?
@@ -151,8 +154,10 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         upgrade_sock: args.upgrade_socket.display().to_string(),
         daemon: args.daemon,
         pid_file: args.pid_file.display().to_string(),
-        // `proxyd -d` returns once the daemon serves (systemd Type=forking).
+        // `proxyd -d` returns once the daemon serves (systemd Type=forking): the daemon
+        // signals its launcher when ready (daemon.rs), else the launcher exits 1.
         daemon_wait_for_ready: true,
+        daemon_ready_timeout_seconds: std::num::NonZeroU64::new(120),
         ..ServerConf::default()
     };
     // pingora retries a busy port for a long while (and meanwhile whoever holds it
@@ -258,11 +263,13 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             admin: args.admin_socket.clone(),
         },
     );
-    if let Some(dir) = args
-        .admin_socket
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
+    // During an upgrade the old process still owns --admin-socket: this one answers on
+    // the staging path until `proxyctl upgrade` moves it into place (handover.rs).
+    let admin_path = args
+        .staging_admin_socket
+        .clone()
+        .unwrap_or_else(|| args.admin_socket.clone());
+    if let Some(dir) = admin_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| {
             format!(
                 "cannot create the admin socket's directory {}",
@@ -270,16 +277,22 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             )
         })?;
     }
+    let handover = crate::handover::Handover::new(args.upgrade_socket.clone());
     let mut admin = Service::new(
         "admin".to_string(),
         pingora::apps::http_app::HttpServer::new_app(AdminApp {
             control: control.clone(),
+            handover: handover.clone(),
         }),
     );
     admin.add_uds(
-        &args.admin_socket.display().to_string(),
+        &admin_path.display().to_string(),
         Some(std::fs::Permissions::from_mode(args.admin_socket_mode)),
     );
+    let admin = crate::handover::WithListenFds {
+        inner: admin,
+        handover,
+    };
     let listeners = control.listeners.clone();
     let sighup = background_service("SIGHUP reload", SighupReload::new(control)?);
 
@@ -310,6 +323,18 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
     if let Some(writer) = access_log_writer {
         server.add_service(writer);
+    }
+    if args.daemon {
+        // Still the launching process: pingora forks in run_forever.
+        let launcher = crate::daemon::Launcher::before_fork()?;
+        server.add_service(background_service(
+            "daemon ready",
+            crate::daemon::NotifyLauncher {
+                launcher,
+                shared: shared.clone(),
+                listeners: listeners.clone(),
+            },
+        ));
     }
     server.add_service(background_service(
         "log summaries",
