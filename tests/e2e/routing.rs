@@ -136,3 +136,82 @@ async fn unknown_host_over_http_gets_404_without_another_sites_content() {
     assert_eq!(resp.backend(), "secret-site");
     assert_eq!(resp.seen_header("x-forwarded-proto"), ["http"]);
 }
+
+/// Regression (issue 11, item 7): netdata of several hosts under `/n/<host>/` of one
+/// name, each with its prefix stripped (netdata serves from `/`), and `/<host>` sent on
+/// to `/n/<host>/`. A route path ending in `/` did not cover the bare `/n/<host>`, which
+/// went to the catch-all; path parameters on the prefix were forwarded as part of the
+/// stripped path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripped_path_prefixes_cover_the_bare_path_and_take_parameters_along() {
+    let site = Backend::start("site").await;
+    let web1 = Backend::start("netdata-web-1").await;
+    let mail1 = Backend::start("netdata-mail-1").await;
+    let routes = format!(
+        r#"
+[[route]]
+hosts = ["mon.test"]
+upstreams = {site}
+
+[[route]]
+hosts = ["mon.test"]
+path = "/n/web-1/"
+strip_prefix = true
+upstreams = {web1}
+
+[[route]]
+hosts = ["mon.test"]
+path = "/n/mail-1/"
+strip_prefix = true
+upstreams = {mail1}
+
+[[redirect]]
+hosts = ["mon.test"]
+path = "/web-1"
+to = "/n/web-1/"
+keep_path = true
+status = 301
+"#,
+        site = upstreams(&[&site]),
+        web1 = upstreams(&[&web1]),
+        mail1 = upstreams(&[&mail1]),
+    );
+    let proxy = Proxy::start(&routes).await;
+
+    // (request path, backend, path the backend sees)
+    let cases = [
+        ("/n/web-1/", "netdata-web-1", "/"),
+        ("/n/web-1", "netdata-web-1", "/"),
+        ("/n/web-1/api/v1/info?x=1", "netdata-web-1", "/api/v1/info?x=1"),
+        ("/n/web-1;s=1/api", "netdata-web-1", "/api"),
+        ("/n;s/web-1/api;v=2", "netdata-web-1", "/api;v=2"),
+        ("/n/mail-1", "netdata-mail-1", "/"),
+        ("/n/mail-1/dashboard.js", "netdata-mail-1", "/dashboard.js"),
+        ("/n/web-10", "site", "/n/web-10"),
+        ("/n", "site", "/n"),
+    ];
+    let port = proxy.https_addr().port();
+    for alpn in [Alpn::H1, Alpn::H2] {
+        for (path, backend, seen) in cases {
+            let mut conn = proxy.https("mon.test", alpn).await.unwrap();
+            let resp = conn.get("mon.test", path).await.unwrap();
+            assert_eq!(resp.status, 200, "{path} over {alpn:?}: {}", resp.text());
+            assert_eq!(resp.backend(), backend, "{path} over {alpn:?}");
+            assert_eq!(resp.seen_path(), seen, "{path} over {alpn:?}");
+        }
+        for (path, location) in [
+            ("/web-1", "/n/web-1/"),
+            ("/web-1;x", "/n/web-1/"),
+            ("/web-1/x?y=1", "/n/web-1/x?y=1"),
+        ] {
+            let mut conn = proxy.https("mon.test", alpn).await.unwrap();
+            let resp = conn.get("mon.test", path).await.unwrap();
+            assert_eq!(resp.status, 301, "{path} over {alpn:?}: {}", resp.text());
+            assert_eq!(
+                resp.header("location").as_deref(),
+                Some(format!("https://mon.test:{port}{location}").as_str()),
+                "{path} over {alpn:?}"
+            );
+        }
+    }
+}
