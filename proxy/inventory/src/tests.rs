@@ -359,7 +359,7 @@ fn json_errors_have_line_col_and_the_json_pointer() {
         ("{\"host\": [{\"name\": \"a\", \"ipv4\": \"10.0.0.1\"}],\n \"service\": [{\"name\": \"a.example.org\", \"host\": \"b\", \"app\": \"static\", \"ports\": 80}]}\n", expect![[r#"
             error: inventory.json:2:48: service `a.example.org` is on host `b`, which is not in the inventory (hosts: a)
               in /service/0 (name = "a.example.org")
-            error: inventory.json:2:70: unknown field `ports` in a service, expected one of `id`, `name`, `aliases`, `redirect_from`, `host`, `port`, `path`, `app`, `overrides`
+            error: inventory.json:2:70: unknown field `ports` in a service, expected one of `id`, `name`, `aliases`, `redirect_from`, `host`, `port`, `path`, `strip_prefix`, `redirect_paths`, `redirect_status`, `app`, `overrides`
               in /service/0 (name = "a.example.org")"#]]),
         // Syntax errors come from serde_json, at its line and column.
         ("{\n  \"host\": [\n    {\"name\": \"a\",}\n  ]\n}\n", expect!["error: inventory.json:3:18: invalid JSON: key must be a string"]),
