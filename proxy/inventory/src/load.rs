@@ -893,28 +893,33 @@ impl<'a> Cx<'a> {
                 .chain(&s.redirect_from);
             for (i, name) in all_names.enumerate() {
                 let pos = at.names.get(i).copied().unwrap_or(at.id);
-                let mut paths: Vec<(String, String)> = Vec::new();
+                // (path, what claims it, where)
+                let mut paths: Vec<(String, String, usize)> = Vec::new();
                 if i < served {
-                    paths.push((s.path.clone(), format!("service `{}`", s.id)));
-                    for p in &s.redirect_paths {
-                        paths.push((p.clone(), format!("service `{}` (redirect_paths)", s.id)));
+                    paths.push((s.path.clone(), format!("service `{}`", s.id), pos));
+                    for (p, p_at) in s.redirect_paths.iter().zip(&at.redirect_paths) {
+                        let what = format!("`redirect_paths` of service `{}`", s.id);
+                        paths.push((p.clone(), what, *p_at));
                     }
                     for e in &preset.extra_routes {
                         paths.push((
                             crate::expand::join(&s.path, e.path),
                             format!("service `{}` (app `{}` adds it)", s.id, s.app),
+                            pos,
                         ));
                     }
                     for r in &preset.redirects {
                         paths.push((
                             r.path.to_string(),
                             format!("service `{}` (app `{}` adds it)", s.id, s.app),
+                            pos,
                         ));
                     }
                 } else {
-                    paths.push(("/".into(), format!("service `{}` (redirect_from)", s.id)));
+                    let what = format!("service `{}` (redirect_from)", s.id);
+                    paths.push(("/".into(), what, pos));
                 }
-                for (path, what) in paths {
+                for (path, what, pos) in paths {
                     // `/a/` and `/a` cover the same request paths (so do `/a%2Fb` and
                     // `/a/b`): compared by what they cover, shown as written.
                     let key = (name.clone(), routes::check::path_key(&path));
