@@ -668,7 +668,9 @@ impl<'a> Cx<'a> {
                     Val::Int(n) => {
                         self.error(
                             v.at,
-                            format!("invalid `redirect_status` {n}, expected 301, 302, 303, 307 or 308"),
+                            format!(
+                                "invalid `redirect_status` {n}, expected 301, 302, 303, 307 or 308"
+                            ),
                         );
                         None
                     }

@@ -513,7 +513,12 @@ app = "mattermost"
     for (path, query, location, status) in [
         ("/web-1", None, "https://mon.example.org/n/web-1/", 301),
         ("/web-1/", None, "https://mon.example.org/n/web-1/", 301),
-        ("/w1/x", Some("y=1"), "https://mon.example.org/n/web-1/x?y=1", 301),
+        (
+            "/w1/x",
+            Some("y=1"),
+            "https://mon.example.org/n/web-1/x?y=1",
+            301,
+        ),
         ("/mail-1", None, "https://mon.example.org/n/mail-1", 308),
         ("/mail-1/a", None, "https://mon.example.org/n/mail-1/a", 308),
     ] {
@@ -523,7 +528,10 @@ app = "mattermost"
         assert_eq!(r.status, status, "{path}");
         assert_eq!(r.location("mon.example.org", path, query), location);
     }
-    assert!(out.contains("name = \"netdata-web-1-redirect/w1\""), "{out}");
+    assert!(
+        out.contains("name = \"netdata-web-1-redirect/w1\""),
+        "{out}"
+    );
     // Mattermost: a websocket route on each of its two paths, not on the rest.
     for (path, id, ws) in [
         ("/api/v4/websocket", "chat-websocket", true),
