@@ -263,7 +263,11 @@ fn route_paths_that_could_never_match_are_rejected_with_their_position() {
         for (line, col, what) in [
             (7, 8, "write `/admin`"),
             (13, 8, "`;`"),
-            (22, 10, "duplicate route a.test/b/: it covers the same paths as a.test/b"),
+            (
+                22,
+                10,
+                "duplicate route a.test/b/: it covers the same paths as a.test/b",
+            ),
         ] {
             assert!(
                 all.contains(&format!("{file}:{line}:{col}: ")) && all.contains(what),
