@@ -241,3 +241,38 @@ fn proxyctl_check_accepts_the_repo_routes_toml_and_a_valid_file() {
     let out = proxyctl_check(&write_routes(&dir, VALID));
     assert_eq!(out.status.code(), Some(0), "{}", all_output(&out));
 }
+
+/// Regression (issue 11, item 6): `path = "/%61dmin"` was accepted, and matched nothing
+/// (request paths are matched with `%61` decoded to `a`), so the `allow` it carried
+/// protected nothing. Such a path, and one with `;` (parameters are not matched), is now
+/// a located error naming the form to write; `/admin/` next to `/admin` is a duplicate.
+#[test]
+fn route_paths_that_could_never_match_are_rejected_with_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[[route]]\nhosts = [\"a.test\"]\nupstreams = [\"127.0.0.1:1\"]\n\n\
+                [[route]]\nhosts = [\"a.test\"]\npath = \"/%61dmin\"\nupstreams = [\"127.0.0.1:2\"]\nallow = [\"10.0.0.0/8\"]\n\n\
+                [[route]]\nhosts = [\"a.test\"]\npath = \"/x;y\"\nupstreams = [\"127.0.0.1:3\"]\n\n\
+                [[route]]\nhosts = [\"a.test\"]\npath = \"/b\"\nupstreams = [\"127.0.0.1:4\"]\n\n\
+                [[route]]\nhosts = [\"a.test\"]\npath = \"/b/\"\nupstreams = [\"127.0.0.1:5\"]\n";
+    let path = write_routes(&dir, text);
+    let file = path.display().to_string();
+    for out in [proxyd_check(&path), proxyctl_check(&path)] {
+        let all = all_output(&out);
+        assert!(!out.status.success(), "accepted:\n{all}");
+        // Duplicates are reported at the host that repeats the claim.
+        for (line, col, what) in [
+            (7, 8, "write `/admin`"),
+            (13, 8, "`;`"),
+            (
+                22,
+                10,
+                "duplicate route a.test/b/: it covers the same paths as a.test/b",
+            ),
+        ] {
+            assert!(
+                all.contains(&format!("{file}:{line}:{col}: ")) && all.contains(what),
+                "no {file}:{line}:{col}: ... {what} in:\n{all}"
+            );
+        }
+    }
+}

@@ -1,6 +1,9 @@
 //! Per-route client allow lists.
 
-use tests::{Alpn, Backend, Proxy};
+use std::time::Duration;
+
+use http::{Method, Request};
+use tests::{raw_tls, Alpn, Backend, Proxy};
 
 use crate::one_route;
 
@@ -50,4 +53,116 @@ async fn allow_list_refuses_other_networks_with_403_and_admits_listed_ones() {
     }
     assert_eq!(closed.requests(), 0);
     assert_eq!(v6.requests(), 0);
+}
+
+/// Regression (issue 11, item 6): with a catch-all route and an `/admin/` route behind an
+/// allow list, `/admin;x/secret` (which Tomcat, Jetty and Spring read as `/admin/secret`)
+/// and the bare `/admin` got 200 from the catch-all: prefixes were compared with the raw
+/// path, and `/admin/` did not cover `/admin`. Every way round the prefix must now end
+/// at the admin route (403 for this client) or be refused (400), never at the catch-all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_parameters_and_the_bare_path_cannot_get_past_an_allow_list() {
+    let public = Backend::start("public").await;
+    let admin = Backend::start("admin").await;
+    let routes = one_route(&["a.test"], &public, "")
+        + &one_route(
+            &["a.test"],
+            &admin,
+            "path = \"/admin/\"\nallow = [\"10.0.0.0/8\"]",
+        );
+    let proxy = Proxy::start(&routes).await;
+
+    // (path as sent, status; h2 too where an HTTP/2 client can send it)
+    #[rustfmt::skip]
+    let attempts: &[(&str, u16, bool)] = &[
+        ("/admin/secret", 403, true),
+        // The bare path and path parameters (the classic Tomcat bypasses).
+        ("/admin", 403, true),
+        ("/admin;x", 403, true),
+        ("/admin;x/secret", 403, true),
+        ("/admin;/secret", 403, true),
+        ("/admin;jsessionid=1;a=b/secret", 403, true),
+        ("/;x/admin/secret", 403, true),
+        ("/admin/;x/secret", 403, true),
+        ("//admin;x/secret", 403, true),
+        ("//admin/", 403, true),
+        ("/%61dmin/x", 403, true),
+        ("/%61dmin;x/secret", 403, true),
+        ("/%61%64%6d%69%6e", 403, true),
+        ("/admin?x=/", 403, true),
+        // Escaped `;`, `/` and `\`, read one way by the proxy and another by some
+        // upstreams: refused.
+        ("/admin%3Bx/secret", 400, true),
+        ("/admin%3bx/secret", 400, true),
+        ("/admin%2Fsecret", 400, true),
+        ("/%2fadmin/secret", 400, true),
+        ("/admin%5Csecret", 400, true),
+        ("/admin\\secret", 400, false),
+        // Dot segments, with parameters or escaped.
+        ("/admin/..;/x", 400, true),
+        ("/x/..;/admin/secret", 400, true),
+        ("/./admin", 400, true),
+        ("/./admin/", 400, true),
+        ("/x/../admin/", 400, true),
+        ("/%2e%2e/admin", 400, true),
+        ("/x/%2E%2e;a/admin/secret", 400, true),
+    ];
+    for &(path, want, h2) in attempts {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+        let raw = raw_tls(
+            proxy.https_addr(),
+            &proxy.ca_pem(),
+            "a.test",
+            req.as_bytes(),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            crate::hardening::status_of(&raw),
+            Some(want),
+            "h1 {path}: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        if h2 {
+            let mut conn = proxy.https("a.test", Alpn::H2).await.unwrap();
+            let resp = conn
+                .send(
+                    Request::builder()
+                        .method(Method::GET)
+                        .uri(format!("https://a.test{path}"))
+                        .body(tests::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status, want, "h2 {path}: {}", resp.text());
+        }
+    }
+    assert_eq!(public.requests(), 0, "a bypass reached the catch-all");
+    assert_eq!(admin.requests(), 0, "the restricted upstream was reached");
+
+    // Not the admin prefix: the catch-all, with the path (parameters included) as sent.
+    // Paths are case-sensitive (RFC 3986, as nginx's `location`): `/ADMIN` is another
+    // path, for the catch-all (documented in routes.reference.toml).
+    for (path, seen) in [
+        ("/ADMIN/secret", "/ADMIN/secret"),
+        ("/Admin", "/Admin"),
+        ("/adminx;a/b", "/adminx;a/b"),
+        ("/x/admin;y", "/x/admin;y"),
+        ("/jsp/a;jsessionid=1?q", "/jsp/a;jsessionid=1?q"),
+    ] {
+        for alpn in [Alpn::H1, Alpn::H2] {
+            let resp = proxy
+                .https("a.test", alpn)
+                .await
+                .unwrap()
+                .get("a.test", path)
+                .await
+                .unwrap();
+            assert_eq!(resp.status, 200, "{alpn:?} {path}: {}", resp.text());
+            assert_eq!(resp.backend(), "public");
+            assert_eq!(resp.seen_path(), seen, "{alpn:?} {path}");
+        }
+    }
 }

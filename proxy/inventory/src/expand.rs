@@ -111,6 +111,9 @@ fn service_entries(inv: &Inventory, host: &Host, s: &Service, out: &mut String) 
         s.port,
         s.app,
     );
+    if s.strip_prefix {
+        out.push_str(", path stripped");
+    }
     if !s.overrides.is_empty() {
         let keys: Vec<&str> = s.overrides.iter().map(|(k, _)| k).collect();
         let _ = write!(out, " (overrides: {})", keys.join(", "));
@@ -136,6 +139,7 @@ fn service_entries(inv: &Inventory, host: &Host, s: &Service, out: &mut String) 
         &s.id,
         &names,
         &s.path,
+        s.strip_prefix,
         &upstreams,
         &base.merged(&s.overrides),
         out,
@@ -147,6 +151,7 @@ fn service_entries(inv: &Inventory, host: &Host, s: &Service, out: &mut String) 
             &format!("{}-{}", s.id, extra.suffix),
             &names,
             &join(&s.path, extra.path),
+            false,
             &upstreams,
             &policy,
             out,
@@ -161,6 +166,18 @@ fn service_entries(inv: &Inventory, host: &Host, s: &Service, out: &mut String) 
             &join(&s.path, r.to),
             false,
             r.status,
+            out,
+        );
+    }
+    for from in &s.redirect_paths {
+        out.push('\n');
+        redirect(
+            &crate::load::redirect_path_id(&s.id, from),
+            &names,
+            from,
+            &s.path,
+            true,
+            s.redirect_status,
             out,
         );
     }
@@ -224,6 +241,7 @@ fn route(
     id: &str,
     hosts: &[String],
     path: &str,
+    strip_prefix: bool,
     upstreams: &str,
     policy: &Policy,
     out: &mut String,
@@ -233,6 +251,9 @@ fn route(
     let _ = writeln!(out, "hosts = {}", list(hosts));
     if path != "/" {
         let _ = writeln!(out, "path = {}", quote(path));
+    }
+    if strip_prefix {
+        out.push_str("strip_prefix = true\n");
     }
     let _ = writeln!(out, "upstreams = {upstreams}");
     policy_lines(policy, out);

@@ -78,6 +78,14 @@ pub struct Service {
     pub host: String,
     pub port: u16,
     pub path: String,
+    /// Remove `path` from the request path before forwarding (routes.toml's
+    /// `strip_prefix`): an application that serves from `/` published under a prefix.
+    pub strip_prefix: bool,
+    /// Paths on the service's names (main name and aliases) answered with a redirect
+    /// to the service's path, keeping the rest of the URL. Sorted, no duplicates.
+    pub redirect_paths: Vec<String>,
+    /// Status of the `redirect_paths` redirects (301, 302, 303, 307 or 308).
+    pub redirect_status: u16,
     pub app: App,
     /// Route keys over the preset.
     pub overrides: Policy,

@@ -23,9 +23,15 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "host",
     "port",
     "path",
+    "strip_prefix",
+    "redirect_paths",
+    "redirect_status",
     "app",
     "overrides",
 ];
+
+/// Statuses a redirect can have (as routes.toml's `status`).
+const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
 
 /// Parse and validate an inventory, in the format [`Format::detect`] finds. `file`
 /// names it in messages and in the generated header.
@@ -92,6 +98,9 @@ struct ServiceAt {
     host: usize,
     app: usize,
     path: usize,
+    strip_prefix: usize,
+    /// Position of each of `redirect_paths`, in the order of the service's (sorted) list.
+    redirect_paths: Vec<usize>,
     context: Option<String>,
 }
 
@@ -525,6 +534,8 @@ impl<'a> Cx<'a> {
             host: item.at,
             app: item.at,
             path: item.at,
+            strip_prefix: item.at,
+            redirect_paths: Vec::new(),
             context: self.context.clone(),
         };
         let name = match item.get("name") {
@@ -595,6 +606,85 @@ impl<'a> Cx<'a> {
                 self.checked("path", v, routes::check::path)
             }
         };
+        let strip_prefix = match item.get("strip_prefix") {
+            None => Some(false),
+            Some(v) => {
+                at.strip_prefix = v.at;
+                match v.val {
+                    Val::Bool(b) => Some(b),
+                    _ => {
+                        self.type_error("strip_prefix", "a boolean (true or false)", v);
+                        None
+                    }
+                }
+            }
+        };
+        if strip_prefix == Some(true) && path.as_deref() == Some("/") {
+            self.error(
+                at.strip_prefix,
+                "`strip_prefix` removes the service's `path`, which is `/`: give the prefix as `path`, or leave `strip_prefix` out",
+            );
+        }
+        let redirect_paths = match item.get("redirect_paths") {
+            None => Some(Vec::new()),
+            Some(v) => {
+                let before = self.diags.len();
+                let mut out: Vec<(String, usize)> = Vec::new();
+                for (p, pos) in self.str_array("redirect_paths", v) {
+                    match routes::check::path(p) {
+                        Ok(p) => match out.iter().find(|(q, _)| {
+                            routes::check::path_key(q) == routes::check::path_key(&p)
+                        }) {
+                            Some((q, first)) => {
+                                let msg = format!(
+                                    "`{p}` is already in `redirect_paths` as `{q}` (at {})",
+                                    self.at_str(*first)
+                                );
+                                self.error(pos, msg);
+                            }
+                            None => out.push((p, pos)),
+                        },
+                        Err(msg) => self.error(pos, msg),
+                    }
+                }
+                out.sort();
+                at.redirect_paths = out.iter().map(|(_, pos)| *pos).collect();
+                (self.diags.len() == before).then(|| out.into_iter().map(|(p, _)| p).collect())
+            }
+        };
+        let redirect_status = match item.get("redirect_status") {
+            None => Some(301),
+            Some(v) => {
+                if item.get("redirect_paths").is_none() {
+                    self.error(
+                        v.at,
+                        "`redirect_status` is the status of the `redirect_paths` redirects, and there are none",
+                    );
+                }
+                match v.val {
+                    Val::Int(n) if REDIRECT_STATUSES.iter().any(|s| i64::from(*s) == n) => {
+                        Some(n as u16)
+                    }
+                    Val::Int(n) => {
+                        self.error(
+                            v.at,
+                            format!(
+                                "invalid `redirect_status` {n}, expected 301, 302, 303, 307 or 308"
+                            ),
+                        );
+                        None
+                    }
+                    _ => {
+                        self.type_error(
+                            "redirect_status",
+                            "an integer (301, 302, 303, 307 or 308)",
+                            v,
+                        );
+                        None
+                    }
+                }
+            }
+        };
         let app = match item.get("app") {
             None => {
                 self.error(item.at, "missing field `app`");
@@ -645,6 +735,9 @@ impl<'a> Cx<'a> {
             host: host?,
             port: port?,
             path: path?,
+            strip_prefix: strip_prefix?,
+            redirect_paths: redirect_paths?,
+            redirect_status: redirect_status?,
             app: app?,
             overrides,
         };
@@ -717,7 +810,7 @@ impl<'a> Cx<'a> {
     ) {
         let known: Vec<&str> = hosts.iter().map(|(h, _)| h.name.as_str()).collect();
         // (host pattern, path) -> (position, what claimed it)
-        let mut claims: Vec<(String, usize, String)> = Vec::new();
+        let mut claims: Vec<((String, String), String, usize, String)> = Vec::new();
         let mut ids: Vec<(String, usize, bool)> = Vec::new();
         for (s, at) in services {
             if !known.contains(&s.host.as_str()) {
@@ -771,6 +864,28 @@ impl<'a> Cx<'a> {
                     self.error_in(&at.context, at.path, msg);
                 }
             }
+            for (i, from) in s.redirect_paths.iter().enumerate() {
+                if routes::path_matches(from, &s.path) {
+                    let pos = at.redirect_paths.get(i).copied().unwrap_or(at.path);
+                    let msg = format!(
+                        "`{from}` in `redirect_paths` covers the service's path `{}`: the redirect would answer its own target",
+                        s.path
+                    );
+                    self.error_in(&at.context, pos, msg);
+                }
+            }
+            // A stripped prefix is the service's path; the routes a preset adds under
+            // it would lose their whole path instead.
+            if s.strip_prefix {
+                if let Some(e) = preset.extra_routes.first() {
+                    let msg = format!(
+                        "`strip_prefix` cannot be used with app `{}`: it adds routes under the service's path (`{}`), which would be stripped whole; serve it at `/` of its own name",
+                        s.app,
+                        crate::expand::join(&s.path, e.path)
+                    );
+                    self.error_in(&at.context, at.strip_prefix, msg);
+                }
+            }
 
             // Names served (main name and aliases) at the service's path and at the
             // preset's paths; redirect_from names at `/`.
@@ -780,34 +895,52 @@ impl<'a> Cx<'a> {
                 .chain(&s.redirect_from);
             for (i, name) in all_names.enumerate() {
                 let pos = at.names.get(i).copied().unwrap_or(at.id);
-                let mut paths: Vec<(String, String)> = Vec::new();
+                // (path, what claims it, where)
+                let mut paths: Vec<(String, String, usize)> = Vec::new();
                 if i < served {
-                    paths.push((s.path.clone(), format!("service `{}`", s.id)));
+                    paths.push((s.path.clone(), format!("service `{}`", s.id), pos));
+                    for (p, p_at) in s.redirect_paths.iter().zip(&at.redirect_paths) {
+                        let what = format!("`redirect_paths` of service `{}`", s.id);
+                        paths.push((p.clone(), what, *p_at));
+                    }
                     for e in &preset.extra_routes {
                         paths.push((
                             crate::expand::join(&s.path, e.path),
                             format!("service `{}` (app `{}` adds it)", s.id, s.app),
+                            pos,
                         ));
                     }
                     for r in &preset.redirects {
                         paths.push((
                             r.path.to_string(),
                             format!("service `{}` (app `{}` adds it)", s.id, s.app),
+                            pos,
                         ));
                     }
                 } else {
-                    paths.push(("/".into(), format!("service `{}` (redirect_from)", s.id)));
+                    let what = format!("service `{}` (redirect_from)", s.id);
+                    paths.push(("/".into(), what, pos));
                 }
-                for (path, what) in paths {
-                    let key = format!("{name}{path}");
-                    if let Some((_, first, first_what)) = claims.iter().find(|(k, ..)| *k == key) {
+                for (path, what, pos) in paths {
+                    // `/a/` and `/a` cover the same request paths (so do `/a%2Fb` and
+                    // `/a/b`): compared by what they cover, shown as written.
+                    let key = (name.clone(), routes::check::path_key(&path));
+                    let shown = format!("{name}{path}");
+                    if let Some((_, first_shown, first, first_what)) =
+                        claims.iter().find(|(k, ..)| *k == key)
+                    {
+                        let also = if *first_shown == shown {
+                            String::new()
+                        } else {
+                            format!(" (as `{first_shown}`, which covers the same paths)")
+                        };
                         let msg = format!(
-                            "`{key}` of {what} is already claimed by {first_what} at {}",
+                            "`{shown}` of {what} is already claimed by {first_what}{also} at {}",
                             self.at_str(*first)
                         );
                         self.error_in(&at.context, pos, msg);
                     } else {
-                        claims.push((key, pos, what));
+                        claims.push((key, shown, pos, what));
                     }
                 }
             }
@@ -828,6 +961,7 @@ impl<'a> Cx<'a> {
             if !s.redirect_from.is_empty() {
                 own.push(format!("{}-redirect", s.id));
             }
+            own.extend(s.redirect_paths.iter().map(|p| redirect_path_id(&s.id, p)));
             let explicit = s.id != default_id(&s.name, &s.path);
             for id in own {
                 if let Some((_, first, first_explicit)) = ids.iter().find(|(i, ..)| *i == id) {
@@ -854,6 +988,11 @@ fn default_id(name: &str, path: &str) -> String {
         "/" => name.to_string(),
         p => format!("{name}{p}"),
     }
+}
+
+/// The id of the redirect of one of a service's `redirect_paths`: `<id>-redirect<path>`.
+pub(crate) fn redirect_path_id(id: &str, path: &str) -> String {
+    format!("{id}-redirect{path}")
 }
 
 /// Host names, sites and hypervisors: they end up in comments and ids.

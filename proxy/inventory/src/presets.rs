@@ -20,7 +20,8 @@ pub struct Preset {
     pub policy: Policy,
     /// Allow only the inventory's `internal_networks`.
     pub internal_only: bool,
-    /// More routes on the service's names, under its path.
+    /// More routes on the service's names, under its path: one per path (a preset
+    /// that needs websockets on several paths lists a route for each).
     pub extra_routes: Vec<ExtraRoute>,
     /// Fixed redirects on the service's names.
     pub redirects: Vec<PresetRedirect>,
@@ -151,18 +152,27 @@ impl App {
             // (https://docs.mattermost.com/deployment-guide/server/setup-nginx-proxy.html):
             // `location ~ /api/v[0-9]+/(users/)?websocket$` with the Upgrade headers,
             // `client_max_body_size 50M` and `proxy_read_timeout 600s` on both locations.
-            // Health: /api/v4/system/ping (no login).
+            // That location matches two paths of API v4, and a client may use either:
+            // /api/v4/websocket and the older /api/v4/users/websocket; each gets a
+            // websocket route. Health: /api/v4/system/ping (no login).
             App::Mattermost => Preset {
                 policy: Policy::default()
                     .with("max_body", s("50m"))
                     .with("read_timeout", s("10m"))
                     .with("health_check_path", s("/api/v4/system/ping")),
-                extra_routes: vec![ExtraRoute {
-                    suffix: "websocket",
-                    path: "/api/v4/websocket",
-                    policy: Policy::default().with("websocket", PolicyValue::Bool(true)),
-                }],
-                ..base("Mattermost: 50 MB bodies, 10 min reads, websockets on /api/v4/websocket")
+                extra_routes: vec![
+                    ExtraRoute {
+                        suffix: "websocket",
+                        path: "/api/v4/websocket",
+                        policy: Policy::default().with("websocket", PolicyValue::Bool(true)),
+                    },
+                    ExtraRoute {
+                        suffix: "users-websocket",
+                        path: "/api/v4/users/websocket",
+                        policy: Policy::default().with("websocket", PolicyValue::Bool(true)),
+                    },
+                ],
+                ..base("Mattermost: 50 MB bodies, 10 min reads, websockets on /api/v4/[users/]websocket")
             },
 
             // Admin and monitoring pages: only clients on the internal (WireGuard)

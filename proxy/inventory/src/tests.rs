@@ -53,6 +53,9 @@ fn shipped_routes_route_as_the_inventory_says() {
     assert!(ws.policy.websocket);
     assert!(!route("chat.example.org", "/").policy.websocket);
     assert_eq!(ws.policy.max_body, Some(50 << 20));
+    let users_ws = route("chat.example.org", "/api/v4/users/websocket");
+    assert_eq!(users_ws.id, "chat-users-websocket");
+    assert!(users_ws.policy.websocket);
     // Upstreams by DNS name with the inventory's addresses as fallback.
     assert_eq!(
         ws.upstreams,
@@ -359,7 +362,7 @@ fn json_errors_have_line_col_and_the_json_pointer() {
         ("{\"host\": [{\"name\": \"a\", \"ipv4\": \"10.0.0.1\"}],\n \"service\": [{\"name\": \"a.example.org\", \"host\": \"b\", \"app\": \"static\", \"ports\": 80}]}\n", expect![[r#"
             error: inventory.json:2:48: service `a.example.org` is on host `b`, which is not in the inventory (hosts: a)
               in /service/0 (name = "a.example.org")
-            error: inventory.json:2:70: unknown field `ports` in a service, expected one of `id`, `name`, `aliases`, `redirect_from`, `host`, `port`, `path`, `app`, `overrides`
+            error: inventory.json:2:70: unknown field `ports` in a service, expected one of `id`, `name`, `aliases`, `redirect_from`, `host`, `port`, `path`, `strip_prefix`, `redirect_paths`, `redirect_status`, `app`, `overrides`
               in /service/0 (name = "a.example.org")"#]]),
         // Syntax errors come from serde_json, at its line and column.
         ("{\n  \"host\": [\n    {\"name\": \"a\",}\n  ]\n}\n", expect!["error: inventory.json:3:18: invalid JSON: key must be a string"]),
@@ -428,4 +431,160 @@ overrides = { max_body = 1024, hsts = false, response_headers = { "x-robots-tag"
         panic!("{out}")
     };
     assert_eq!(old.location("p", "/x", None), "https://c.example.org/nc/x");
+}
+
+/// Regression (issue 11, item 7): the 2020 configuration, netdata of several hosts under
+/// `/n/<host>/` of one name with the prefix stripped and `/<host>` redirected there, and
+/// Mattermost's two websocket paths, could not be written as an inventory.
+#[test]
+fn path_prefixes_can_be_stripped_and_paths_redirected() {
+    let text = r#"
+internal_networks = ["172.28.0.0/16"]
+
+[[host]]
+name = "web-1"
+ipv4 = "172.28.1.50"
+
+[[host]]
+name = "mail-1"
+ipv4 = "172.28.1.9"
+
+[[service]]
+id = "monitoring"
+name = "mon.example.org"
+host = "web-1"
+app = "internal"
+
+[[service]]
+id = "netdata-web-1"
+name = "mon.example.org"
+host = "web-1"
+port = 19999
+path = "/n/web-1/"
+strip_prefix = true
+redirect_paths = ["/web-1", "/w1"]
+app = "internal"
+
+[[service]]
+id = "netdata-mail-1"
+name = "mon.example.org"
+host = "mail-1"
+port = 19999
+path = "/n/mail-1"
+strip_prefix = true
+redirect_paths = ["/mail-1"]
+redirect_status = 308
+app = "internal"
+
+[[service]]
+id = "chat"
+name = "chat.example.org"
+host = "web-1"
+port = 8065
+app = "mattermost"
+"#;
+    let out = gen("i.toml", text);
+    let t = routes::parse("routes.toml", &out).unwrap_or_else(|d| panic!("{d}"));
+    let target = |host: &str, path: &str| t.route(host, path).unwrap().cloned();
+    // (request path, route id, path sent upstream)
+    for (path, id, upstream_path) in [
+        ("/n/web-1/", "netdata-web-1", "/"),
+        ("/n/web-1", "netdata-web-1", "/"),
+        ("/n/web-1/api/v1/info", "netdata-web-1", "/api/v1/info"),
+        ("/n/web-1;x/api", "netdata-web-1", "/api"),
+        ("/n/mail-1/", "netdata-mail-1", "/"),
+        ("/n/mail-1/dashboard.js", "netdata-mail-1", "/dashboard.js"),
+        ("/n/web-10", "monitoring", "/n/web-10"),
+        ("/", "monitoring", "/"),
+    ] {
+        let Some(routes::Target::Proxy(r)) = target("mon.example.org", path) else {
+            panic!("{path}:\n{out}")
+        };
+        assert_eq!(r.id, id, "{path}");
+        assert!(r.policy.allow.is_some(), "{path}");
+        let sent = if r.strip_prefix {
+            routes::strip_path(&r.path, path).into_owned()
+        } else {
+            path.to_string()
+        };
+        assert_eq!(sent, upstream_path, "{path}");
+    }
+    // (request path and query, Location, status)
+    for (path, query, location, status) in [
+        ("/web-1", None, "https://mon.example.org/n/web-1/", 301),
+        ("/web-1/", None, "https://mon.example.org/n/web-1/", 301),
+        (
+            "/w1/x",
+            Some("y=1"),
+            "https://mon.example.org/n/web-1/x?y=1",
+            301,
+        ),
+        ("/mail-1", None, "https://mon.example.org/n/mail-1", 308),
+        ("/mail-1/a", None, "https://mon.example.org/n/mail-1/a", 308),
+    ] {
+        let Some(routes::Target::Redirect(r)) = target("mon.example.org", path) else {
+            panic!("{path}:\n{out}")
+        };
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(r.location("mon.example.org", path, query), location);
+    }
+    assert!(
+        out.contains("name = \"netdata-web-1-redirect/w1\""),
+        "{out}"
+    );
+    // Mattermost: a websocket route on each of its two paths, not on the rest.
+    for (path, id, ws) in [
+        ("/api/v4/websocket", "chat-websocket", true),
+        ("/api/v4/users/websocket", "chat-users-websocket", true),
+        ("/api/v4/users/me", "chat", false),
+    ] {
+        let Some(routes::Target::Proxy(r)) = target("chat.example.org", path) else {
+            panic!("{path}:\n{out}")
+        };
+        assert_eq!((r.id.as_str(), r.policy.websocket), (id, ws), "{path}");
+    }
+}
+
+#[test]
+fn strip_prefix_and_redirect_paths_errors_are_located() {
+    #[rustfmt::skip]
+    let cases: &[(&str, Expect)] = &[
+        // strip_prefix of `/`; with a preset that adds routes under the path.
+        (&format!("{TWO_HOSTS}\n[[service]]\nname = \"a.example.org\"\nhost = \"web-1\"\nstrip_prefix = true\napp = \"static\"\n\n[[service]]\nname = \"chat.example.org\"\npath = \"/chat\"\nhost = \"web-1\"\nstrip_prefix = true\napp = \"mattermost\"\n\n[[service]]\nname = \"b.example.org\"\nhost = \"db-1\"\nstrip_prefix = \"yes\"\napp = \"static\"\n"), expect![[r#"
+            error: inventory.toml:15:16: `strip_prefix` removes the service's `path`, which is `/`: give the prefix as `path`, or leave `strip_prefix` out
+              in [[service]] #1 (name = "a.example.org")
+            error: inventory.toml:22:16: `strip_prefix` cannot be used with app `mattermost`: it adds routes under the service's path (`/chat/api/v4/websocket`), which would be stripped whole; serve it at `/` of its own name
+              in [[service]] #2 (name = "chat.example.org")
+            error: inventory.toml:28:16: `strip_prefix` must be a boolean (true or false), found a string
+              in [[service]] #3 (name = "b.example.org")"#]]),
+        // A redirect path that covers the service's own path (a loop); one that another
+        // service serves; two that cover the same paths; bad paths and statuses.
+        (&format!("{TWO_HOSTS}\n[[service]]\nname = \"m.example.org\"\npath = \"/n/web-1/\"\nredirect_paths = [\"/n\", \"/db-1/\", \"/\"]\nhost = \"web-1\"\napp = \"static\"\n\n[[service]]\nname = \"m.example.org\"\npath = \"/db-1\"\nhost = \"db-1\"\napp = \"static\"\n"), expect![[r#"
+            error: inventory.toml:15:19: `/n` in `redirect_paths` covers the service's path `/n/web-1/`: the redirect would answer its own target
+              in [[service]] #1 (name = "m.example.org")
+            error: inventory.toml:15:35: `/` in `redirect_paths` covers the service's path `/n/web-1/`: the redirect would answer its own target
+              in [[service]] #1 (name = "m.example.org")
+            error: inventory.toml:20:8: `m.example.org/db-1` of service `m.example.org/db-1` is already claimed by `redirect_paths` of service `m.example.org/n/web-1/` (as `m.example.org/db-1/`, which covers the same paths) at inventory.toml:15:25
+              in [[service]] #2 (name = "m.example.org")"#]]),
+        (&format!("{TWO_HOSTS}\n[[service]]\nname = \"m.example.org\"\npath = \"/n/web-1/\"\nredirect_paths = [\"/x\", \"/x/\", \"/%61\", \"/b;c\", 3]\nredirect_status = 200\nhost = \"web-1\"\napp = \"static\"\n\n[[service]]\nname = \"n.example.org\"\nhost = \"db-1\"\nredirect_status = 308\napp = \"static\"\n"), expect![[r#"
+            error: inventory.toml:15:25: `/x/` is already in `redirect_paths` as `/x` (at inventory.toml:15:19)
+              in [[service]] #1 (name = "m.example.org")
+            error: inventory.toml:15:32: path `/%61` is matched as `/a` (request paths are matched with unreserved escapes like `%61` decoded and the hex digits of other escapes in upper case): write `/a`
+              in [[service]] #1 (name = "m.example.org")
+            error: inventory.toml:15:40: path `/b;c` must not contain `;`: path parameters are removed from request paths before matching (`/a;x/b` is matched as `/a/b`); write `%3B` if it is part of a name
+              in [[service]] #1 (name = "m.example.org")
+            error: inventory.toml:15:48: `redirect_paths` must contain only strings, found an integer
+              in [[service]] #1 (name = "m.example.org")
+            error: inventory.toml:16:19: invalid `redirect_status` 200, expected 301, 302, 303, 307 or 308
+              in [[service]] #1 (name = "m.example.org")
+            error: inventory.toml:23:19: `redirect_status` is the status of the `redirect_paths` redirects, and there are none
+              in [[service]] #2 (name = "n.example.org")"#]]),
+        // Services on one name at `/a` and `/a/` cover the same paths.
+        (&format!("{TWO_HOSTS}\n[[service]]\nname = \"m.example.org\"\npath = \"/a\"\nhost = \"web-1\"\napp = \"static\"\n\n[[service]]\nname = \"m.example.org\"\npath = \"/a/\"\nhost = \"db-1\"\napp = \"static\"\n"), expect![[r#"
+            error: inventory.toml:19:8: `m.example.org/a/` of service `m.example.org/a/` is already claimed by service `m.example.org/a` (as `m.example.org/a`, which covers the same paths) at inventory.toml:13:8
+              in [[service]] #2 (name = "m.example.org")"#]]),
+    ];
+    for (text, want) in cases {
+        check("inventory.toml", text, want);
+    }
 }

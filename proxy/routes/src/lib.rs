@@ -3,8 +3,10 @@
 //! Architecture invariant: this crate does no I/O and knows nothing of pingora, TLS or
 //! the network. `parse` takes the text of a routes file and returns either a validated
 //! [`RouteTable`] or *every* problem found, each with `file:line:col`. Everything the
-//! daemon does per request against the table is [`RouteTable::lookup`]: a hash lookup
-//! and a scan over the (few) path prefixes of one host.
+//! daemon does per request against the table is [`RouteTable::route`]: a hash lookup
+//! and a scan over the (few) path prefixes of one host ([`RouteTable::lookup`]), plus a
+//! second reading for the rare path that holds escapes. How paths are matched (path
+//! parameters, a prefix ending in `/`, escapes) is described in `path.rs`.
 //!
 //! The file format is documented, key by key, in `proxy/routes/routes.reference.toml`
 //! (a test keeps it valid and complete). Modules: `parse` walks the spanned TOML
@@ -48,6 +50,13 @@ pub mod check {
     /// A route or redirect `path` prefix.
     pub fn path(raw: &str) -> Result<String, String> {
         values::route_path(raw)
+    }
+
+    /// What a (valid) route path covers, as a key: two route paths with the same key
+    /// cover the same request paths (`/api` and `/api/`; `/a%2Fb` and `/a/b`, which an
+    /// upstream that decodes escapes cannot tell apart), so one host cannot have both.
+    pub fn path_key(path: &str) -> String {
+        crate::path::decoded_base(crate::base(path)).into_owned()
     }
 
     /// The DNS name of an upstream (`name` of an upstream table), normalised.
@@ -101,8 +110,8 @@ pub struct RouteTable {
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PathSet {
-    /// Prefix (the target's path, kept beside it so a lookup reads no route) and
-    /// target, sorted by prefix length, longest first.
+    /// Base (the target's path without its trailing `/`, `""` for `/`, kept beside it so
+    /// a lookup reads no route) and target, sorted by base length, longest first.
     pub(crate) entries: Vec<(Box<str>, Target)>,
 }
 
@@ -236,9 +245,7 @@ impl Redirect {
             self.to.clone()
         };
         if self.keep_path {
-            let rest = path
-                .strip_prefix(self.path.trim_end_matches('/'))
-                .unwrap_or("");
+            let rest = rest_after(&self.path, path).unwrap_or("");
             if loc.ends_with('/') && rest.starts_with('/') {
                 loc.pop();
             }
@@ -375,9 +382,15 @@ impl std::error::Error for Diagnostics {}
 
 impl RouteTable {
     /// Resolve a request. `host` must already be normalised with [`normalize_host`]
-    /// (lower case, no port, no trailing dot); `path` is the request path without query.
-    /// Exact names win over wildcards; within a host the longest matching prefix wins.
+    /// (lower case, no port, no trailing dot); `path` is the request path without query,
+    /// normalised with [`normalize_path`]. Exact names win over wildcards; within a host
+    /// the longest matching prefix wins, matched against the path without its
+    /// `;parameters` (see [`path_matches`]). The daemon calls [`RouteTable::route`],
+    /// which adds the check of the decoded reading.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Target> {
+        // Allocates only for a path with `;`.
+        let path = path::without_params(path);
+        let path: &str = &path;
         if let Some(t) = self.exact.get(host).and_then(|s| s.find(path)) {
             return Some(t);
         }
@@ -430,30 +443,74 @@ impl RouteTable {
 }
 
 impl PathSet {
+    /// `path` without parameters.
     fn find(&self, path: &str) -> Option<&Target> {
         self.entries
             .iter()
-            .find(|(prefix, _)| path_matches(prefix, path))
+            .find(|(base, _)| covers(base, path))
             .map(|(_, t)| t)
     }
 }
 
-/// Segment-aware prefix match: `/api` matches `/api` and `/api/x` but not `/apix`;
-/// a prefix ending in `/` matches everything under it.
-pub fn path_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" {
-        return true;
-    }
-    match path.strip_prefix(prefix) {
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-        None => false,
-    }
+/// A route path without its trailing `/` (`""` for `/`): what it is matched by.
+pub(crate) fn base(prefix: &str) -> &str {
+    prefix.strip_suffix('/').unwrap_or(prefix)
 }
 
-/// The path sent upstream for a route with `strip_prefix`: `/app/x` under `/app` -> `/x`.
+/// Whether the route path of base `base` covers `path` (without parameters): whole
+/// segments only.
+pub(crate) fn covers(base: &str, path: &str) -> bool {
+    base.is_empty()
+        || path
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Segment-aware prefix match, on the path with `;parameters` removed from every
+/// segment: `/api` matches `/api`, `/api/x` and `/api;v=1/x` but not `/apix`; `/api/`
+/// matches the same (a prefix ending in `/` also covers the bare path); `/` matches
+/// everything.
+pub fn path_matches(prefix: &str, path: &str) -> bool {
+    covers(base(prefix), &path::without_params(path))
+}
+
+/// The rest of `path` after the segments the route path `prefix` covers: `""` or
+/// starting with `/`; `None` when `prefix` does not cover `path`. The parameters of the
+/// covered segments go with them, and empty segments among them are skipped, as
+/// [`path_matches`] reads them: `/app;x/y` and `/;s/app/y` under `/app/` leave `/y`.
+pub(crate) fn rest_after<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+    let base = base(prefix);
+    if !path.contains(';') {
+        return match path.strip_prefix(base) {
+            Some(rest) if base.is_empty() || rest.is_empty() || rest.starts_with('/') => Some(rest),
+            _ => None,
+        };
+    }
+    let mut rest = path;
+    for want in base.split('/').filter(|s| !s.is_empty()) {
+        loop {
+            let r = rest.strip_prefix('/')?;
+            let end = r.find('/').unwrap_or(r.len());
+            let name = r[..end].split(';').next().unwrap_or_default();
+            rest = &r[end..];
+            if name.is_empty() {
+                continue; // `//` or parameters only: merged away
+            }
+            if name != want {
+                return None;
+            }
+            break;
+        }
+    }
+    Some(rest)
+}
+
+/// The path sent upstream for a route with `strip_prefix`: the segments the route's
+/// path covers removed (with their parameters), keeping a leading `/`: `/app/x` under
+/// `/app` -> `/x`, `/app` -> `/`, `/app;s=1/x` -> `/x`. What follows is kept as it is.
 pub fn strip_path<'a>(prefix: &str, path: &'a str) -> std::borrow::Cow<'a, str> {
-    let prefix = prefix.trim_end_matches('/');
-    match path.strip_prefix(prefix) {
+    match rest_after(prefix, path) {
+        Some("") => "/".into(),
         Some(rest) if rest.starts_with('/') => rest.into(),
         Some(rest) => format!("/{rest}").into(),
         None => path.into(),

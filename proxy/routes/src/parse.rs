@@ -122,9 +122,12 @@ struct Walked<'a, T> {
     rest: Option<T>,
 }
 
-/// A host + path some entry claims, for the duplicate check.
+/// A host + path some entry claims, for the duplicate check: the path as written and
+/// what it covers ([`crate::check::path_key`]).
 struct Claim<'w, 'a> {
-    key: (&'w HostPattern, &'w str),
+    host: &'w HostPattern,
+    path: &'w str,
+    key: std::borrow::Cow<'w, str>,
     at: usize,
     context: Context<'a>,
 }
@@ -884,7 +887,9 @@ impl<'a> Cx<'a> {
             Some(h) => hosts.iter().any(|(p, _)| p.matches(h)),
         };
         if let Some(path) = path {
-            if same_host && crate::path_matches(path, &to.path) {
+            // The target as the request for it will be routed (`/%61` is `/a`).
+            let to_path = crate::normalize_path(&to.path).unwrap_or(to.path.as_str().into());
+            if same_host && crate::path_matches(path, &to_path) {
                 self.error(
                     v.span().start,
                     format!(
@@ -913,9 +918,12 @@ impl<'a> Cx<'a> {
             );
         for (hosts, path, id, context) in walked {
             if let Some(path) = path {
+                let key = crate::path::decoded_base(crate::base(path));
                 for (h, at) in hosts {
                     claims.push(Claim {
-                        key: (h, path),
+                        host: h,
+                        path,
+                        key: key.clone(),
                         at: *at,
                         context,
                     });
@@ -931,20 +939,36 @@ impl<'a> Cx<'a> {
             }
         }
         claims.sort_by_key(|c| c.at);
-        let mut first: FastMap<(&HostPattern, &str), usize> = FastMap::default();
+        let mut first: FastMap<(&HostPattern, &str), &Claim> = FastMap::default();
         first.reserve(claims.len());
         let mut found = Vec::new();
         for c in &claims {
-            if let Some(&at) = first.get(&c.key) {
-                let msg = format!(
-                    "duplicate route {}{} (first at {})",
-                    c.key.0,
-                    c.key.1,
-                    self.at_str(at)
-                );
+            if let Some(f) = first.get(&(c.host, &*c.key)) {
+                let msg = if f.path == c.path {
+                    format!(
+                        "duplicate route {}{} (first at {})",
+                        c.host,
+                        c.path,
+                        self.at_str(f.at)
+                    )
+                } else {
+                    let why = if crate::base(f.path) == crate::base(c.path) {
+                        "a path ending in `/` also covers the path without it"
+                    } else {
+                        "an upstream that decodes escapes reads both as one path"
+                    };
+                    format!(
+                        "duplicate route {}{}: it covers the same paths as {}{} (first at {}; {why})",
+                        c.host,
+                        c.path,
+                        f.host,
+                        f.path,
+                        self.at_str(f.at)
+                    )
+                };
                 found.push((c.at, msg, c.context));
             } else {
-                first.insert(c.key, c.at);
+                first.insert((c.host, &*c.key), c);
             }
         }
         ids.sort_by_key(|c| c.at);
@@ -1127,13 +1151,15 @@ fn build(routes: Vec<Route>, redirects: Vec<Redirect>) -> RouteTable {
                 HostPattern::Exact(h) => exact.entry(h.clone()).or_default(),
                 HostPattern::Wildcard(s) => wildcard.entry(s.clone()).or_default(),
             };
-            set.entries.push((target.path().into(), target.clone()));
+            set.entries
+                .push((crate::base(target.path()).into(), target.clone()));
         }
     }
     for set in exact.values_mut().chain(wildcard.values_mut()) {
-        // Stable: equal lengths keep file order (and never both match one path).
+        // Stable: equal lengths keep file order (and never both match one path: equal
+        // bases are duplicates, refused).
         set.entries
-            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+            .sort_by_key(|(base, _)| std::cmp::Reverse(base.len()));
     }
     RouteTable {
         exact,

@@ -2,23 +2,37 @@
 //!
 //! A route's `path` is matched against the request path as text, but the upstream acts
 //! on its own reading of the path: most decode `%XX`, merge `//` and resolve `.` and
-//! `..` (nginx, PHP front controllers, most frameworks). Were the proxy to route on the
-//! raw text, `/x/../admin` or `/%61dmin` would reach `/admin` through the route of `/`
-//! and skip the `allow` of a route for `/admin`. So:
+//! `..` (nginx, PHP front controllers, most frameworks), and Java servlet containers
+//! (Tomcat, Jetty, Spring) also drop `;parameters` from every segment. Were the proxy
+//! to route on the raw text, `/x/../admin`, `/%61dmin` or `/admin;x/secret` would reach
+//! `/admin` through the route of `/` and skip the `allow` of a route for `/admin`. So:
 //!
 //! - [`normalize_path`] decodes percent-encoded unreserved characters (RFC 3986 6.2.2.2:
-//!   the same URI), merges runs of `/`, and refuses dot segments (`.`, `..`, also
-//!   percent-encoded, also between encoded slashes or backslashes, also as `..;x`),
-//!   `%00` and malformed `%` escapes. The result is both what is routed and what is
-//!   forwarded, so upstream and proxy agree on it.
+//!   the same URI), writes the hex digits of the escapes it keeps in upper case (6.2.2.1),
+//!   merges runs of `/`, and refuses dot segments (`.`, `..`, also percent-encoded, also
+//!   between encoded slashes or backslashes, also as `..;x`), `%00` and malformed `%`
+//!   escapes. The result is both what is routed and what is forwarded, so upstream and
+//!   proxy agree on it. Parameters stay in what is forwarded (`;jsessionid=` is the
+//!   application's).
+//! - [`RouteTable::lookup`] matches route paths against the path with `;parameters`
+//!   removed from every segment and the empty segments this leaves merged
+//!   (`/admin;x/secret` and `/;x/admin/secret` are `/admin/secret`), as those
+//!   containers do. A route path ending in `/` also covers the bare path: `/admin/`
+//!   covers `/admin` and `/admin;x`, never `/adminx`.
 //! - [`RouteTable::route`] looks that path up, and when it still holds escapes (`%2F`,
-//!   ...) also looks up its fully decoded reading: if the two pick different routes the
-//!   request is refused, since an upstream that decodes `%2F` would act on the other.
+//!   `%3B`, ...) or a backslash also looks up its fully decoded reading (every escape
+//!   decoded, `\` read as `/`, parameters removed) against the route paths read the same
+//!   way: if the two pick different routes the request is refused, since an upstream
+//!   that decodes `%2F` (or splits on `\`) would act on the other.
+//!
+//! Route paths in routes.toml must already be in the normal form of [`normalize_path`]
+//! and hold no `;` (checked in `values::route_path`, with the form to write instead), so
+//! a route path always means what a request path of the same text means.
 
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::{RouteTable, Target};
+use crate::{covers, PathSet, RouteTable, Target};
 
 /// Why a request path is refused (the proxy answers 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +126,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
             if is_unreserved(d) {
                 out.push(d as char);
             } else {
-                out.push_str(&raw[i..i + 3]);
+                out.push('%');
+                out.push(char::from(b[i + 1].to_ascii_uppercase()));
+                out.push(char::from(b[i + 2].to_ascii_uppercase()));
             }
             i += 3;
             continue;
@@ -133,22 +149,71 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     })
 }
 
+/// The path with `;parameters` removed from every segment, and the empty segments this
+/// leaves (or that were there) merged: `/admin;x/secret` and `/;x/admin/secret` are
+/// `/admin/secret`, `/admin/;x` is `/admin/`. Borrows (no work beyond one scan) when
+/// there is no `;`, which is the common case.
+pub(crate) fn without_params(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        let name = seg.split(';').next().unwrap_or_default();
+        if i > 0 && !out.ends_with('/') {
+            out.push('/');
+        }
+        out.push_str(name);
+    }
+    Cow::Owned(out)
+}
+
+/// The reading of an upstream that decodes everything: every `%XX` decoded (bytes that
+/// are not UTF-8 replaced), `\` read as `/`, runs of `/` merged, `;parameters` removed.
+fn decoded_reading(path: &str) -> Result<String, PathError> {
+    let decoded = decode_all(path)?;
+    let decoded = String::from_utf8_lossy(&decoded);
+    let mut merged = String::with_capacity(decoded.len());
+    for c in decoded.chars() {
+        let c = if c == '\\' { '/' } else { c };
+        if !(c == '/' && merged.ends_with('/')) {
+            merged.push(c);
+        }
+    }
+    Ok(match without_params(&merged) {
+        Cow::Borrowed(_) => merged,
+        Cow::Owned(p) => p,
+    })
+}
+
+/// A route path's base (without its trailing `/`, `""` for `/`) read as
+/// [`decoded_reading`] reads a request path. Borrowed when there is nothing to decode.
+pub(crate) fn decoded_base(base: &str) -> Cow<'_, str> {
+    if !base.bytes().any(|c| c == b'%' || c == b'\\') {
+        return Cow::Borrowed(base);
+    }
+    match decoded_reading(base) {
+        Ok(mut d) => {
+            while d.ends_with('/') {
+                d.pop();
+            }
+            Cow::Owned(d)
+        }
+        // Route paths are checked by normalize_path when parsed: never reached.
+        Err(_) => Cow::Borrowed(base),
+    }
+}
+
 impl RouteTable {
     /// Look up a request: `host` normalised with [`crate::normalize_host`], `path` with
-    /// [`normalize_path`]. When the path still holds escapes, its fully decoded reading
-    /// must pick the same target, or the request is [`PathError::Ambiguous`].
+    /// [`normalize_path`]. When the path still holds escapes or a backslash, its fully
+    /// decoded reading must pick the same target among the route paths read the same
+    /// way, or the request is [`PathError::Ambiguous`].
     pub fn route(&self, host: &str, path: &str) -> Result<Option<&Target>, PathError> {
         let target = self.lookup(host, path);
-        if path.contains('%') {
-            let decoded = decode_all(path)?;
-            let decoded = String::from_utf8_lossy(&decoded);
-            let mut merged = String::with_capacity(decoded.len());
-            for c in decoded.chars() {
-                if !(c == '/' && merged.ends_with('/')) {
-                    merged.push(c);
-                }
-            }
-            let other = self.lookup(host, &merged);
+        if path.bytes().any(|c| c == b'%' || c == b'\\') {
+            let decoded = decoded_reading(path)?;
+            let other = self.lookup_decoded(host, &decoded);
             let same = match (target, other) {
                 (Some(a), Some(b)) => std::ptr::eq(a, b),
                 (None, None) => true,
@@ -159,6 +224,33 @@ impl RouteTable {
             }
         }
         Ok(target)
+    }
+
+    /// [`RouteTable::lookup`] of a decoded reading, against decoded route paths.
+    fn lookup_decoded(&self, host: &str, decoded: &str) -> Option<&Target> {
+        if let Some(t) = self.exact.get(host).and_then(|s| s.find_decoded(decoded)) {
+            return Some(t);
+        }
+        let (_, parent) = host.split_once('.')?;
+        self.wildcard
+            .get(parent)
+            .and_then(|s| s.find_decoded(decoded))
+    }
+}
+
+impl PathSet {
+    /// The target whose route path, decoded, is the longest to cover `decoded`. The
+    /// entries are sorted by their length as written, which decoding can change: hence
+    /// a scan of all of them (a few per host; only for paths with escapes).
+    fn find_decoded(&self, decoded: &str) -> Option<&Target> {
+        let mut best: Option<(usize, &Target)> = None;
+        for (base, target) in &self.entries {
+            let base = decoded_base(base);
+            if covers(&base, decoded) && best.is_none_or(|(len, _)| base.len() > len) {
+                best = Some((base.len(), target));
+            }
+        }
+        best.map(|(_, t)| t)
     }
 }
 
@@ -183,8 +275,13 @@ mod tests {
             ("/%7Euser/%41%42", "/~user/AB"),
             ("//admin//x", "/admin/x"),
             ("/a%2Fb", "/a%2Fb"),
-            ("/a%2fb%20c", "/a%2fb%20c"),
+            // Escapes kept are written with upper-case hex digits (RFC 3986 6.2.2.1).
+            ("/a%2fb%20c", "/a%2Fb%20c"),
+            ("/a%3bx;y", "/a%3Bx;y"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
             ("/q%3F", "/q%3F"),
+            // Parameters stay in what is forwarded.
+            ("//admin;x//secret", "/admin;x/secret"),
         ] {
             assert_eq!(normalize_path(raw).unwrap(), want, "{raw}");
             assert_eq!(normalize_path(want).unwrap(), want, "{want} is normal");
@@ -212,6 +309,25 @@ mod tests {
         for raw in ["/%", "/%4", "/%zz", "/a%00b", "/%G1"] {
             assert_eq!(normalize_path(raw), Err(PathError::BadEscape), "{raw}");
         }
+    }
+
+    #[test]
+    fn parameters_are_removed_from_every_segment_and_empty_segments_merged() {
+        for (path, want) in [
+            ("/a/b", "/a/b"),
+            ("/admin;x/secret", "/admin/secret"),
+            ("/admin;/secret", "/admin/secret"),
+            ("/admin;a=1;b=2", "/admin"),
+            ("/;x/admin", "/admin"),
+            ("/admin/;x", "/admin/"),
+            ("/admin/;x/y", "/admin/y"),
+            ("/a//b;", "/a/b"),
+            ("/;", "/"),
+            ("/a%3Bx", "/a%3Bx"),
+        ] {
+            assert_eq!(without_params(path), want, "{path}");
+        }
+        assert!(matches!(without_params("/a/b"), Cow::Borrowed(_)));
     }
 
     #[test]

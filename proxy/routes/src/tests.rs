@@ -184,6 +184,36 @@ fn small_cases() {
         ("[[route]]\nhosts = [\"a.example.org\"]\nupstreams = [\"10.0.0.1:80\"]\n[[route]]\nname = \"a.example.org/\"\nhosts = [\"b.example.org\"]\nupstreams = [\"10.0.0.1:80\"]\n", expect![[r#"
             error: routes.toml:5:8: duplicate id `a.example.org/` (first at routes.toml:1:1); give one of them a distinct `name`
               in [[route]] #2 (hosts = ["b.example.org"])"#]]),
+        // Route paths are in the form request paths are matched in, or a located error
+        // names the form to write: never a route that silently matches nothing.
+        ("[[route]]\nhosts = [\"a.example.org\"]\npath = \"/%61dmin\"\nupstreams = [\"10.0.0.1:80\"]\n[[route]]\nhosts = [\"a.example.org\"]\npath = \"/a%2fb\"\nupstreams = [\"10.0.0.1:80\"]\n[[redirect]]\nhosts = [\"a.example.org\"]\npath = \"/admin;x\"\nto = \"/\"\n[[route]]\nhosts = [\"b.example.org\"]\npath = \"/a%2\"\nupstreams = [\"10.0.0.1:80\"]\n[[route]]\nhosts = [\"c.example.org\"]\npath = \"/a/%2e%2E/b\"\nupstreams = [\"10.0.0.1:80\"]\n[[route]]\nhosts = [\"d.example.org\"]\npath = '/a\\b'\nupstreams = [\"10.0.0.1:80\"]\n", expect![[r#"
+            error: routes.toml:3:8: path `/%61dmin` is matched as `/admin` (request paths are matched with unreserved escapes like `%61` decoded and the hex digits of other escapes in upper case): write `/admin`
+              in [[route]] #1 (hosts = ["a.example.org"])
+            error: routes.toml:7:8: path `/a%2fb` is matched as `/a%2Fb` (request paths are matched with unreserved escapes like `%61` decoded and the hex digits of other escapes in upper case): write `/a%2Fb`
+              in [[route]] #2 (hosts = ["a.example.org"])
+            error: routes.toml:11:8: path `/admin;x` must not contain `;`: path parameters are removed from request paths before matching (`/a;x/b` is matched as `/a/b`); write `%3B` if it is part of a name
+              in [[redirect]] #1 (hosts = ["a.example.org"])
+            error: routes.toml:15:8: path `/a%2` has a bad percent-escape: `%` must be followed by two hex digits, and `%00` is refused
+              in [[route]] #3 (hosts = ["b.example.org"])
+            error: routes.toml:19:8: path `/a/%2e%2E/b` must not contain `.` or `..` segments (also percent-encoded)
+              in [[route]] #4 (hosts = ["c.example.org"])
+            error: routes.toml:23:8: path `/a\b` must not contain `\` (some upstreams read it as `/`)
+              in [[route]] #5 (hosts = ["d.example.org"])"#]]),
+        // `/api/` covers `/api` too, and `/a%2Fb` reads as `/a/b` to a decoding upstream:
+        // one host cannot route either pair to two places.
+        ("[[route]]\nhosts = [\"a.example.org\"]\npath = \"/api\"\nupstreams = [\"10.0.0.1:80\"]\n[[redirect]]\nhosts = [\"*.example.org\", \"a.example.org\"]\npath = \"/api/\"\nto = \"/\"\n[[route]]\nhosts = [\"a.example.org\"]\npath = \"/a/b\"\nupstreams = [\"10.0.0.1:80\"]\n[[route]]\nhosts = [\"a.example.org\"]\npath = \"/a%2Fb/\"\nupstreams = [\"10.0.0.1:80\"]\n", expect![[r#"
+            error: routes.toml:6:27: duplicate route a.example.org/api/: it covers the same paths as a.example.org/api (first at routes.toml:2:10; a path ending in `/` also covers the path without it)
+              in [[redirect]] #1 (hosts = ["*.example.org", "a.example.org"])
+            error: routes.toml:14:10: duplicate route a.example.org/a%2Fb/: it covers the same paths as a.example.org/a/b (first at routes.toml:10:10; an upstream that decodes escapes reads both as one path)
+              in [[route]] #3 (hosts = ["a.example.org"])"#]]),
+        // Redirect loops through the bare path or an escape are loops too.
+        ("[[redirect]]\nhosts = [\"a.example.org\"]\npath = \"/apps/\"\nto = \"/apps\"\n[[redirect]]\nhosts = [\"a.example.org\"]\npath = \"/b\"\nto = \"/%62/x\"\n[[redirect]]\nhosts = [\"a.example.org\"]\npath = \"/c\"\nto = \"/c;x\"\n", expect![[r#"
+            error: routes.toml:4:6: redirect target `/apps` is matched by this redirect again (a redirect loop)
+              in [[redirect]] #1 (hosts = ["a.example.org"])
+            error: routes.toml:8:6: redirect target `/%62/x` is matched by this redirect again (a redirect loop)
+              in [[redirect]] #2 (hosts = ["a.example.org"])
+            error: routes.toml:12:6: redirect target `/c;x` is matched by this redirect again (a redirect loop)
+              in [[redirect]] #3 (hosts = ["a.example.org"])"#]]),
         // Different paths on one host, and one path on different hosts, are fine.
         ("[[route]]\nhosts = [\"a.example.org\", \"*.example.org\"]\nupstreams = [\"10.0.0.1:80\"]\n[[route]]\nhosts = [\"a.example.org\"]\npath = \"/api\"\nupstreams = [\"10.0.0.1:80\"]\n", expect![[r#"OK: 2 routes, 0 redirects, names ["*.example.org", "a.example.org"]"#]]),
     ];
@@ -641,8 +671,17 @@ fn lookup_exact_wildcard_alias_and_longest_prefix() {
         ("cloud.example.org", "/api/", Some("api")),
         ("cloud.example.org", "/api/v1", Some("api")),
         ("cloud.example.org", "/apix", Some("cloud")),
-        ("cloud.example.org", "/api/v2", Some("api")),
+        // `/api/v2/` covers the bare `/api/v2` too.
+        ("cloud.example.org", "/api/v2", Some("api-v2")),
+        ("cloud.example.org", "/api/v2x", Some("api")),
         ("cloud.example.org", "/api/v2/", Some("api-v2")),
+        // Matched without `;parameters`, as Java servlet containers read the path.
+        ("cloud.example.org", "/api;v=1/v2/x", Some("api-v2")),
+        ("cloud.example.org", "/api/v2;x", Some("api-v2")),
+        ("cloud.example.org", "/;x/api/v2/", Some("api-v2")),
+        ("cloud.example.org", "/api/;x/v2", Some("api-v2")),
+        ("cloud.example.org", "/apix;y", Some("cloud")),
+        ("cloud.example.org", "/.well-known/carddav;x", Some("dav")),
         ("cloud.example.org", "/api/v2/x", Some("api-v2")),
         ("cloud.example.org", "/.well-known/carddav", Some("dav")),
         ("cloud.example.org", "/.well-known/carddavx", Some("cloud")),
@@ -682,12 +721,20 @@ fn lookup_exact_wildcard_alias_and_longest_prefix() {
 #[test]
 fn path_sets_are_sorted_longest_prefix_first() {
     let t = table(LOOKUP);
-    let paths: Vec<&str> = t.exact["cloud.example.org"]
+    let bases: Vec<(&str, &str)> = t.exact["cloud.example.org"]
         .entries
         .iter()
-        .map(|(p, _)| &**p)
+        .map(|(b, t)| (&**b, t.path()))
         .collect();
-    assert_eq!(paths, ["/.well-known/carddav", "/api/v2/", "/api", "/"]);
+    assert_eq!(
+        bases,
+        [
+            ("/.well-known/carddav", "/.well-known/carddav"),
+            ("/api/v2", "/api/v2/"),
+            ("/api", "/api"),
+            ("", "/")
+        ]
+    );
     assert_eq!(
         t.routes.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         ["apex", "cloud", "any", "api", "api-v2", "only-path", "v6"]
@@ -701,12 +748,162 @@ fn segment_aware_prefixes_and_strip_path() {
     assert!(!path_matches("/api", "/apix"));
     assert!(!path_matches("/api", "/ap"));
     assert!(path_matches("/api/", "/api/x"));
-    assert!(!path_matches("/api/", "/api"));
     assert!(path_matches("/", "/anything"));
     assert_eq!(strip_path("/app", "/app/x"), "/x");
     assert_eq!(strip_path("/app", "/app"), "/");
     assert_eq!(strip_path("/app/", "/app/x/y"), "/x/y");
     assert_eq!(strip_path("/", "/x"), "/x");
+}
+
+#[test]
+fn a_prefix_ending_in_slash_covers_the_bare_path() {
+    for prefix in ["/api/", "/api"] {
+        for path in ["/api", "/api/", "/api/x", "/api;x", "/api;x/y", "/;x/api"] {
+            assert!(path_matches(prefix, path), "{prefix} {path}");
+        }
+        for path in ["/apix", "/ap", "/apix/", "/apix;x", "/", ""] {
+            assert!(!path_matches(prefix, path), "{prefix} {path}");
+        }
+    }
+    assert_eq!(strip_path("/app/", "/app"), "/");
+    assert_eq!(strip_path("/app/", "/app;x"), "/");
+}
+
+#[test]
+fn strip_prefix_removes_the_covered_segments_with_their_parameters() {
+    for (prefix, path, want) in [
+        ("/app/", "/app;jsessionid=1/x", "/x"),
+        ("/app", "/app;x", "/"),
+        ("/app/", "/;s/app/x;y/z", "/x;y/z"),
+        ("/n/web-1/", "/n;a/web-1;b/", "/"),
+        ("/n/web-1/", "/n/web-1;b/graph?x", "/graph?x"),
+        ("/app/", "/app/;x/y", "/;x/y"),
+    ] {
+        assert_eq!(strip_path(prefix, path), want, "{prefix} {path}");
+    }
+    // A redirect's kept path is cut the same way.
+    let t = table(
+        "[[redirect]]\nhosts = [\"a.test\"]\npath = \"/web-1\"\nto = \"/n/web-1/\"\nkeep_path = true\n",
+    );
+    let r = &t.redirects[0];
+    for (path, want) in [
+        ("/web-1", "https://a.test/n/web-1/"),
+        ("/web-1;x", "https://a.test/n/web-1/"),
+        ("/web-1;x/y", "https://a.test/n/web-1/y"),
+        ("/web-1/y", "https://a.test/n/web-1/y"),
+    ] {
+        assert_eq!(r.location("a.test", path, None), want, "{path}");
+    }
+}
+
+const ADMIN: &str = r#"
+[[route]]
+name = "public"
+hosts = ["a.test"]
+upstreams = ["10.0.0.1:80"]
+
+[[route]]
+name = "admin"
+hosts = ["a.test"]
+path = "/admin/"
+upstreams = ["10.0.0.2:80"]
+allow = ["10.0.0.0/8"]
+"#;
+
+/// What the daemon does with a request path: normalise, then route.
+fn routed(t: &RouteTable, raw: &str) -> Result<Option<String>, PathError> {
+    let path = normalize_path(raw)?;
+    t.route("a.test", &path)
+        .map(|t| t.map(|t| t.id().to_string()))
+}
+
+#[test]
+fn path_parameters_and_the_bare_path_cannot_route_around_a_restricted_prefix() {
+    let t = table(ADMIN);
+    let admin = Ok(Some("admin".to_string()));
+    let public = Ok(Some("public".to_string()));
+    #[rustfmt::skip]
+    let cases: &[(&str, Result<Option<String>, PathError>)] = &[
+        ("/admin/secret", admin.clone()),
+        // The bare path, and parameters on any segment (Tomcat, Jetty, Spring drop them).
+        ("/admin", admin.clone()),
+        ("/admin;x", admin.clone()),
+        ("/admin;", admin.clone()),
+        ("/admin;x/secret", admin.clone()),
+        ("/admin;/secret", admin.clone()),
+        ("/admin;a=b;c=d/secret", admin.clone()),
+        ("/;x/admin/secret", admin.clone()),
+        ("/;/admin", admin.clone()),
+        ("/admin/;x/secret", admin.clone()),
+        ("//admin;x//secret", admin.clone()),
+        ("/%61dmin;x/secret", admin.clone()),
+        ("/%61%64%6D%69%6E", admin.clone()),
+        // `;` sent escaped is data to those containers, but `/admin;x` to an upstream
+        // that decodes before it splits: refused either way.
+        ("/admin%3Bx/secret", Err(PathError::Ambiguous)),
+        ("/admin%3bx/secret", Err(PathError::Ambiguous)),
+        ("/admin%2Fsecret", Err(PathError::Ambiguous)),
+        ("/admin%2fsecret", Err(PathError::Ambiguous)),
+        ("/%2Fadmin", Err(PathError::Ambiguous)),
+        // A backslash is a separator to some upstreams.
+        ("/admin\\secret", Err(PathError::Ambiguous)),
+        ("/admin%5Csecret", Err(PathError::Ambiguous)),
+        // Dot segments, with or without parameters, plain or escaped.
+        ("/admin/..;/x", Err(PathError::DotSegment)),
+        ("/x/..;/admin/secret", Err(PathError::DotSegment)),
+        ("/./admin", Err(PathError::DotSegment)),
+        ("/%2e%2e/admin", Err(PathError::DotSegment)),
+        ("/x/.%2E;a/admin", Err(PathError::DotSegment)),
+        // Not the admin prefix.
+        ("/adminx", public.clone()),
+        ("/adminx;/secret", public.clone()),
+        ("/x;/admin", public.clone()),
+        ("/x/admin", public.clone()),
+        ("/", public.clone()),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(&routed(&t, raw), want, "{raw}");
+    }
+}
+
+#[test]
+fn route_paths_with_escapes_are_reachable_and_cannot_be_routed_around() {
+    let t = table(
+        r#"
+[[route]]
+name = "public"
+hosts = ["a.test"]
+upstreams = ["10.0.0.1:80"]
+
+[[route]]
+name = "cafe"
+hosts = ["a.test"]
+path = "/caf%C3%A9/"
+upstreams = ["10.0.0.2:80"]
+
+[[route]]
+name = "slash"
+hosts = ["a.test"]
+path = "/a%2Fb"
+upstreams = ["10.0.0.3:80"]
+"#,
+    );
+    let id = |s: &str| Ok(Some(s.to_string()));
+    for (raw, want) in [
+        // A route path written with escapes (as non-ASCII must be) is reached ...
+        ("/caf%C3%A9", id("cafe")),
+        ("/caf%c3%a9/menu", id("cafe")),
+        ("/caf%C3%A9;x/menu", id("cafe")),
+        ("/a%2Fb/c", id("slash")),
+        ("/a%2fb", id("slash")),
+        // ... and its decoded reading cannot be used to route around it.
+        ("/a/b/c", Ok(Some("public".into()))),
+        ("/a%2F%62", id("slash")),
+        ("/a\\b", Err(PathError::Ambiguous)),
+        ("/caf%C3%A9x", Ok(Some("public".into()))),
+    ] {
+        assert_eq!(routed(&t, raw), want, "{raw}");
+    }
 }
 
 // -- property tests --------------------------------------------------------------------------
@@ -740,19 +937,30 @@ const REQ_PATHS: &[&str] = &[
     "/b",
     "/bc",
     "/b/",
+    "/api;x",
+    "/api;x/v1",
+    "/api/v1;",
+    "/;x/api/v1/y",
+    "/api/;/v1",
+    "/apix;/y",
+    "/b;",
+    "/;",
 ];
 
+/// The non-empty segments of a path, each without its `;parameters`.
+fn segments(path: &str) -> Vec<&str> {
+    path.split('/')
+        .map(|seg| seg.split(';').next().unwrap())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
 /// Independent statement of the rule: exact hosts before wildcards (one label only),
-/// then the longest prefix that matches whole segments.
+/// then the longest prefix whose segments begin the path's segments (parameters and
+/// empty segments ignored; `/api` and `/api/` alike).
 fn linear_scan(t: &RouteTable, host: &str, path: &str) -> Option<String> {
-    let prefix_ok = |prefix: &str| {
-        prefix == "/"
-            || if prefix.ends_with('/') {
-                path.starts_with(prefix)
-            } else {
-                path == prefix || path.starts_with(&format!("{prefix}/"))
-            }
-    };
+    let path_segments = segments(path);
+    let prefix_ok = |prefix: &str| prefix == "/" || path_segments.starts_with(&segments(prefix));
     let host_ok = |h: &HostPattern, exact: bool| match h {
         HostPattern::Exact(e) => exact && e == host,
         HostPattern::Wildcard(s) => {
@@ -782,7 +990,7 @@ fn linear_scan(t: &RouteTable, host: &str, path: &str) -> Option<String> {
 }
 
 /// A routes file from (is_redirect, host indexes, path index) entries, skipping
-/// host+path pairs already taken.
+/// host+path pairs already taken (`/api` and `/api/` are one path).
 fn routes_text(entries: &[(bool, Vec<usize>, usize)]) -> String {
     let mut taken = std::collections::HashSet::new();
     let mut text = String::new();
@@ -791,7 +999,7 @@ fn routes_text(entries: &[(bool, Vec<usize>, usize)]) -> String {
         let hosts: Vec<String> = hosts
             .iter()
             .map(|&h| HOSTS[h])
-            .filter(|h| taken.insert((*h, path)))
+            .filter(|h| taken.insert((*h, segments(path))))
             .map(|h| format!("{h:?}"))
             .collect();
         if hosts.is_empty() {
@@ -870,6 +1078,26 @@ proptest! {
         let nothing = [&ra, &rr, &rc, &da, &dr, &dc].iter().all(|l| l.is_empty()) && na == nb;
         prop_assert_eq!(d.is_empty(), nothing);
         prop_assert!(old_text != new_text || d.is_empty());
+    }
+
+    /// strip_prefix and a redirect's kept path cut exactly the segments the match
+    /// covered: what is left, read without parameters, is the rest of the path.
+    #[test]
+    fn strip_path_cuts_what_path_matches_covered(
+        prefix in prop::sample::select(vec!["/", "/a", "/a/", "/a/b", "/ab", "/a/b/"]),
+        path in "/(/|;|a|b|x|=){0,12}",
+    ) {
+        let rest = rest_after(prefix, &path);
+        prop_assert_eq!(rest.is_some(), path_matches(prefix, &path), "{} {}", prefix, path);
+        if let Some(rest) = rest {
+            prop_assert!(rest.is_empty() || rest.starts_with('/'), "{} {} -> {}", prefix, path, rest);
+            let whole = path::without_params(&path).into_owned();
+            let joined = format!("{}{}", base(prefix), path::without_params(rest));
+            let merged = path::without_params(&format!("{joined};")).into_owned();
+            prop_assert_eq!(merged, path::without_params(&format!("{whole};")).into_owned(), "{} {}", prefix, path);
+            let stripped = strip_path(prefix, &path);
+            prop_assert!(stripped.starts_with('/') || base(prefix).is_empty());
+        }
     }
 
     #[test]

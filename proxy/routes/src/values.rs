@@ -337,7 +337,30 @@ pub(crate) fn route_path(raw: &str) -> Result<String, String> {
             "path `{raw}` must not contain `.` or `..` segments"
         ));
     }
-    Ok(raw.to_string())
+    if raw.contains(';') {
+        return Err(format!(
+            "path `{raw}` must not contain `;`: path parameters are removed from request paths before matching (`/a;x/b` is matched as `/a/b`); write `%3B` if it is part of a name"
+        ));
+    }
+    if raw.contains('\\') {
+        return Err(format!(
+            "path `{raw}` must not contain `\\` (some upstreams read it as `/`)"
+        ));
+    }
+    // Request paths are matched in the form normalize_path gives them: a route path in
+    // another form would never match, so the form to write is named instead.
+    match crate::normalize_path(raw) {
+        Ok(normal) if normal == raw => Ok(raw.to_string()),
+        Ok(normal) => Err(format!(
+            "path `{raw}` is matched as `{normal}` (request paths are matched with unreserved escapes like `%61` decoded and the hex digits of other escapes in upper case): write `{normal}`"
+        )),
+        Err(crate::PathError::BadEscape) => Err(format!(
+            "path `{raw}` has a bad percent-escape: `%` must be followed by two hex digits, and `%00` is refused"
+        )),
+        Err(_) => Err(format!(
+            "path `{raw}` must not contain `.` or `..` segments (also percent-encoded)"
+        )),
+    }
 }
 
 /// `health_check_path`: `""` (TCP connect check) or a path (with optional query)
@@ -731,12 +754,34 @@ mod tests {
             "/.well-known/carddav",
             "/a%20b",
             "/a.b/c..d",
+            "/caf%C3%A9",
+            "/a%2Fb",
+            "/a%3Bb",
         ] {
             assert_eq!(route_path(ok).as_deref(), Ok(ok));
         }
         for bad in [
-            "", "api", "/a b", "/a?b", "/a#b", "//a", "/a//b", "/a/../b", "/..", "/a/./b", "/ü",
+            "",
+            "api",
+            "/a b",
+            "/a?b",
+            "/a#b",
+            "//a",
+            "/a//b",
+            "/a/../b",
+            "/..",
+            "/a/./b",
+            "/ü",
             "/a\tb",
+            "/a;b",
+            "/a;",
+            "/a\\b",
+            "/%61",
+            "/a%2fb",
+            "/a%",
+            "/a%00",
+            "/%2e%2e/a",
+            "/a/.%2E",
         ] {
             assert!(route_path(bad).is_err(), "{bad:?}");
         }
