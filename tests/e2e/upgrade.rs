@@ -18,6 +18,9 @@ use crate::one_route;
 
 /// Keep-alive clients (two HTTP/1.1, two HTTP/2) sending requests in a loop, each with an
 /// id the backend remembers.
+/// proxyd's keep-alive limit per HTTP/1.1 connection (`guard::KEEPALIVE_REQUESTS`).
+const KEEPALIVE_REQUESTS: u32 = 1000;
+
 struct Traffic {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
@@ -70,6 +73,10 @@ impl Traffic {
             );
             t.workers.push(tokio::spawn(async move {
                 let mut conn: Option<Conn> = None;
+                // Requests on the current connection: the proxy closes an HTTP/1.1
+                // connection after its 1000th (its keep-alive limit, like nginx's
+                // keepalive_requests), which is no sign of an upgrade.
+                let mut on_conn = 0u32;
                 let mut n = 0u64;
                 // A request the client never wrote (its connection was closed first),
                 // sent again on a new connection under a new id.
@@ -77,7 +84,10 @@ impl Traffic {
                 while !stop.load(Ordering::Relaxed) || again.is_some() {
                     let Some(c) = conn.as_mut() else {
                         match Conn::https(https, &ca, "up.test", alpn).await {
-                            Ok(c) => conn = Some(c),
+                            Ok(c) => {
+                                conn = Some(c);
+                                on_conn = 0;
+                            }
                             Err(e) => {
                                 connect_errors.lock().unwrap().push(format!("{e:#}"));
                                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -109,12 +119,15 @@ impl Traffic {
                         }
                         Ok(Sent::Answered(r)) if r.status == 200 => {
                             ok.fetch_add(1, Ordering::Relaxed);
+                            on_conn += 1;
                             // A stopping daemon asks HTTP/1.1 clients to go elsewhere
                             // with `Connection: close` on its last response.
                             if r.header("connection")
                                 .is_some_and(|v| v.eq_ignore_ascii_case("close"))
                             {
-                                reconnects.fetch_add(1, Ordering::Relaxed);
+                                if on_conn != KEEPALIVE_REQUESTS {
+                                    reconnects.fetch_add(1, Ordering::Relaxed);
+                                }
                                 conn = None;
                             }
                         }
