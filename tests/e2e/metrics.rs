@@ -22,7 +22,7 @@ const SOON: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
 
 /// One scrape, parsed: `name{labels}` lines into (name, labels, value).
-struct Scrape(Vec<(String, BTreeMap<String, String>, f64)>);
+pub(crate) struct Scrape(Vec<(String, BTreeMap<String, String>, f64)>);
 
 impl Scrape {
     fn parse(text: &str) -> Scrape {
@@ -52,7 +52,7 @@ impl Scrape {
     }
 
     /// The value of the one series of `name` whose labels include `labels`; 0 if none.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let found: Vec<f64> = self
             .0
             .iter()
@@ -82,7 +82,7 @@ impl Scrape {
     }
 }
 
-async fn scrape(addr: SocketAddr) -> Scrape {
+pub(crate) async fn scrape(addr: SocketAddr) -> Scrape {
     let resp = wait_until("the metrics listener", SOON, POLL, || async {
         http_get(addr, "monitoring", "/metrics").await.ok()
     })
