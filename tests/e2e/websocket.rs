@@ -131,7 +131,9 @@ async fn echo(ws: &mut tests::ws::WsTls, text: &str) -> Result<(), String> {
         match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
             Err(_) => return Err(format!("no echo of {text:?} within 10 s")),
             Ok(None) => return Err(format!("tunnel closed before the echo of {text:?}")),
-            Ok(Some(Err(e))) => return Err(format!("tunnel failed before the echo of {text:?}: {e}")),
+            Ok(Some(Err(e))) => {
+                return Err(format!("tunnel failed before the echo of {text:?}: {e}"))
+            }
             Ok(Some(Ok(m))) if m == Message::text(text) => return Ok(()),
             Ok(Some(Ok(_))) => {}
         }
@@ -250,7 +252,7 @@ async fn websocket_idle_past_client_body_timeout_survives_reloads() {
     let idle = Duration::from_secs(6);
     let until = tokio::time::Instant::now() + idle;
     let mut reloads = 0;
-    while tokio::time::Instant::now() < until {
+    while reloads < 6 || tokio::time::Instant::now() < until {
         let routes = if reloads % 2 == 0 {
             base.clone() + &one_route(&["other.test"], &other, "")
         } else {
@@ -267,7 +269,6 @@ async fn websocket_idle_past_client_body_timeout_survives_reloads() {
         // The idle period itself is what this test is about: nothing to wait on.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(reloads >= 6, "only {reloads} reloads");
     echo(&mut ws, "after 6 s of silence")
         .await
         .unwrap_or_else(|e| panic!("{e} (tunnel idle for {idle:?}, body timeout 2 s)"));
@@ -305,8 +306,11 @@ async fn websocket_idle_limit_is_read_timeout_over_both_directions() {
 
     let idle = async {
         let (mut ws, _) = wss_connect(addr, &ca, "idle.test", "/").await.unwrap();
-        echo(&mut ws, "hello").await.unwrap();
+        // Taken before the last exchange, so the proxy's last byte comes after it: the
+        // proxy may close no sooner than read_timeout after this instant, however slow
+        // the machine.
         let last_byte = tokio::time::Instant::now();
+        echo(&mut ws, "hello").await.unwrap();
         let end = tokio::time::timeout(READ_TIMEOUT * 8, ws.next()).await;
         let after = last_byte.elapsed();
         match end {
@@ -315,7 +319,7 @@ async fn websocket_idle_limit_is_read_timeout_over_both_directions() {
             Ok(None | Some(Err(_))) => {}
         }
         assert!(
-            after >= READ_TIMEOUT - Duration::from_millis(300),
+            after >= READ_TIMEOUT,
             "idle tunnel closed {after:?} after its last byte, before read_timeout {READ_TIMEOUT:?}"
         );
         tests::wait_until(
@@ -361,12 +365,12 @@ async fn websocket_idle_limit_is_read_timeout_over_both_directions() {
         while tokio::time::Instant::now() < until {
             match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
                 Ok(Some(Ok(m))) if m.is_text() => pushes += 1,
-                other => panic!(
-                    "server-only tunnel after {pushes} pushes: {other:?} (client silent)"
-                ),
+                other => {
+                    panic!("server-only tunnel after {pushes} pushes: {other:?} (client silent)")
+                }
             }
         }
-        assert!(pushes >= 10, "only {pushes} pushes in {SPAN:?}");
+        assert!(pushes >= 5, "only {pushes} pushes in {SPAN:?}");
         echo(&mut ws, "still here")
             .await
             .unwrap_or_else(|e| panic!("server-only tunnel: {e}"));
