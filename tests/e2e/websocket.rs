@@ -225,9 +225,10 @@ async fn websocket_tunnel_carries_100_mib_each_way_past_max_body() {
 }
 
 /// A tunnel where nobody says anything for longer than --client-body-timeout (2 s here;
-/// the route's read_timeout is 60 s) still echoes afterwards, with reloads of the routes
-/// meanwhile. It was closed at --client-body-timeout (60 s by default), whatever the
-/// route's read_timeout said.
+/// the route's read_timeout is 60 s) still echoes afterwards, with reloads meanwhile that
+/// add another route, change the tunnel's own route and remove it: a tunnel keeps the
+/// route it started on. It was closed at --client-body-timeout (60 s by default),
+/// whatever the route's read_timeout said.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_idle_past_client_body_timeout_survives_reloads() {
     let chat = Backend::start("chat").await;
@@ -248,16 +249,25 @@ async fn websocket_idle_past_client_body_timeout_survives_reloads() {
     echo(&mut ws, "before").await.unwrap();
 
     // Three times the body timeout without a byte either way; a reload every half second,
-    // each one changing the table (a second route comes and goes).
+    // each one changing the table: a second route comes, the tunnel's route changes, then
+    // it is removed, and back.
+    let changed = one_route(
+        &["chat.test"],
+        &chat,
+        "websocket = true\nread_timeout = \"50s\"\nrequest_headers = { x-gen = \"2\" }",
+    );
+    let other_route = one_route(&["other.test"], &other, "");
+    let tables = [
+        base.clone() + &other_route,
+        changed + &other_route,
+        other_route.clone(),
+        base.clone(),
+    ];
     let idle = Duration::from_secs(6);
     let until = tokio::time::Instant::now() + idle;
     let mut reloads = 0;
     while reloads < 6 || tokio::time::Instant::now() < until {
-        let routes = if reloads % 2 == 0 {
-            base.clone() + &one_route(&["other.test"], &other, "")
-        } else {
-            base.clone()
-        };
+        let routes = &tables[reloads % tables.len()];
         std::fs::write(proxy.routes_path(), routes).unwrap();
         let out = crate::reload::proxyctl(&proxy, &["reload"]).await;
         assert!(
