@@ -158,14 +158,14 @@ async fn handle(
                 let mut ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
                 while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
-                                break;
-                            }
-                        }
+                    let echo = match msg {
+                        Message::Text(_) | Message::Binary(_) => msg,
                         Message::Close(_) => break,
-                        _ => {}
+                        // tungstenite answers pings itself.
+                        _ => continue,
+                    };
+                    if ws.send(echo).await.is_err() {
+                        break;
                     }
                 }
             });
