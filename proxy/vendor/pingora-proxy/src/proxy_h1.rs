@@ -272,7 +272,9 @@ where
         // peer's read_timeout is its idle limit over both directions together (no bytes
         // either way for that long), instead of a limit on each read from the upstream.
         // Every byte of the tunnel passes through this loop (upstream reads below, client
-        // bytes through `rx`), so the deadline lives here. `None`: not a tunnel (yet).
+        // bytes through `rx`), so the deadline lives here. When it passes, the tunnel
+        // ends like one the upstream closed, not as a failed read (a 504 and an error
+        // for every idle browser tab). `None`: not a tunnel (yet).
         let mut tunnel_deadline: Option<time::Instant> = None;
 
         /* duplex mode, wait for either to complete */
@@ -601,9 +603,11 @@ where
                 session.cache.support_streaming_partial_write() == Some(true);
             let upgraded = session.was_upgraded();
             if upgraded && !tunnel_reads_untimed {
-                // proxyd patch (upgraded tunnels): after the 101, reads from the client are
-                // not timed one by one (a tunnel whose client listens would be cut): the
-                // tunnel's idle limit in `proxy_handle_upstream` covers both directions.
+                // proxyd patch (upgraded tunnels): after the 101 the client's bytes are a
+                // tunnel, not a request body: the body's read timeout (60 s by default,
+                // or what the application set) cut tunnels idle for that long whatever
+                // the peer's read_timeout said. The tunnel's idle limit in
+                // `proxy_handle_upstream` covers both directions.
                 session.downstream_session.set_read_timeout(None);
                 tunnel_reads_untimed = true;
             }
