@@ -6,6 +6,7 @@
 
 mod acme;
 mod body_limits;
+mod browser;
 mod check;
 mod dns;
 mod hardening;

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::upstreams;
 
 /// Run proxyctl against this proxy's admin socket.
-async fn proxyctl(proxy: &Proxy, args: &[&str]) -> Output {
+pub(crate) async fn proxyctl(proxy: &Proxy, args: &[&str]) -> Output {
     let socket = proxy.dir().join("admin.sock");
     proxyctl_at(&socket, args).await
 }

@@ -99,3 +99,303 @@ async fn websocket_tunnel_survives_a_fast_101_on_a_fresh_proxy() {
         failed.len()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Tunnels that live for hours (issue 11, item 1): after the 101 the bytes are a tunnel,
+// not a request body (no max_body, no --client-body-timeout), and the route's
+// read_timeout is the tunnel's idle limit over both directions together.
+
+const MIB: usize = 1 << 20;
+
+/// Frame `i` of a test stream: `len` bytes of a xorshift sequence seeded by `i`, so a
+/// corrupted, lost, duplicated or reordered frame is caught, not only a short count.
+fn pattern(i: u64, len: usize) -> Vec<u8> {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Send `text` and wait for it to come back (other messages, e.g. pushes, are skipped).
+async fn echo(ws: &mut tests::ws::WsTls, text: &str) -> Result<(), String> {
+    ws.send(Message::text(text))
+        .await
+        .map_err(|e| format!("sending {text:?}: {e}"))?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Err(_) => return Err(format!("no echo of {text:?} within 10 s")),
+            Ok(None) => return Err(format!("tunnel closed before the echo of {text:?}")),
+            Ok(Some(Err(e))) => {
+                return Err(format!("tunnel failed before the echo of {text:?}: {e}"))
+            }
+            Ok(Some(Ok(m))) if m == Message::text(text) => return Ok(()),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// 100 MiB each way through one tunnel, on a route whose max_body is the default 10m:
+/// the tunnel was reset after about 10 MiB from the client, counted as a request body.
+/// Every byte is checked, and the metrics and access log count the tunnel's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnel_carries_100_mib_each_way_past_max_body() {
+    const FRAMES: u64 = 100;
+    let chat = Backend::start("chat").await;
+    let metrics = tests::free_addr();
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("access.log");
+    let proxy = Proxy::builder(&one_route(&["chat.test"], &chat, "websocket = true"))
+        .arg("--metrics")
+        .arg(metrics.to_string())
+        .arg("--access-log")
+        .arg(&log)
+        .start()
+        .await;
+    let (ws, resp) = wss_connect(proxy.https_addr(), &proxy.ca_pem(), "chat.test", "/big")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    let (mut tx, mut rx) = ws.split();
+    let sender = tokio::spawn(async move {
+        for i in 0..FRAMES {
+            tx.send(Message::binary(pattern(i, MIB)))
+                .await
+                .map_err(|e| format!("sending frame {i}: {e}"))?;
+        }
+        Ok::<_, String>(tx)
+    });
+    for i in 0..FRAMES {
+        let got = tokio::time::timeout(Duration::from_secs(30), rx.next())
+            .await
+            .unwrap_or_else(|_| panic!("frame {i} not echoed within 30 s"))
+            .unwrap_or_else(|| panic!("tunnel closed after {i} MiB each way"))
+            .unwrap_or_else(|e| panic!("tunnel failed after {i} MiB each way: {e}"))
+            .into_data();
+        assert!(
+            got[..] == pattern(i, MIB)[..],
+            "frame {i} came back altered ({} bytes)",
+            got.len()
+        );
+    }
+    let tx = sender.await.unwrap().unwrap();
+    let mut ws = tx.reunite(rx).unwrap();
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+
+    // The tunnel's bytes, each way: 100 MiB plus frame headers and the close frames.
+    let sent = (FRAMES as usize * MIB) as f64;
+    let in_range = |n: f64| n >= sent && n < sent + 64.0 * 1024.0;
+    let route = [("route", "chat.test/")];
+    let s = tests::wait_until(
+        "the websocket gauge back at 0",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let s = crate::metrics::scrape(metrics).await;
+            (s.get("proxyd_websockets_active", &route) == 0.0).then_some(s)
+        },
+    )
+    .await;
+    let bytes_in = s.get("proxyd_request_body_bytes_total", &route);
+    let bytes_out = s.get("proxyd_response_body_bytes_total", &route);
+    assert!(in_range(bytes_in), "request body bytes {bytes_in}");
+    assert!(in_range(bytes_out), "response body bytes {bytes_out}");
+    let line = tests::wait_until(
+        "the tunnel's access log line",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|l| l["path"] == "/big")
+        },
+    )
+    .await;
+    assert_eq!(line["status"], 101, "{line}");
+    let field = |name: &str| line[name].as_u64().unwrap_or(0) as f64;
+    assert!(in_range(field("bytes_in")), "{line}");
+    assert!(in_range(field("bytes_out")), "{line}");
+}
+
+/// A tunnel where nobody says anything for longer than --client-body-timeout (2 s here;
+/// the route's read_timeout is 60 s) still echoes afterwards, with reloads meanwhile that
+/// add another route, change the tunnel's own route and remove it: a tunnel keeps the
+/// route it started on. It was closed at --client-body-timeout (60 s by default),
+/// whatever the route's read_timeout said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_idle_past_client_body_timeout_survives_reloads() {
+    let chat = Backend::start("chat").await;
+    let other = Backend::start("other").await;
+    let base = one_route(
+        &["chat.test"],
+        &chat,
+        "websocket = true\nread_timeout = \"60s\"",
+    );
+    let proxy = Proxy::builder(&base)
+        .arg("--client-body-timeout")
+        .arg("2s")
+        .start()
+        .await;
+    let (mut ws, _) = wss_connect(proxy.https_addr(), &proxy.ca_pem(), "chat.test", "/")
+        .await
+        .unwrap();
+    echo(&mut ws, "before").await.unwrap();
+
+    // Three times the body timeout without a byte either way; a reload every half second,
+    // each one changing the table: a second route comes, the tunnel's route changes, then
+    // it is removed, and back.
+    let changed = one_route(
+        &["chat.test"],
+        &chat,
+        "websocket = true\nread_timeout = \"50s\"\nrequest_headers = { x-gen = \"2\" }",
+    );
+    let other_route = one_route(&["other.test"], &other, "");
+    let tables = [
+        base.clone() + &other_route,
+        changed + &other_route,
+        other_route.clone(),
+        base.clone(),
+    ];
+    let idle = Duration::from_secs(6);
+    let until = tokio::time::Instant::now() + idle;
+    let mut reloads = 0;
+    while reloads < 6 || tokio::time::Instant::now() < until {
+        let routes = &tables[reloads % tables.len()];
+        std::fs::write(proxy.routes_path(), routes).unwrap();
+        let out = crate::reload::proxyctl(&proxy, &["reload"]).await;
+        assert!(
+            out.status.success(),
+            "reload {reloads} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        reloads += 1;
+        // The idle period itself is what this test is about: nothing to wait on.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    echo(&mut ws, "after 6 s of silence")
+        .await
+        .unwrap_or_else(|e| panic!("{e} (tunnel idle for {idle:?}, body timeout 2 s)"));
+    assert_eq!(chat.websockets_open(), 1);
+    ws.close(None).await.unwrap();
+}
+
+/// With read_timeout = 2 s (and --client-body-timeout 1 s, which must not apply), over
+/// three tunnels side by side for 6 s:
+/// - one where nobody speaks is closed by the proxy, on both sides, no sooner than 2 s
+///   after its last byte (it was closed at 1 s, by the client body timeout), and as a
+///   tunnel ends, not as a failure: no warning or error in the daemon's log (a per-read
+///   timeout closing it logged a failed request: 408 on the client's side, 504 on the
+///   upstream's);
+/// - one where only the client speaks (the server just listens) and one where only the
+///   server speaks (pushes) stay open: traffic one way keeps the tunnel alive both ways
+///   (guards: they held on main too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_idle_limit_is_read_timeout_over_both_directions() {
+    const READ_TIMEOUT: Duration = Duration::from_secs(2);
+    const SPAN: Duration = Duration::from_secs(6);
+    const EVERY: Duration = Duration::from_millis(400);
+    let idle_b = Backend::start("idle").await;
+    let quiet_b = Backend::start("quiet").await;
+    let push_b = Backend::start("push").await;
+    let extra = "websocket = true\nread_timeout = \"2s\"";
+    let routes = one_route(&["idle.test"], &idle_b, extra)
+        + &one_route(&["quiet.test"], &quiet_b, extra)
+        + &one_route(&["push.test"], &push_b, extra);
+    let proxy = Proxy::builder(&routes)
+        .arg("--client-body-timeout")
+        .arg("1s")
+        .start()
+        .await;
+    let ca = proxy.ca_pem();
+    let addr = proxy.https_addr();
+
+    let idle = async {
+        let (mut ws, _) = wss_connect(addr, &ca, "idle.test", "/").await.unwrap();
+        // Taken before the last exchange, so the proxy's last byte comes after it: the
+        // proxy may close no sooner than read_timeout after this instant, however slow
+        // the machine.
+        let last_byte = tokio::time::Instant::now();
+        echo(&mut ws, "hello").await.unwrap();
+        let end = tokio::time::timeout(READ_TIMEOUT * 8, ws.next()).await;
+        let after = last_byte.elapsed();
+        match end {
+            Err(_) => panic!("idle tunnel still open after {:?}", READ_TIMEOUT * 8),
+            Ok(Some(Ok(m))) => panic!("idle tunnel got a message: {m:?}"),
+            Ok(None | Some(Err(_))) => {}
+        }
+        assert!(
+            after >= READ_TIMEOUT,
+            "idle tunnel closed {after:?} after its last byte, before read_timeout {READ_TIMEOUT:?}"
+        );
+        tests::wait_until(
+            "the proxy to close the idle tunnel's upstream side",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || async { (idle_b.websockets_open() == 0).then_some(()) },
+        )
+        .await;
+        after
+    };
+
+    let client_talks = async {
+        let (mut ws, _) = wss_connect(addr, &ca, "quiet.test", "/ws-quiet")
+            .await
+            .unwrap();
+        let until = tokio::time::Instant::now() + SPAN;
+        let mut sent = 0u64;
+        while tokio::time::Instant::now() < until {
+            ws.send(Message::text(format!("message {sent}")))
+                .await
+                .unwrap_or_else(|e| panic!("client-only tunnel: sending message {sent}: {e}"));
+            sent += 1;
+            tokio::time::sleep(EVERY).await;
+        }
+        ws.send(Message::text("count?")).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer within 10 s")
+            .unwrap_or_else(|| {
+                panic!("client-only tunnel closed after {SPAN:?} of client-to-server traffic")
+            })
+            .unwrap_or_else(|e| panic!("client-only tunnel failed: {e}"));
+        assert_eq!(reply, Message::text(sent.to_string()));
+        ws.close(None).await.unwrap();
+    };
+
+    let server_talks = async {
+        let path = format!("/ws-push/{}", EVERY.as_millis());
+        let (mut ws, _) = wss_connect(addr, &ca, "push.test", &path).await.unwrap();
+        let until = tokio::time::Instant::now() + SPAN;
+        let mut pushes = 0;
+        while tokio::time::Instant::now() < until {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(Some(Ok(m))) if m.is_text() => pushes += 1,
+                other => {
+                    panic!("server-only tunnel after {pushes} pushes: {other:?} (client silent)")
+                }
+            }
+        }
+        assert!(pushes >= 5, "only {pushes} pushes in {SPAN:?}");
+        echo(&mut ws, "still here")
+            .await
+            .unwrap_or_else(|e| panic!("server-only tunnel: {e}"));
+        ws.close(None).await.unwrap();
+    };
+
+    let (after, (), ()) = tokio::join!(idle, client_talks, server_talks);
+    eprintln!("idle tunnel closed {after:?} after its last byte");
+    // An idle tab is not a failure: nothing for the admin in the daemon's log.
+    let log = proxy.log();
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(noisy.is_empty(), "the daemon logged: {noisy:#?}");
+}

@@ -37,7 +37,11 @@ pub const REQUEST_ID_HEADER: &str = "x-test-request-id";
 /// - `/bytes/<n>`: streams `n` zero bytes (instead of the JSON document);
 /// - `/status/<code>`: answers with that status.
 ///
-/// A request with `Upgrade: websocket` becomes a websocket echo.
+/// A request with `Upgrade: websocket` becomes a websocket echo, except on these paths:
+/// - `/ws-quiet`: a server that never speaks first: it reads every message and answers
+///   only the text `count?`, with the number of data messages it got before it;
+/// - `/ws-push/<ms>`: a server that sends a text message (`push <n>`) every `<ms>`
+///   milliseconds, and echoes what it gets.
 ///
 /// [`Backend::stop`] closes the listener and every connection; [`Backend::start_again`]
 /// listens again on the same port.
@@ -58,6 +62,8 @@ struct Stats {
     requests: AtomicU64,
     body_bytes: AtomicU64,
     websockets: AtomicU64,
+    /// Websocket sessions running now (upgraded, not yet closed).
+    websockets_open: AtomicU64,
     connections: AtomicU64,
     /// Values of [`REQUEST_ID_HEADER`] seen.
     request_ids: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -127,6 +133,11 @@ impl Backend {
     /// Websocket upgrades accepted.
     pub fn websockets(&self) -> u64 {
         self.stats.websockets.load(Ordering::SeqCst)
+    }
+
+    /// Websocket sessions open now: upgraded, and not yet ended by either side.
+    pub fn websockets_open(&self) -> u64 {
+        self.stats.websockets_open.load(Ordering::SeqCst)
     }
 
     /// Whether a request with this [`REQUEST_ID_HEADER`] value reached this backend.
@@ -246,14 +257,36 @@ async fn serve_connection(stream: TcpStream, ctx: Ctx) {
     if conn.await.is_err() {
         return;
     }
-    if let Ok(on_upgrade) = upgraded.try_recv() {
+    if let Ok((on_upgrade, mode)) = upgraded.try_recv() {
         if let Ok(io) = on_upgrade.await {
-            ws_echo(TokioIo::new(io)).await;
+            ctx.stats.websockets_open.fetch_add(1, Ordering::SeqCst);
+            ws_serve(TokioIo::new(io), mode).await;
+            ctx.stats.websockets_open.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
-type OnUpgrade = hyper::upgrade::OnUpgrade;
+type OnUpgrade = (hyper::upgrade::OnUpgrade, WsMode);
+
+/// What a websocket session of the backend does (chosen by the request path).
+#[derive(Debug, Clone, Copy)]
+enum WsMode {
+    Echo,
+    Quiet,
+    Push(Duration),
+}
+
+impl WsMode {
+    fn from_path(path: &str) -> WsMode {
+        if path == "/ws-quiet" {
+            WsMode::Quiet
+        } else if let Some(ms) = path.strip_prefix("/ws-push/") {
+            WsMode::Push(Duration::from_millis(ms.parse().unwrap_or(1000)))
+        } else {
+            WsMode::Echo
+        }
+    }
+}
 
 async fn handle(
     mut req: Request<Incoming>,
@@ -270,7 +303,8 @@ async fn handle(
             return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
         };
         let accept = derive_accept_key(key.as_bytes());
-        let _ = upgrades.send(hyper::upgrade::on(&mut req));
+        let mode = WsMode::from_path(req.uri().path());
+        let _ = upgrades.send((hyper::upgrade::on(&mut req), mode));
         ctx.stats.websockets.fetch_add(1, Ordering::SeqCst);
         let mut resp = Response::new(body::empty());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -364,18 +398,49 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
     resp
 }
 
-async fn ws_echo<S>(io: S)
+async fn ws_serve<S>(io: S, mode: WsMode)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio_tungstenite::tungstenite::Message;
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-    while let Some(Ok(msg)) = ws.next().await {
-        let reply = match msg {
-            Message::Text(_) | Message::Binary(_) => msg,
-            Message::Close(_) => break,
-            // tungstenite answers pings itself.
-            _ => continue,
+    let mut received: u64 = 0;
+    let mut pushed: u64 = 0;
+    let mut ticks = match mode {
+        WsMode::Push(every) => Some(tokio::time::interval_at(
+            tokio::time::Instant::now() + every,
+            every,
+        )),
+        _ => None,
+    };
+    loop {
+        let tick = async {
+            match ticks.as_mut() {
+                Some(t) => t.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        let reply = tokio::select! {
+            msg = ws.next() => {
+                let Some(Ok(msg)) = msg else { break };
+                match (&msg, mode) {
+                    (Message::Close(_), _) => break,
+                    // tungstenite answers pings itself.
+                    (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => continue,
+                    (Message::Text(t), WsMode::Quiet) if t.as_str() == "count?" => {
+                        Message::text(received.to_string())
+                    }
+                    (_, WsMode::Quiet) => {
+                        received += 1;
+                        continue;
+                    }
+                    _ => msg,
+                }
+            }
+            _ = tick => {
+                pushed += 1;
+                Message::text(format!("push {pushed}"))
+            }
         };
         if ws.send(reply).await.is_err() {
             break;

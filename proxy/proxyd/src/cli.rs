@@ -129,7 +129,8 @@ pub struct Args {
     pub client_header_timeout: std::time::Duration,
 
     /// HTTP/1.x: longest wait between two reads of a request body; over it the request
-    /// fails with 408 and the connection is closed.
+    /// fails with 408 and the connection is closed. Not applied to a websocket after its
+    /// 101 (the route's read_timeout is the tunnel's idle limit).
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub client_body_timeout: std::time::Duration,
 

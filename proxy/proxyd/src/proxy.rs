@@ -211,11 +211,18 @@ impl ProxyHttp for Proxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if session.was_upgraded() {
+            // After a 101 these are the client's bytes of a tunnel, not a request body:
+            // no max_body, no body timeout. The route's read_timeout is the tunnel's idle
+            // limit over both directions (vendored pingora-proxy, proxy_h1.rs).
+            ctx.body_watch = None;
+            return Ok(());
+        }
         if let Some(w) = &ctx.body_watch {
             w.progress(end_of_stream);
         }

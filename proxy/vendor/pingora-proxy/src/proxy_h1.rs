@@ -159,7 +159,13 @@ where
                 &mut downstream_custom_message_reader,
                 pipe_state.clone(),
             ),
-            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
+            self.proxy_handle_upstream(
+                client_session,
+                tx_upstream,
+                rx_downstream,
+                pipe_state,
+                peer.options.read_timeout,
+            ),
         );
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
@@ -251,6 +257,7 @@ where
         tx: mpsc::Sender<HttpTask>,
         mut rx: mpsc::Receiver<HttpTask>,
         pipe_state: Arc<AtomicU8>,
+        tunnel_idle_timeout: Option<Duration>,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -261,6 +268,14 @@ where
         let mut upstream_can_reuse = true;
         let mut send_error = None;
         let mut upgraded = false;
+        // proxyd patch (upgraded tunnels): after a 101 the connection is a tunnel, and the
+        // peer's read_timeout is its idle limit over both directions together (no bytes
+        // either way for that long), instead of a limit on each read from the upstream.
+        // Every byte of the tunnel passes through this loop (upstream reads below, client
+        // bytes through `rx`), so the deadline lives here. When it passes, the tunnel
+        // ends like one the upstream closed, not as a failed read (a 504 and an error
+        // for every idle browser tab). `None`: not a tunnel (yet).
+        let mut tunnel_deadline: Option<time::Instant> = None;
 
         /* duplex mode, wait for either to complete */
         while !request_done || !response_done {
@@ -269,9 +284,19 @@ where
                     match res {
                         Ok(task) => {
                             response_done = task.is_end();
+                            if let (Some(deadline), Some(idle)) =
+                                (tunnel_deadline.as_mut(), tunnel_idle_timeout)
+                            {
+                                *deadline = time::Instant::now() + idle;
+                            }
                             if !upgraded && client_session.was_upgraded() {
                                 // upgrade can only happen once
                                 upgraded = true;
+                                // proxyd patch: the tunnel's idle limit replaces the
+                                // per-read timeout (see `tunnel_deadline`).
+                                client_session.read_timeout = None;
+                                tunnel_deadline =
+                                    tunnel_idle_timeout.map(|idle| time::Instant::now() + idle);
                                 if send_error.is_none() {
                                     // continue receiving from downstream after body mode change
                                     request_done = false;
@@ -329,6 +354,11 @@ where
                     // was read first, that end must not end the tunnel: keep reading the
                     // upgraded body from downstream instead.
                     let plain_body = matches!(body, Some(HttpTask::Body(..)));
+                    if let (Some(deadline), Some(idle)) =
+                        (tunnel_deadline.as_mut(), tunnel_idle_timeout)
+                    {
+                        *deadline = time::Instant::now() + idle;
+                    }
                     match send_body_to1(client_session, body).await {
                         Ok(send_done) => {
                             request_done = send_done;
@@ -359,6 +389,18 @@ where
                         }
                     }
                 },
+
+                // proxyd patch (upgraded tunnels): nothing either way for the idle limit.
+                // The tunnel ends like one closed by the upstream: dropping `tx` lets the
+                // downstream half finish the session, and this connection is not reused.
+                _ = time::sleep_until(tunnel_deadline.unwrap_or_else(time::Instant::now)),
+                    if tunnel_deadline.is_some() => {
+                    debug!(
+                        "upgraded connection idle for {:?}: closing both sides",
+                        tunnel_idle_timeout.unwrap_or_default()
+                    );
+                    return Ok(false);
+                }
 
                 else => {
                     // this shouldn't be reached as the while loop would already exit
@@ -517,6 +559,8 @@ where
         let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
 
         let mut next_upstream_task: Option<HttpTask> = None;
+        // proxyd patch (upgraded tunnels): set once the downstream reads are untimed.
+        let mut tunnel_reads_untimed = false;
 
         /* duplex mode without caching
          * Read body from downstream while reading response from upstream
@@ -560,6 +604,15 @@ where
             let support_cache_partial_read =
                 session.cache.support_streaming_partial_write() == Some(true);
             let upgraded = session.was_upgraded();
+            if upgraded && !tunnel_reads_untimed {
+                // proxyd patch (upgraded tunnels): after the 101 the client's bytes are a
+                // tunnel, not a request body: the body's read timeout (60 s by default,
+                // or what the application set) cut tunnels idle for that long whatever
+                // the peer's read_timeout said. The tunnel's idle limit in
+                // `proxy_handle_upstream` covers both directions.
+                session.downstream_session.set_read_timeout(None);
+                tunnel_reads_untimed = true;
+            }
 
             tokio::select! {
                 // only try to send to pipe if there is capacity to avoid deadlock
