@@ -66,6 +66,7 @@ pub mod fsutil;
 mod local;
 mod manager;
 mod parse;
+pub mod renewal;
 mod resolver;
 mod store;
 mod tls;
@@ -73,10 +74,10 @@ mod tls;
 use std::path::PathBuf;
 
 pub use local::{LocalIssuer, LEAF_LIFETIME, LOCAL_CA_NAME};
-pub use manager::{CertInfo, CertManager, EnsureReport};
+pub use manager::{CertInfo, CertManager, EnsureReport, MaintainReport};
 pub use parse::{cert_id, normalize_name};
 pub use resolver::{CertResolver, ACME_TLS_ALPN};
-pub use store::{IssuedCert, LoadReport, Meta, Store, StoredCert};
+pub use store::{IssuedCert, LoadReport, Meta, Stamp, Store, StoredCert, ARCHIVE_KEEP};
 pub use tls::{crypto_provider, install_crypto_provider, server_config, SESSION_CACHE_SIZE};
 
 /// The `issuer` of certificates made by [`LocalIssuer`].
