@@ -6,6 +6,7 @@
 
 mod acme;
 mod body_limits;
+mod cert_ageing;
 mod check;
 mod dns;
 mod hardening;

@@ -761,16 +761,18 @@ impl Outcome {
     }
 }
 
-/// The certificate covering every name (of `issuer`, when given) with the latest expiry.
+/// The certificate covering every name (of `issuer`, when given) that a client would be
+/// served: valid now first, then the latest expiry (`certs::renewal::rank`).
 fn best_cover<'a>(
     held: &'a [Arc<StoredCert>],
     names: &[String],
     issuer: Option<&str>,
 ) -> Option<&'a Arc<StoredCert>> {
+    let now = SystemTime::now();
     held.iter()
         .filter(|c| issuer.is_none_or(|i| c.issuer == i))
         .filter(|c| names.iter().all(|n| c.covers(n)))
-        .max_by_key(|c| c.not_after)
+        .max_by_key(|c| (c.valid_at(now), c.not_after))
 }
 
 fn is_problem(e: &instant_acme::Error, kind: &str) -> bool {

@@ -10,6 +10,7 @@
 //! order), and go to `archive/` once they have expired.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -27,6 +28,10 @@ pub struct CertManager {
     local_issuer: Option<LocalIssuer>,
     resolver: Arc<CertResolver>,
     state: Mutex<State>,
+    /// Errors reported by [`CertManager::ensure`] and [`CertManager::maintain`] since
+    /// start (a failed issue, save or archive): the daemon's
+    /// `proxyd_certificate_errors_total`.
+    errors: AtomicU64,
 }
 
 /// One certificate directory of the store, as this process last read it.
@@ -157,6 +162,7 @@ impl CertManager {
             local_issuer,
             resolver,
             state: Mutex::new(State::default()),
+            errors: AtomicU64::new(0),
         }
     }
 
@@ -170,6 +176,13 @@ impl CertManager {
 
     pub fn local_issuer(&self) -> Option<&LocalIssuer> {
         self.local_issuer.as_ref()
+    }
+
+    /// How many errors [`CertManager::ensure`] and [`CertManager::maintain`] reported
+    /// since this manager was made (each a certificate that could not be issued, saved
+    /// or archived; what was served before stays served).
+    pub fn error_count(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -255,7 +268,12 @@ impl CertManager {
         }
         state.groups = Some(clean);
         self.select(&mut state, now, &mut report);
+        self.count_errors(report.errors.len());
         report
+    }
+
+    fn count_errors(&self, n: usize) {
+        self.errors.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// What a timer calls: reads what changed in the store (new directories, and
@@ -283,6 +301,7 @@ impl CertManager {
         }
         if state.groups.is_some() {
             self.select(&mut state, now, &mut report.ensure);
+            self.count_errors(report.ensure.errors.len());
         } else {
             self.publish(&state, now);
         }
