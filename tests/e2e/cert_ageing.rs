@@ -22,7 +22,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tests::client::tls_connect;
-use tests::{http_get, wait_until, Alpn, Backend, Proxy};
+use tests::{http_get, wait_until, Backend, Proxy};
 
 use crate::one_route;
 
@@ -268,7 +268,10 @@ async fn local_certificates_are_renewed_while_the_daemon_runs() {
     })
     .await;
     assert_eq!(second.names, ["a.test"]);
-    assert!(second.not_after > first.not_after, "{first:?} -> {second:?}");
+    assert!(
+        second.not_after > first.not_after,
+        "{first:?} -> {second:?}"
+    );
     // Renewed ahead of expiry (at a third of its life left), not after it.
     assert!(
         second.not_before < first.not_after,
@@ -284,9 +287,7 @@ async fn local_certificates_are_renewed_while_the_daemon_runs() {
         "{on_disk:?} vs {second:?}"
     );
     assert!(
-        proxy
-            .log()
-            .contains("certificate issued from the local CA"),
+        proxy.log().contains("certificate issued from the local CA"),
         "{}",
         proxy.log_tail(30)
     );
@@ -337,7 +338,11 @@ async fn certificates_of_removed_routes_leave_memory_and_metrics_at_the_reload()
     }
     assert_eq!(certs_on_disk(&store), ["a.test", "b.test", "c.test"]);
     let status = proxyctl_json(&proxy, &["status"]).await;
-    assert_eq!(status["store"]["problems"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        status["store"]["problems"],
+        serde_json::json!([]),
+        "{status}"
+    );
     assert_eq!(
         status["ready"]["names_without_certificate"],
         serde_json::json!([]),
@@ -390,11 +395,19 @@ async fn an_expired_certificate_of_a_removed_route_is_archived_and_the_store_sta
     // b.test was never let go; the store reads cleanly.
     trusted_get(&proxy, "b.test").await;
     let status = proxyctl_json(&proxy, &["status"]).await;
-    assert_eq!(status["store"]["problems"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        status["store"]["problems"],
+        serde_json::json!([]),
+        "{status}"
+    );
 
     // a.test comes back: a new certificate, not the archived one.
     let v = reload(&proxy, &ab).await;
-    assert_eq!(v["certificates_issued"], serde_json::json!(["a.test"]), "{v}");
+    assert_eq!(
+        v["certificates_issued"],
+        serde_json::json!(["a.test"]),
+        "{v}"
+    );
     let again = served_leaf(&proxy, "a.test").await;
     assert_ne!(again.serial, a_cert.serial);
     trusted_get(&proxy, "a.test").await;
@@ -422,12 +435,9 @@ async fn a_failed_renewal_keeps_the_old_certificate_served_and_is_counted() {
     // The store turns read-only: the renewal cannot be saved.
     proxy.remount_store(true);
     let old = served_leaf(&proxy, "a.test").await;
-    wait_until(
-        "the failed renewal to be counted",
-        WITHIN,
-        POLL,
-        || async { (errors(&scrape(metrics).await) >= 1.0).then_some(()) },
-    )
+    wait_until("the failed renewal to be counted", WITHIN, POLL, || async {
+        (errors(&scrape(metrics).await) >= 1.0).then_some(())
+    })
     .await;
     assert!(
         proxy
@@ -447,8 +457,7 @@ async fn a_failed_renewal_keeps_the_old_certificate_served_and_is_counted() {
         POLL,
         || async {
             let v = proxyctl_json(&proxy, &["status"]).await;
-            (v["ready"]["names_without_certificate"] == serde_json::json!(["a.test"]))
-                .then_some(())
+            (v["ready"]["names_without_certificate"] == serde_json::json!(["a.test"])).then_some(())
         },
     )
     .await;

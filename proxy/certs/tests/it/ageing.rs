@@ -157,6 +157,45 @@ fn local_certificates_are_renewed_by_the_timer_with_a_third_of_their_life_left()
 }
 
 #[test]
+fn a_renewal_that_cannot_be_saved_keeps_the_old_certificate_and_is_counted() {
+    let (_t, store) = temp_store();
+    let certs_dir = store.certs_dir();
+    let m = manager(store, true);
+    let t0 = now();
+    m.ensure_at(&groups(&["a.test"]), t0);
+    let first = m.resolver().lookup("a.test").unwrap();
+    let due = renewal::local_renewal_at(first.not_before, first.not_after);
+    assert_eq!(m.error_count(), 0);
+
+    // `certs/` is not a directory any more (root ignores modes; this fails for anyone):
+    // the new certificate cannot be saved.
+    let aside = certs_dir.with_file_name("certs.aside");
+    std::fs::rename(&certs_dir, &aside).unwrap();
+    std::fs::write(&certs_dir, b"not a directory").unwrap();
+    let r = m.maintain_at(due);
+    assert!(r.ensure.issued.is_empty(), "{r:?}");
+    assert_eq!(r.ensure.errors.len(), 1, "{r:?}");
+    assert!(r.ensure.errors[0].contains("a.test"), "{r:?}");
+    assert_eq!(m.error_count(), 1);
+    // Still held and served: the old certificate, not nothing.
+    assert_eq!(held(&m), ["a.test"]);
+    assert_eq!(leaf(&m, "a.test"), first.leaf_der());
+    // Past its expiry it is still served, but covers nothing any more.
+    let r = m.maintain_at(first.not_after);
+    assert_eq!(r.ensure.missing, ["a.test"], "{r:?}");
+    assert_eq!(m.error_count(), 2);
+    assert_eq!(leaf(&m, "a.test"), first.leaf_der());
+
+    // The disk is back: the next pass renews.
+    std::fs::remove_file(&certs_dir).unwrap();
+    std::fs::rename(&aside, &certs_dir).unwrap();
+    let r = m.maintain_at(due + Duration::from_secs(60));
+    assert_eq!(r.ensure.issued, ["a.test"], "{r:?}");
+    assert_ne!(leaf(&m, "a.test"), first.leaf_der());
+    assert_eq!(m.error_count(), 2);
+}
+
+#[test]
 fn the_local_lifetime_can_be_short_for_tests_and_still_renews_ahead_of_expiry() {
     let (_t, store) = temp_store();
     let issuer = LocalIssuer::load_or_create(&store)
