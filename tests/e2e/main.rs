@@ -7,6 +7,7 @@
 mod acme;
 mod body_limits;
 mod browser;
+mod cert_ageing;
 mod check;
 mod dns;
 mod hardening;

@@ -761,16 +761,18 @@ impl Outcome {
     }
 }
 
-/// The certificate covering every name (of `issuer`, when given) with the latest expiry.
+/// The certificate covering every name (of `issuer`, when given) that a client would be
+/// served: valid now first, then the latest expiry (`certs::renewal::rank`).
 fn best_cover<'a>(
     held: &'a [Arc<StoredCert>],
     names: &[String],
     issuer: Option<&str>,
 ) -> Option<&'a Arc<StoredCert>> {
+    let now = SystemTime::now();
     held.iter()
         .filter(|c| issuer.is_none_or(|i| c.issuer == i))
         .filter(|c| names.iter().all(|n| c.covers(n)))
-        .max_by_key(|c| c.not_after)
+        .max_by_key(|c| (c.valid_at(now), c.not_after))
 }
 
 fn is_problem(e: &instant_acme::Error, kind: &str) -> bool {
@@ -789,5 +791,55 @@ fn from_unix(secs: i64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs as u64)
     } else {
         UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUER: &str = "https://ca.test/directory";
+
+    /// A certificate of `ISSUER` for `id` and `a.test`, saved as `certs/<id>`.
+    fn saved(store: &certs::Store, id: &str, from: SystemTime, to: SystemTime) -> Arc<StoredCert> {
+        let names = vec![id.to_owned(), "a.test".to_owned()];
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params.not_before = time::OffsetDateTime::from(from);
+        params.not_after = time::OffsetDateTime::from(to);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        store
+            .save(&certs::IssuedCert {
+                names,
+                chain_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                issuer: ISSUER.into(),
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn best_cover_prefers_a_certificate_valid_now_over_a_later_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = certs::Store::open(dir.path()).unwrap();
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        let names = vec!["a.test".to_owned()];
+        // Valid now, and valid only from tomorrow on (with the later expiry).
+        let valid = saved(&store, "one.test", now - day, now + 10 * day);
+        let not_yet = saved(&store, "two.test", now + day, now + 90 * day);
+        let held = vec![not_yet.clone(), valid.clone()];
+        assert_eq!(
+            best_cover(&held, &names, Some(ISSUER)).unwrap().id,
+            valid.id
+        );
+        // Among certificates valid now, the later expiry.
+        let longer = saved(&store, "three.test", now - day, now + 20 * day);
+        let held = vec![valid, not_yet, longer.clone()];
+        assert_eq!(
+            best_cover(&held, &names, Some(ISSUER)).unwrap().id,
+            longer.id
+        );
+        assert!(best_cover(&held, &names, Some("local")).is_none());
     }
 }

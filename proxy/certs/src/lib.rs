@@ -11,7 +11,10 @@
 //! - [`LocalIssuer`]: an embedded CA, like Caddy's `tls internal`.
 //! - [`CertResolver`]: SNI -> certificate; per handshake one `ArcSwap` load and a map lookup.
 //! - [`CertManager`]: control plane. Loads the store, makes sure every routed name has a
-//!   usable certificate (issuing locally when allowed), then swaps the resolver once.
+//!   usable certificate (issuing locally when allowed), then swaps the resolver once; on
+//!   a reload ([`CertManager::ensure`]) and on a timer ([`CertManager::maintain`]) it
+//!   holds only the certificates of routed names and renews them as they age
+//!   ([`renewal`] has the rules).
 //! - [`server_config`]: TLS 1.2/1.3, AEAD suites with forward secrecy only, ALPN,
 //!   session cache and rotating ticket keys.
 //!
@@ -27,6 +30,9 @@
 //!                               "next_attempt":null,"failures":0}
 //!   acme/                      written by `proxy/acme`: accounts/, locks/, and
 //!                              pending/<id>.json (meta of a name with no certificate yet)
+//!   archive/<id>.<reason>-<t>  taken out of certs/ whole: `expired` (no route used it),
+//!                              `replaced` (a manual one the local issuer replaced);
+//!                              deleted after ARCHIVE_KEEP
 //! ```
 //!
 //! `<id>` is the certificate's main name; `*.example.org` is stored as
@@ -66,6 +72,7 @@ pub mod fsutil;
 mod local;
 mod manager;
 mod parse;
+pub mod renewal;
 mod resolver;
 mod store;
 mod tls;
@@ -73,10 +80,10 @@ mod tls;
 use std::path::PathBuf;
 
 pub use local::{LocalIssuer, LEAF_LIFETIME, LOCAL_CA_NAME};
-pub use manager::{CertInfo, CertManager, EnsureReport};
+pub use manager::{CertInfo, CertManager, EnsureReport, MaintainReport};
 pub use parse::{cert_id, normalize_name};
 pub use resolver::{CertResolver, ACME_TLS_ALPN};
-pub use store::{IssuedCert, LoadReport, Meta, Store, StoredCert};
+pub use store::{IssuedCert, LoadReport, Meta, Stamp, Store, StoredCert, ARCHIVE_KEEP};
 pub use tls::{crypto_provider, install_crypto_provider, server_config, SESSION_CACHE_SIZE};
 
 /// The `issuer` of certificates made by [`LocalIssuer`].

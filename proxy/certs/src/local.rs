@@ -21,7 +21,8 @@ pub const LOCAL_CA_NAME: &str = "proxyd local CA";
 const CA_LIFETIME: Duration = Duration::days(3650);
 /// Lifetime of a leaf issued by the local CA.
 pub const LEAF_LIFETIME: Duration = Duration::days(30);
-/// Backdating, for clocks a little behind ours.
+/// Backdating, for clocks a little behind ours: an hour, or a tenth of a (test) lifetime
+/// when that is shorter, so that a third of the lifetime is still well ahead.
 const BACKDATE: Duration = Duration::hours(1);
 
 /// Embedded local CA: ECDSA P-256, about ten years, kept in the store
@@ -30,12 +31,14 @@ pub struct LocalIssuer {
     issuer: Issuer<'static, KeyPair>,
     ca_pem: String,
     ca_not_after: OffsetDateTime,
+    leaf_lifetime: Duration,
 }
 
 impl fmt::Debug for LocalIssuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalIssuer")
             .field("ca_not_after", &self.ca_not_after)
+            .field("leaf_lifetime", &self.leaf_lifetime)
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +110,7 @@ impl LocalIssuer {
             ca_not_after: params.not_after,
             issuer: Issuer::new(params, key),
             ca_pem,
+            leaf_lifetime: LEAF_LIFETIME,
         })
     }
 
@@ -142,6 +146,7 @@ impl LocalIssuer {
             issuer,
             ca_pem,
             ca_not_after,
+            leaf_lifetime: LEAF_LIFETIME,
         })
     }
 
@@ -150,9 +155,32 @@ impl LocalIssuer {
         &self.ca_pem
     }
 
+    /// Leaves last `lifetime` instead of [`LEAF_LIFETIME`]. For tests of renewal (the
+    /// daemon's hidden `--local-cert-lifetime`): seconds instead of days.
+    pub fn with_leaf_lifetime(mut self, lifetime: std::time::Duration) -> LocalIssuer {
+        self.leaf_lifetime = Duration::try_from(lifetime).unwrap_or(LEAF_LIFETIME);
+        self
+    }
+
+    /// How long its leaves are valid (from issuance; see [`LocalIssuer::issue`]).
+    pub fn leaf_lifetime(&self) -> std::time::Duration {
+        std::time::Duration::try_from(self.leaf_lifetime).unwrap_or_default()
+    }
+
     /// Issues an ECDSA P-256 leaf for `names` (main name first; wildcards allowed), valid
-    /// for 30 days (not past the CA), serverAuth. The chain is leaf + CA.
+    /// for 30 days (or [`LocalIssuer::with_leaf_lifetime`]; not past the CA), serverAuth.
+    /// The chain is leaf + CA.
     pub fn issue(&self, names: &[String]) -> Result<IssuedCert, StoreError> {
+        self.issue_at(names, std::time::SystemTime::now())
+    }
+
+    /// [`LocalIssuer::issue`] as if the time were `now` (for tests with a clock of their
+    /// own).
+    pub fn issue_at(
+        &self,
+        names: &[String],
+        now: std::time::SystemTime,
+    ) -> Result<IssuedCert, StoreError> {
         let mut clean: Vec<String> = Vec::with_capacity(names.len());
         for n in names {
             let norm = parse::normalize_name(n);
@@ -170,7 +198,7 @@ impl LocalIssuer {
                 reason: "no names".into(),
             });
         }
-        let now = OffsetDateTime::now_utc();
+        let now = OffsetDateTime::from(now);
         let mut params = CertificateParams::new(clean.clone())?;
         let mut dn = DistinguishedName::new();
         if clean[0].len() <= 64 {
@@ -181,8 +209,8 @@ impl LocalIssuer {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        params.not_before = now - BACKDATE;
-        params.not_after = (now + LEAF_LIFETIME).min(self.ca_not_after);
+        params.not_before = now - BACKDATE.min(self.leaf_lifetime / 10);
+        params.not_after = (now + self.leaf_lifetime).min(self.ca_not_after);
         params.serial_number = Some(random_serial());
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let cert = params.signed_by(&key, &self.issuer)?;

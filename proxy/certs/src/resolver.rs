@@ -4,11 +4,13 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::renewal;
 use crate::store::StoredCert;
 
 #[derive(Default)]
@@ -76,10 +78,21 @@ impl CertResolver {
         });
     }
 
-    /// Replaces the whole map in one atomic store. Each cert is indexed under every SAN
-    /// name it has. When two certs cover a name, the one with the later `not_after` wins
-    /// (on a tie, the later id, so the outcome does not depend on the order given).
+    /// [`CertResolver::replace_at`] now.
     pub fn replace(&self, certs: &[Arc<StoredCert>]) {
+        self.replace_at(certs, SystemTime::now())
+    }
+
+    /// Replaces the whole map in one atomic store. Each cert is indexed under every SAN
+    /// name it has. When two certs cover a name, the one valid at `now` wins, then the
+    /// one with the later `not_after`, then the later id ([`renewal::rank`]: the outcome
+    /// does not depend on the order given, and a certificate not yet valid or expired
+    /// never beats a valid one). Validity changes with time: the caller replaces the map
+    /// again when a certificate becomes valid or expires (`CertManager::maintain`).
+    pub fn replace_at(&self, certs: &[Arc<StoredCert>], now: SystemTime) {
+        fn rank(c: &StoredCert, now: SystemTime) -> (bool, SystemTime, &str) {
+            renewal::rank(&c.id, c.not_before, c.not_after, now)
+        }
         let mut map = CertMap::default();
         for cert in certs {
             for name in &cert.names {
@@ -88,7 +101,7 @@ impl CertResolver {
                     None => (&mut map.exact, name.as_str()),
                 };
                 match table.get(key) {
-                    Some(cur) if (cur.not_after, &cur.id) >= (cert.not_after, &cert.id) => {}
+                    Some(cur) if rank(cur, now) >= rank(cert, now) => {}
                     _ => {
                         table.insert(key.to_string(), cert.clone());
                     }

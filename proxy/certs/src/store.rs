@@ -58,9 +58,21 @@ impl fmt::Debug for StoredCert {
 }
 
 impl StoredCert {
-    /// Does this certificate name `host` (exactly, or by a one-label wildcard)?
+    /// Does this certificate name `host` (exactly, or by a one-label wildcard)? Names
+    /// only: whether it is valid is [`StoredCert::valid_at`], whether it is still good
+    /// enough to keep is `renewal::usable`.
     pub fn covers(&self, host: &str) -> bool {
         self.names.iter().any(|n| parse::name_covers(n, host))
+    }
+
+    /// Valid at `now`: not before its `not_before`, before its `not_after`.
+    pub fn valid_at(&self, now: SystemTime) -> bool {
+        crate::renewal::valid(self.not_before, self.not_after, now)
+    }
+
+    /// Covers `host` and is valid at `now`: a client with our clock accepts it for `host`.
+    pub fn serves(&self, host: &str, now: SystemTime) -> bool {
+        self.valid_at(now) && self.covers(host)
     }
 
     /// The leaf certificate, DER.
@@ -121,6 +133,39 @@ pub struct LoadReport {
     pub problems: Vec<String>,
 }
 
+/// What the files of a certificate looked like (inode, size, modification and change
+/// time of the chain and of the key): when the stamp of `certs/<id>` changes, its files
+/// changed. Taken before the files are read, so a change made during the read shows as a
+/// change on the next look. `meta.json` is left out: ACME bookkeeping rewrites it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp([FileStamp; 2]);
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        match fs::metadata(path) {
+            Ok(m) => FileStamp {
+                ino: m.ino(),
+                size: m.size(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
+            },
+            Err(_) => FileStamp::default(),
+        }
+    }
+}
+
+/// How long archived certificates are kept (see [`Store::archive`]).
+pub const ARCHIVE_KEEP: Duration = Duration::from_secs(90 * 86_400);
+
 /// Why one entry could not be loaded.
 enum EntryError {
     /// Its content is unusable: moved aside.
@@ -161,6 +206,11 @@ impl Store {
     /// `acme/`, reserved for the ACME account.
     pub fn acme_dir(&self) -> PathBuf {
         self.root.join("acme")
+    }
+
+    /// `archive/`: certificates taken out of `certs/` (see [`Store::archive`]).
+    pub fn archive_dir(&self) -> PathBuf {
+        self.root.join("archive")
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -290,18 +340,24 @@ impl Store {
                     Part::Key => format!("key: {reason}"),
                 },
             })?;
+        let _g = self.guard();
+        // The bookkeeping is about ordering this id, not about one certificate: when the
+        // local issuer stands in for an ACME certificate, the ACME backoff carries on.
+        let before = fs::read(self.meta_path(&id))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
+            .unwrap_or_default();
         let meta = Meta {
             names: parsed.names.clone(),
             issuer: cert.issuer.clone(),
             not_after: parse::system_to_unix(parsed.not_after),
-            last_attempt: None,
-            last_error: None,
-            next_attempt: None,
-            failures: 0,
+            last_attempt: before.last_attempt,
+            last_error: before.last_error,
+            next_attempt: before.next_attempt,
+            failures: before.failures,
         };
         let meta_json = serde_json::to_string_pretty(&meta).expect("Meta serialises") + "\n";
 
-        let _g = self.guard();
         let dir = self.certs_dir();
         let rand = fsutil::random_hex(8);
         let tmp = dir.join(format!(".tmp-{id}-{rand}"));
@@ -320,6 +376,10 @@ impl Store {
         if let Err(e) = write() {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
+        }
+        let pending = self.acme_dir().join("pending").join(format!("{id}.json"));
+        if pending.exists() {
+            let _ = fs::remove_file(&pending);
         }
         Ok(Arc::new(StoredCert {
             id,
@@ -390,6 +450,109 @@ impl Store {
             Ok(c) => Ok(Some(Arc::new(c))),
             Err(EntryError::Corrupt(m) | EntryError::Unreadable(m)) => Err(m),
         }
+    }
+}
+
+impl Store {
+    /// The stamp of `certs/<id>`'s files now (see [`Stamp`]).
+    pub fn stamp(&self, id: &str) -> Stamp {
+        let dir = self.certs_dir().join(id);
+        Stamp([
+            FileStamp::of(&dir.join(CHAIN_FILE)),
+            FileStamp::of(&dir.join(KEY_FILE)),
+        ])
+    }
+
+    /// The ids of the certificate directories in `certs/` (no temporaries, nothing moved
+    /// aside), sorted. Reads the directory only, not the certificates.
+    pub fn list_ids(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.certs_dir();
+        let names = read_dir_names(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        Ok(names
+            .into_iter()
+            .filter(|n| !n.starts_with('.') && !is_corrupt_name(n) && dir.join(n).is_dir())
+            .collect())
+    }
+
+    /// Takes `certs/<id>` out of service: moves it, with one `rename(2)`, to
+    /// `archive/<id>.<reason>-<unix time>` (`-2`, `-3`, ... when taken), then fsyncs both
+    /// directories. A crash leaves it in one place or the other, whole. `at` is the time
+    /// in the name: the certificate's expiry for `expired`, now for `replaced`. Returns
+    /// where it went.
+    pub fn archive(&self, id: &str, reason: &str, at: SystemTime) -> Result<PathBuf, StoreError> {
+        if id.is_empty() || id.starts_with('.') || id.contains('/') {
+            return Err(StoreError::InvalidName {
+                name: id.into(),
+                reason: "not a certificate directory".into(),
+            });
+        }
+        let _g = self.guard();
+        let from = self.certs_dir().join(id);
+        let archive = self.archive_dir();
+        fsutil::create_dir(&archive)?;
+        let base = format!("{id}.{reason}-{}", parse::system_to_unix(at));
+        let mut to = archive.join(&base);
+        let mut n = 1;
+        while to.exists() {
+            n += 1;
+            to = archive.join(format!("{base}-{n}"));
+        }
+        fs::rename(&from, &to).map_err(|e| StoreError::io(&from, e))?;
+        fsutil::sync_dir(&archive)?;
+        fsutil::sync_dir(&self.certs_dir())?;
+        Ok(to)
+    }
+
+    /// Puts an archived certificate back as `certs/<id>` (when replacing it failed).
+    pub fn unarchive(&self, archived: &Path, id: &str) -> Result<(), StoreError> {
+        let _g = self.guard();
+        let to = self.certs_dir().join(id);
+        fs::rename(archived, &to).map_err(|e| StoreError::io(archived, e))?;
+        fsutil::sync_dir(&self.certs_dir())
+    }
+
+    /// Deletes what was archived more than [`ARCHIVE_KEEP`] before `now` (by the time in
+    /// its name). Returns how many entries went, and the problems.
+    pub fn prune_archive(&self, now: SystemTime) -> (usize, Vec<String>) {
+        let dir = self.archive_dir();
+        let names = match read_dir_names(&dir) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return (0, Vec::new()),
+            Err(e) => return (0, vec![format!("{}: {e}", dir.display())]),
+        };
+        let horizon = parse::system_to_unix(now) - ARCHIVE_KEEP.as_secs() as i64;
+        let (mut removed, mut problems) = (0, Vec::new());
+        for name in names {
+            let Some(at) = archived_at(&name) else {
+                continue;
+            };
+            if at >= horizon {
+                continue;
+            }
+            let path = dir.join(&name);
+            match fs::remove_dir_all(&path) {
+                Ok(()) => removed += 1,
+                Err(e) => problems.push(format!("{}: {e}", path.display())),
+            }
+        }
+        (removed, problems)
+    }
+}
+
+/// The unix time in an archive entry's name: `<id>.<reason>-<unix>` or
+/// `<id>.<reason>-<unix>-<n>`.
+fn archived_at(name: &str) -> Option<i64> {
+    let (_, tail) = name.rsplit_once('.')?;
+    let mut parts = tail.split('-');
+    let reason = parts.next()?;
+    if reason.is_empty() || !reason.bytes().all(|b| b.is_ascii_lowercase()) {
+        return None;
+    }
+    let at = parts.next()?.parse().ok()?;
+    match parts.next() {
+        None => Some(at),
+        Some(n) if n.parse::<u32>().is_ok() && parts.next().is_none() => Some(at),
+        Some(_) => None,
     }
 }
 
@@ -501,6 +664,21 @@ fn load_entry(id: &str, dir: &Path, problems: &mut Vec<String>) -> Result<Stored
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archive_names_carry_their_time() {
+        assert_eq!(
+            archived_at("a.test.expired-1700000000"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(
+            archived_at("a.test.replaced-1700000000-3"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(archived_at("a.test"), None);
+        assert_eq!(archived_at("a.test.expired-x"), None);
+        assert_eq!(archived_at("a.test.expired-1-2-3"), None);
+    }
 
     #[test]
     fn corrupt_names_are_recognised() {

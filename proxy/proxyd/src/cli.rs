@@ -149,6 +149,17 @@ pub struct Args {
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub store_check_interval: std::time::Duration,
 
+    /// For tests only: the lifetime of certificates from the local CA (default 30 days),
+    /// e.g. `20s`, to watch them renewed while the daemon runs.
+    #[arg(long, hide = true, value_parser = parse_duration, value_name = "DURATION")]
+    pub local_cert_lifetime: Option<std::time::Duration>,
+
+    /// For tests only: the longest wait between two looks of the certificate timer
+    /// (which also wakes whenever a certificate is due): how soon a certificate changed
+    /// on disk by hand is served.
+    #[arg(long, hide = true, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub cert_check_interval: std::time::Duration,
+
     /// Socket used to hand listeners to a new binary on upgrade (see README).
     #[arg(long, default_value = "/run/proxyd/upgrade.sock", value_name = "PATH")]
     pub upgrade_socket: PathBuf,

@@ -342,6 +342,15 @@ fn reload_blocking(shared: &Arc<Shared>, path: &Path, apply: bool) -> ReloadOutc
     for e in &report.errors {
         tracing::error!("certificate: {e}");
     }
+    if !report.released.is_empty() || !report.archived.is_empty() {
+        // Certificates follow the routes: those of removed names leave memory, the
+        // resolver and metrics (kept on disk while valid, archived once expired).
+        tracing::info!(
+            released = report.released.len(),
+            archived = ?report.archived,
+            "reload: certificates no route uses are no longer held"
+        );
+    }
     phases.mark("certificates");
     let (generation, replaced) = shared.install(table);
     phases.mark("install");

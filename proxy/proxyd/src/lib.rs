@@ -19,6 +19,7 @@ pub mod metrics;
 mod pages;
 pub mod proxy;
 pub mod readiness;
+pub mod renewal;
 pub mod server;
 pub mod state;
 pub mod store_watch;

@@ -261,6 +261,8 @@ pub struct Metrics {
     generation: IntGauge,
     upstream_healthy: IntGaugeVec,
     cert_not_after: IntGaugeVec,
+    cert_expiring: IntGaugeVec,
+    cert_errors: IntCounter,
     acme_orders_placed: IntCounter,
     acme_orders: IntCounterVec,
     acme_failures: IntGaugeVec,
@@ -429,6 +431,19 @@ impl Metrics {
                 "proxyd_certificate_not_after_seconds",
                 "Expiry of each held certificate, per name it covers, unix seconds.",
                 &["cert", "name", "issuer"],
+            ),
+            cert_expiring: gauge_vec(
+                &r,
+                "proxyd_certificate_expiring",
+                "1 when a held certificate proxyd cannot renew (issuer manual) is close to its \
+                 expiry or past it, else 0.",
+                &["cert"],
+            ),
+            cert_errors: counter(
+                &r,
+                "proxyd_certificate_errors_total",
+                "Certificates that could not be issued, renewed, saved or archived (at start, \
+                 on reloads, on the renewal timer); what was served before stays served.",
             ),
             acme_orders_placed: counter(
                 &r,
@@ -615,11 +630,18 @@ impl Metrics {
         }
 
         self.cert_not_after.reset();
+        self.cert_expiring.reset();
+        catch_up(&self.cert_errors, shared.certs.error_count());
         for c in shared.certs.list() {
             for name in &c.names {
                 self.cert_not_after
                     .with_label_values(&[c.id.as_str(), name.as_str(), c.issuer.as_str()])
                     .set(c.not_after as i64);
+            }
+            if c.issuer == certs::ISSUER_MANUAL {
+                self.cert_expiring
+                    .with_label_values(&[c.id.as_str()])
+                    .set(i64::from(c.expiring));
             }
         }
 

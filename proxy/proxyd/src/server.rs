@@ -84,9 +84,18 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     })?;
     // With ACME and `--acme-fallback none`, names wait for their ACME certificate.
     let acme_only = acme_config.is_some() && args.acme_fallback == AcmeFallback::None;
+    if let Some(life) = args.local_cert_lifetime {
+        if life < Duration::from_secs(5) {
+            bail!("--local-cert-lifetime: at least 5s");
+        }
+    }
     let issuer = match args.local_issuer {
         OnOff::On if !acme_only => {
-            Some(certs::LocalIssuer::load_or_create(&store).context("local issuer")?)
+            let issuer = certs::LocalIssuer::load_or_create(&store).context("local issuer")?;
+            Some(match args.local_cert_lifetime {
+                Some(life) => issuer.with_leaf_lifetime(life),
+                None => issuer,
+            })
         }
         _ => None,
     };
@@ -341,6 +350,14 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         crate::logging::Summaries {
             shared: shared.clone(),
             interval: args.log_summary_interval,
+        },
+    ));
+    // Certificates age while the daemon runs (renewal.rs).
+    server.add_service(background_service(
+        "certificate timer",
+        crate::renewal::CertTimer {
+            shared: shared.clone(),
+            interval: args.cert_check_interval.max(Duration::from_millis(100)),
         },
     ));
     server.add_service(background_service(

@@ -8,16 +8,17 @@
 //! - whether `certs/` is writable: a small probe file is created, fsynced and removed
 //!   (this is what catches a read-only mount, a full disk and bad permissions);
 //! - whether the files of every certificate held in memory are still there and usable
-//!   (read-only: [`certs::Store::load_one`] moves nothing aside);
-//! - with the local issuer, whether every routed name has a certificate.
+//!   (read-only: [`certs::Store::load_one`] moves nothing aside). Held means serving a
+//!   routed name: certificates of removed routes that stay on disk are not read;
+//! - with the local issuer, whether every routed name has a certificate valid now.
 //!
 //! Problems go to the log (a warning when one appears, an info line when all are gone)
 //! and to `proxyctl status` (`store`: `ok`, `problems`, `checked_at`). When the store is
-//! writable, it repairs what it can: names without a certificate are issued again
-//! ([`certs::CertManager::ensure`]), and a local certificate whose files were lost is
-//! issued again and saved. Certificates from other issuers (ACME, manual) cannot be
-//! written back (their keys are not kept in exportable form): they stay reported until
-//! their files come back or are replaced.
+//! writable, it repairs what it can: names without a certificate are issued again (the
+//! certificate timer's pass, [`certs::CertManager::maintain`], run at once), and a local
+//! certificate whose files were lost is issued again and saved. Certificates from other
+//! issuers (ACME, manual) cannot be written back (their keys are not kept in exportable
+//! form): they stay reported until their files come back or are replaced.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -150,22 +151,17 @@ pub fn check(shared: &Shared) -> Vec<String> {
         ));
     }
 
-    // Names routed but not covered, e.g. after a reload while the store was read-only.
+    // Names routed but without a valid certificate, e.g. after a reload while the store
+    // was read-only. The repair is the certificate timer's own pass (on the groups the
+    // manager was last given, which a reload sets before its table goes live).
     if certs.local_issuer().is_some() {
         let snapshot = shared.snapshot.load_full();
-        let held = certs.certs();
-        let uncovered: Vec<String> = snapshot
-            .table
-            .names()
-            .into_iter()
-            .filter(|n| !held.iter().any(|c| c.covers(n)))
-            .collect();
+        let uncovered = certs.uncovered(&snapshot.table.names());
         if !uncovered.is_empty() {
             if writable {
-                let report = certs.ensure(&snapshot.table.certificate_groups());
-                for id in &report.issued {
-                    tracing::info!(cert = %id, "certificate store: issued a missing certificate from the local CA");
-                }
+                let full = certs.maintain();
+                crate::renewal::log_events(&full);
+                let report = full.ensure;
                 for e in &report.errors {
                     problems.push(format!("issuing: {e}"));
                 }

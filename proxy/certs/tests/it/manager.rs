@@ -178,11 +178,13 @@ fn ensure_without_an_issuer_reports_missing_and_keeps_serving_what_it_has() {
         "{r:?}"
     );
     assert!(r.errors[1].contains("bad/name"), "{r:?}");
-    // Nothing better exists: the expired certificate stays served, and so does one for a
-    // name that is no longer routed.
+    // Nothing better exists: the expired certificate stays served. One for a name that
+    // is not routed is not held (it stays on disk while valid).
     assert!(m.resolver().lookup("expired.test").is_some());
-    assert!(m.resolver().lookup("unrouted.test").is_some());
+    assert!(m.resolver().lookup("unrouted.test").is_none());
     assert!(m.resolver().lookup("new.test").is_none());
+    assert_eq!(r.released, ["unrouted.test"], "{r:?}");
+    assert!(r.archived.is_empty(), "{r:?}");
 }
 
 #[test]

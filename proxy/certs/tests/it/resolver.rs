@@ -65,3 +65,45 @@ fn resolver_prefers_the_later_expiry_whatever_the_order() {
         assert_eq!(r.lookup("x.both.test").unwrap().id, "long.test");
     }
 }
+
+#[test]
+fn resolver_never_prefers_a_certificate_not_yet_valid_or_expired_over_a_valid_one() {
+    let (_t, store) = temp_store();
+    // Valid now, for ten days.
+    let valid = store
+        .save(&self_signed(
+            &["valid.test", "a.test", "b.test"],
+            -1,
+            10,
+            "manual",
+        ))
+        .unwrap();
+    // Valid from tomorrow for a year: a later expiry, but not usable today.
+    let early = store
+        .save(&self_signed(&["early.test", "a.test"], 1, 365, "manual"))
+        .unwrap();
+    // Expired yesterday.
+    let expired = store
+        .save(&self_signed(
+            &["expired.test", "b.test", "c.test"],
+            -60,
+            -1,
+            "manual",
+        ))
+        .unwrap();
+    let r = CertResolver::new();
+    for order in [
+        [valid.clone(), early.clone(), expired.clone()],
+        [expired.clone(), early.clone(), valid.clone()],
+    ] {
+        r.replace(&order);
+        assert_eq!(r.lookup("a.test").unwrap().id, valid.id);
+        assert_eq!(r.lookup("b.test").unwrap().id, valid.id);
+        // With nothing better, what there is.
+        assert_eq!(r.lookup("c.test").unwrap().id, expired.id);
+    }
+    // Once the early one is valid (ranked at a later time), it wins by its expiry.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2 * 86_400);
+    r.replace_at(&[valid.clone(), early.clone()], later);
+    assert_eq!(r.lookup("a.test").unwrap().id, early.id);
+}

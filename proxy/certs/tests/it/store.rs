@@ -376,11 +376,23 @@ fn meta_is_pending_until_the_certificate_exists() {
 
     let ca = LocalIssuer::load_or_create(&store).unwrap();
     issue_and_save(&store, &ca, &["a.test"]);
-    // The certificate's own meta now wins; writing goes next to it and ends the pending file.
-    assert_eq!(store.read_meta("a.test").unwrap().failures, 0);
-    store.write_meta("a.test", &m).unwrap();
+    // The meta now lives next to the certificate, and the pending file is gone. The
+    // bookkeeping carries over: a local certificate standing in for an ACME one does
+    // not reset the ACME backoff.
     assert!(!pending.exists());
-    assert_eq!(store.read_meta("a.test").unwrap().next_attempt, Some(160));
+    let carried = store.read_meta("a.test").unwrap();
+    assert_eq!(carried.issuer, "local");
+    assert_eq!(
+        (carried.failures, carried.next_attempt, carried.last_error),
+        (1, Some(160), Some("connection refused".to_string()))
+    );
+    let done = Meta {
+        failures: 0,
+        next_attempt: None,
+        ..m.clone()
+    };
+    store.write_meta("a.test", &done).unwrap();
+    assert_eq!(store.read_meta("a.test").unwrap(), done);
     let one = store.load_one("a.test").unwrap().unwrap();
     assert_eq!(one.names, ["a.test"]);
     // Still served after its meta was rewritten.

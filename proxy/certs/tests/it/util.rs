@@ -32,6 +32,28 @@ pub fn self_signed(names: &[&str], from_days: i64, to_days: i64, issuer: &str) -
     }
 }
 
+/// A self-signed certificate valid from `not_before` to `not_after`, labelled with
+/// `issuer` (for tests with a clock of their own).
+pub fn self_signed_between(
+    names: &[&str],
+    not_before: std::time::SystemTime,
+    not_after: std::time::SystemTime,
+    issuer: &str,
+) -> IssuedCert {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let mut params = CertificateParams::new(names.clone()).unwrap();
+    params.not_before = OffsetDateTime::from(not_before);
+    params.not_after = OffsetDateTime::from(not_after);
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    IssuedCert {
+        names,
+        chain_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        issuer: issuer.into(),
+    }
+}
+
 /// Issues with the local CA and saves.
 pub fn issue_and_save(store: &Store, ca: &LocalIssuer, names: &[&str]) -> Arc<StoredCert> {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
