@@ -134,7 +134,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 impl RouteTable {
-    /// Look up a request: `host` normalised with [`crate::normalize_host`], `path` with
+    /// Look up a request: `host` as [`crate::parse_request_host`] normalised it, `path` with
     /// [`normalize_path`]. When the path still holds escapes, its fully decoded reading
     /// must pick the same target, or the request is [`PathError::Ambiguous`].
     pub fn route(&self, host: &str, path: &str) -> Result<Option<&Target>, PathError> {
