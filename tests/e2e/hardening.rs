@@ -6,7 +6,9 @@
 
 mod conn_cap;
 mod h2_abuse;
+mod hosts;
 mod path_confusion;
+mod request_lines;
 mod resumption;
 mod slow_clients;
 mod smuggling;
