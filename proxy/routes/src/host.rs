@@ -249,7 +249,13 @@ mod tests {
         ] {
             assert_eq!(ok(raw), (name.to_owned(), port), "{raw}");
         }
-        let longest = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61));
+        let longest = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
         assert_eq!(longest.len(), 253);
         assert_eq!(ok(&longest).0, longest);
         assert_eq!(ok(&format!("{longest}.:1")).0, longest);
@@ -269,7 +275,13 @@ mod tests {
     fn hostile_hosts_are_refused() {
         use HostError::*;
         let long_label = format!("{}.test", "a".repeat(64));
-        let long_name = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(62));
+        let long_name = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(62)
+        );
         for (raw, why) in [
             ("", Empty),
             (".", Empty),
