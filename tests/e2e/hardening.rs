@@ -6,8 +6,10 @@
 
 mod conn_cap;
 mod h2_abuse;
+mod hosts;
 mod log_flood;
 mod path_confusion;
+mod request_lines;
 mod resumption;
 mod slow_clients;
 mod smuggling;

@@ -21,7 +21,7 @@ use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 use pingora::{Error, ErrorSource, ErrorType};
-use routes::{normalize_host, Redirect, Route, Target};
+use routes::{Redirect, Route, Target, TargetForm};
 
 use crate::client_errors::ClientError;
 use crate::pages;
@@ -50,9 +50,11 @@ pub struct Proxy {
 /// Per-request state.
 pub struct Ctx {
     started: Instant,
+    /// The request's host, checked and normalised (routes::parse_request_host): what
+    /// routes are looked up by.
     host: String,
-    /// Host as the client sent it (for X-Forwarded-Host).
-    raw_host: String,
+    /// The port of the request's host, when the client sent one (for X-Forwarded-Host).
+    host_port: Option<u16>,
     route: Option<Arc<Route>>,
     pool: Option<Arc<Pool>>,
     backend: Option<Arc<Backend>>,
@@ -81,7 +83,7 @@ impl ProxyHttp for Proxy {
         Ctx {
             started: Instant::now(),
             host: String::new(),
-            raw_host: String::new(),
+            host_port: None,
             route: None,
             pool: None,
             backend: None,
@@ -115,19 +117,36 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.client_ip = client_ip(session);
-        let Some(raw_host) = request_host(session.req_header()) else {
-            ctx.local = Some("bad host");
-            self.shared.client_errors.record(ClientError::BadRequest);
-            pages::send(session, 400, pages::BAD_REQUEST, &[]).await?;
-            return Ok(true);
+        // Method and target first (RFC 9112 3.2): what the HTTP/1 parser lets through
+        // and what HTTP/2's `:path` may hold, in the forms a reverse proxy serves.
+        let form = match request_target_form(session) {
+            Ok(form) => form,
+            Err(e) => return self.refuse(session, ctx, "bad request target", &e).await,
         };
-        ctx.host = normalize_host(&raw_host).into_owned();
-        ctx.raw_host = raw_host;
+        // The host, before any lookup: a DNS name or IP literal with an optional port,
+        // nothing else (routes::parse_request_host).
+        let host = match request_host(session.req_header()) {
+            Ok(raw) => routes::parse_request_host(raw).map_err(|e| e.to_string()),
+            Err(why) => Err(why.to_owned()),
+        };
+        match host {
+            Ok(host) => {
+                ctx.host_port = host.port;
+                ctx.host = host.name.into_owned();
+            }
+            Err(e) => return self.refuse(session, ctx, "bad host", &e).await,
+        }
+        if form == TargetForm::Absolute {
+            // Forwarded in origin-form, as every upstream takes it: the authority is the
+            // Host header, which must be the same (pingora-core checks it).
+            let uri = session.req_header().uri.clone();
+            session.req_header_mut().set_uri(uri);
+        }
         // Routed and forwarded in one form, the one the upstream acts on (no dot
         // segments, unreserved escapes decoded, `//` merged): see routes::normalize_path.
         let path = match routes::normalize_path(session.req_header().uri.path()) {
             Ok(p) => p.into_owned(),
-            Err(e) => return self.bad_path(session, ctx, e).await,
+            Err(e) => return self.refuse(session, ctx, "bad path", &e).await,
         };
         if path != session.req_header().uri.path() {
             set_path(session.req_header_mut(), &path)?;
@@ -144,7 +163,7 @@ impl ProxyHttp for Proxy {
             Ok(found) => found,
             Err(e) => {
                 drop(snapshot);
-                return self.bad_path(session, ctx, e).await;
+                return self.refuse(session, ctx, "bad path", &e).await;
             }
         };
         let Some(target) = found else {
@@ -302,21 +321,16 @@ impl ProxyHttp for Proxy {
             req.remove_header(name);
         }
         let proto = if self.tls { "https" } else { "http" };
+        // Never the client's bytes: the checked host, and its port if the client sent one.
+        let host = forwarded_host(&ctx.host, ctx.host_port);
         if let Some(ip) = ctx.client_ip {
             let ip_s = ip.to_string();
             req.insert_header("x-forwarded-for", &ip_s)?;
             req.insert_header("x-real-ip", &ip_s)?;
-            let for_value = match ip {
-                IpAddr::V4(_) => ip_s,
-                IpAddr::V6(_) => format!("\"[{ip_s}]\""),
-            };
-            req.insert_header(
-                "forwarded",
-                format!("for={for_value};proto={proto};host=\"{}\"", ctx.raw_host),
-            )?;
+            req.insert_header("forwarded", forwarded(ip, proto, &host))?;
         }
         req.insert_header("x-forwarded-proto", proto)?;
-        req.insert_header("x-forwarded-host", &ctx.raw_host)?;
+        req.insert_header("x-forwarded-host", &host)?;
         if let Some(port) = session
             .server_addr()
             .and_then(PingoraAddr::as_inet)
@@ -402,7 +416,7 @@ impl ProxyHttp for Proxy {
                 400 => pages::BAD_REQUEST,
                 _ => pages::INTERNAL,
             };
-            if code == 413 || code == 408 {
+            if matches!(code, 400 | 408 | 413) {
                 session.set_keepalive(None);
             }
             if let Err(we) = pages::send(session, code, page, &[]).await {
@@ -537,15 +551,19 @@ impl Proxy {
         }
     }
 
-    async fn bad_path(
+    /// Answer 400 and close the connection: a request the proxy will not route (bad
+    /// method, target, host or path). Nothing reaches an upstream.
+    async fn refuse(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        e: routes::PathError,
+        what: &'static str,
+        e: &(dyn std::fmt::Display + Sync),
     ) -> Result<bool> {
-        ctx.local = Some("bad path");
+        ctx.local = Some(what);
         self.shared.client_errors.record(ClientError::BadRequest);
-        tracing::debug!(error = %e, path = %session.req_header().uri.path(), "refused a request path");
+        tracing::debug!(error = %e, "refused a request: {what}");
+        session.set_keepalive(None);
         pages::send(session, 400, pages::BAD_REQUEST, &[]).await?;
         Ok(true)
     }
@@ -625,20 +643,89 @@ fn bracket_v6(host: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The request's host: the authority of the target (HTTP/2 `:authority`, absolute-form)
-/// or the Host header. `None` when missing, or when both are present and disagree
-/// (a request-smuggling shape).
-fn request_host(req: &RequestHeader) -> Option<String> {
-    let header = req.headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if req.headers.get_all(header::HOST).iter().count() > 1 {
-        return None;
+/// The request's host as sent (to be checked): the authority of the target (HTTP/2
+/// `:authority`; pingora-core has already checked that an HTTP/1 absolute-form
+/// authority equals the Host header) or the Host header. An error when missing, not
+/// visible ASCII, given twice, or when authority and header disagree (a
+/// request-smuggling shape).
+fn request_host(req: &RequestHeader) -> std::result::Result<&str, &'static str> {
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    let (header, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return Err("two Host headers");
     }
+    let header = match header.map(|v| v.to_str()) {
+        Some(Ok(h)) => Some(h),
+        Some(Err(_)) => return Err("Host header is not visible ASCII"),
+        None => None,
+    };
     match (req.uri.authority().map(|a| a.as_str()), header) {
-        (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => None,
-        (Some(a), _) => Some(a.to_owned()),
-        (None, Some(h)) if !h.is_empty() => Some(h.to_owned()),
-        _ => None,
+        (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => {
+            Err(":authority and Host header differ")
+        }
+        (Some(a), _) => Ok(a),
+        (None, Some(h)) => Ok(h),
+        (None, None) => Err("no Host header"),
     }
+}
+
+/// The method and target of the request, checked (routes::check_request_target): for
+/// HTTP/1.x the target as the request line holds it (pingora drops a fragment from it
+/// before anything else sees it), for HTTP/2 the `:path`.
+fn request_target_form(session: &Session) -> std::result::Result<TargetForm, routes::TargetError> {
+    let req = session.req_header();
+    let method = req.method.as_str().as_bytes();
+    match session.as_downstream().as_http1() {
+        Some(h1) => {
+            let head = h1.get_headers_raw_bytes();
+            let target = routes::h1_request_target(&head).ok_or(routes::TargetError::Form)?;
+            routes::check_request_target(method, target, true)
+        }
+        None => routes::check_request_target(method, req.raw_path(), false),
+    }
+}
+
+/// `host[:port]` for X-Forwarded-Host and `Forwarded: host=`: the checked host
+/// (bracketed when IPv6) and the client's port, if it sent one.
+fn forwarded_host(host: &str, port: Option<u16>) -> String {
+    routes::RequestHost {
+        name: host.into(),
+        port,
+    }
+    .authority()
+}
+
+/// The `Forwarded` header (RFC 7239) of a request from `ip`: every value a token or a
+/// quoted-string (`"` and `\` escaped), so nothing in it can add a pair or an element.
+fn forwarded(ip: IpAddr, proto: &str, host: &str) -> String {
+    let node = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    format!(
+        "for={};proto={};host={}",
+        forwarded_value(&node),
+        forwarded_value(proto),
+        forwarded_value(host)
+    )
+}
+
+/// One value of a `Forwarded` pair: a token as it is, anything else as a quoted-string.
+fn forwarded_value(v: &str) -> std::borrow::Cow<'_, str> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !v.is_empty() && v.bytes().all(tchar) {
+        return v.into();
+    }
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out.into()
 }
 
 /// Replace the path of the request target, keeping its query (and scheme and authority
@@ -714,5 +801,39 @@ fn error_status(e: &Error) -> u16 {
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_values_are_tokens_or_quoted_strings() {
+        for (v, want) in [
+            ("https", "https"),
+            ("127.0.0.1", "127.0.0.1"),
+            ("a.test:8443", "\"a.test:8443\""),
+            ("[::1]", "\"[::1]\""),
+            ("x\",for=\"[::1]", "\"x\\\",for=\\\"[::1]\""),
+            ("a\\b", "\"a\\\\b\""),
+            ("", "\"\""),
+        ] {
+            assert_eq!(forwarded_value(v), want, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_header_has_one_element_of_three_pairs() {
+        assert_eq!(
+            forwarded("127.0.0.1".parse().unwrap(), "http", "a.test"),
+            "for=127.0.0.1;proto=http;host=a.test"
+        );
+        assert_eq!(
+            forwarded("::1".parse().unwrap(), "https", "[::1]:8443"),
+            "for=\"[::1]\";proto=https;host=\"[::1]:8443\""
+        );
+        assert_eq!(forwarded_host("::1", Some(8443)), "[::1]:8443");
+        assert_eq!(forwarded_host("a.test", None), "a.test");
     }
 }

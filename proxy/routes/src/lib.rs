@@ -11,7 +11,9 @@
 //! The file format is documented, key by key, in `proxy/routes/routes.reference.toml`
 //! (a test keeps it valid and complete). Modules: `parse` walks the spanned TOML
 //! document and collects diagnostics, `values` checks single values (sizes, durations,
-//! hosts, upstreams, headers, paths), `host` normalises request host names.
+//! hosts, upstreams, headers, paths); what clients send is checked and normalised by
+//! `host` (request hosts), `path` (request paths) and `target` (methods and request
+//! targets), all pure.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,14 +27,16 @@ mod diff;
 mod host;
 mod parse;
 mod path;
+mod target;
 #[cfg(test)]
 mod tests;
 mod values;
 
 pub use diff::{diff, TableDiff};
-pub use host::{normalize_host, HostPattern};
+pub use host::{parse_request_host, HostError, HostPattern, RequestHost};
 pub use parse::parse;
 pub use path::{normalize_path, PathError};
+pub use target::{check_request_target, h1_request_target, TargetError, TargetForm};
 
 /// Checks of single values, for tools that write routes files (the inventory
 /// generator): the very functions the parser uses, with messages but no position.
@@ -381,12 +385,12 @@ impl fmt::Display for Diagnostics {
 impl std::error::Error for Diagnostics {}
 
 impl RouteTable {
-    /// Resolve a request. `host` must already be normalised with [`normalize_host`]
-    /// (lower case, no port, no trailing dot); `path` is the request path without query,
-    /// normalised with [`normalize_path`]. Exact names win over wildcards; within a host
-    /// the longest matching prefix wins, matched against the path without its
-    /// `;parameters` (see [`path_matches`]). The daemon calls [`RouteTable::route`],
-    /// which adds the check of the decoded reading.
+    /// Resolve a request. `host` must already be checked and normalised by
+    /// [`parse_request_host`] (its `name`: lower case, no port, no trailing dot); `path` is
+    /// the request path without query, normalised with [`normalize_path`]. Exact names win
+    /// over wildcards; within a host the longest matching prefix wins, matched against the
+    /// path without its `;parameters` (see [`path_matches`]). The daemon calls
+    /// [`RouteTable::route`], which adds the check of the decoded reading.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Target> {
         // Allocates only for a path with `;`.
         let path = path::without_params(path);

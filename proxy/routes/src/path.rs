@@ -205,7 +205,7 @@ pub(crate) fn decoded_base(base: &str) -> Cow<'_, str> {
 }
 
 impl RouteTable {
-    /// Look up a request: `host` normalised with [`crate::normalize_host`], `path` with
+    /// Look up a request: `host` normalised with [`crate::parse_request_host`], `path` with
     /// [`normalize_path`]. When the path still holds escapes or a backslash, its fully
     /// decoded reading must pick the same target among the route paths read the same
     /// way, or the request is [`PathError::Ambiguous`].

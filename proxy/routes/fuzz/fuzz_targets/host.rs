@@ -1,49 +1,49 @@
-//! `routes::normalize_host` on any Host header, `:authority` or SNI: never panics, never
-//! leaves upper case, and only ever removes what normalisation is for: surrounding
-//! blanks, case, one trailing dot, a `:port` (digits, maybe none), the brackets of an IPv6 literal. Whatever
-//! else a client puts in the header must stay, so that it cannot match a route.
+//! `routes::parse_request_host` on any Host header or `:authority`: never panics; what it
+//! accepts is made of letters, digits, `.-_:[]` only (nothing a forwarding header or a
+//! log line could be broken by), normalises to a name a route could hold, reads back as
+//! itself, and is the input with only case, one trailing dot, the port and IPv6
+//! brackets (and IPv6 spelling) taken off.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|raw: &str| {
-    let n = routes::normalize_host(raw);
-    assert!(!n.bytes().any(|b| b.is_ascii_uppercase()), "{raw:?} -> {n:?}");
-    let Ok(routes::HostPattern::Exact(valid)) = routes::check::host(&n) else {
-        // Not something a route could name: it matches nothing.
+    let Ok(host) = routes::parse_request_host(raw) else {
         return;
     };
-    if valid != n.as_ref() {
-        // e.g. `a..` -> `a.`, which a route names as `a`: looked up as `a.`, it matches
-        // nothing (fails closed).
-        return;
+    assert!(
+        raw.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b)),
+        "accepted junk: {raw:?}"
+    );
+    let name = host.name.as_ref();
+    assert!(!name.bytes().any(|b| b.is_ascii_uppercase()), "{raw:?} -> {name:?}");
+    assert!(!name.ends_with('.'), "{raw:?} -> {name:?}");
+    // A name a route can hold, in the very form the table keys it by.
+    match routes::check::host(name) {
+        Ok(routes::HostPattern::Exact(keyed)) => assert_eq!(keyed, name, "{raw:?}"),
+        other => panic!("{raw:?} -> {name:?}, which a route reads as {other:?}"),
     }
-    assert_eq!(routes::normalize_host(&n), n, "normalising twice");
-    // The input was that host, in one of the forms normalisation accepts: `h`, `h.`,
-    // `h:port`, `h.:port`, and for IPv6 `[h]`, `[h]:port` or `h`, with `h` any spelling
-    // of the same address.
-    let t = raw.trim().to_ascii_lowercase();
-    let port_ok = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-    let mut cores: Vec<&str> = vec![t.as_str()];
-    if let Some((h, p)) = t.rsplit_once(':') {
-        if port_ok(p) {
-            cores.push(h);
-        }
-    }
-    if let Some(inner) = t.strip_prefix('[') {
-        if let Some((h, after)) = inner.split_once(']') {
-            if after.is_empty() || after.strip_prefix(':').is_some_and(port_ok) {
-                cores.push(h);
-            }
-        }
-    }
-    let same = |core: &str| {
-        let core = core.strip_suffix('.').unwrap_or(core);
-        core == n.as_ref()
+    // What the proxy forwards (X-Forwarded-Host) is the same host again.
+    let authority = host.authority();
+    assert_eq!(
+        routes::parse_request_host(&authority).as_ref(),
+        Ok(&host),
+        "{raw:?} -> {authority:?}"
+    );
+    // Nothing but the normalisation was taken off.
+    let lower = raw.to_ascii_lowercase();
+    let core = match lower.strip_prefix('[') {
+        Some(inner) => inner.split_once(']').map(|(v6, _)| v6).unwrap(),
+        None => lower.split(':').next().unwrap(),
+    };
+    let core = core.strip_suffix('.').unwrap_or(core);
+    assert!(
+        core == name
             || matches!(
-                (core.parse::<std::net::Ipv6Addr>(), n.parse::<std::net::Ipv6Addr>()),
+                (core.parse::<std::net::Ipv6Addr>(), name.parse::<std::net::Ipv6Addr>()),
                 (Ok(a), Ok(b)) if a == b
-            )
-    };
-    assert!(cores.iter().any(|c| same(c)), "{raw:?} normalised to the routable {n:?}");
+            ),
+        "{raw:?} normalised to {name:?}"
+    );
 });

@@ -1508,9 +1508,11 @@ mod tests_stream {
     }
 
     #[tokio::test]
-    async fn read_with_illegal() {
+    async fn read_with_escaped_query() {
         init_log();
-        let input1 = b"GET /a?q=b c HTTP/1.1\r\n";
+        // proxyd: a space in the target is refused by the HTTP/1 parser, no longer escaped
+        // (proxy/vendor/README.md); the escaped form is what reaches a subrequest.
+        let input1 = b"GET /a?q=b%20c HTTP/1.1\r\n";
         let input2 = b"Host: pingora.org\r\nContent-Length: 3\r\n\r\n";
         let input3 = b"abc";
         let mock_io = Builder::new().read(&input1[..]).read(&input2[..]).build();

@@ -46,6 +46,26 @@ const TRAILERS_END: &[u8; 4] = &[CR, LF, CR, LF];
 
 pub const INVALID_CHUNK: ErrorType = ErrorType::new("InvalidChunk");
 pub const INVALID_TRAILER_END: ErrorType = ErrorType::new("InvalidTrailerEnd");
+
+/// Whether the chunk-size line at the start of `buf` (as far as it has arrived) holds no
+/// control byte but HTAB, and ends, if it has ended, with CRLF (RFC 9112 7.1:
+/// `chunk-size [ chunk-ext ] CRLF`; chunk-ext is tokens, quoted-strings and BWS).
+/// httparse accepts any byte inside a chunk extension, so a line ended by a bare LF
+/// (`5;a=b\n`) was read as part of the extension: the parser then waited for a CRLF
+/// that a client framing its body with LF never sends, and a message that a lenient
+/// peer reads as ending there could be read differently here.
+fn chunk_line_is_clean(buf: &[u8]) -> bool {
+    for (i, &b) in buf.iter().enumerate() {
+        match b {
+            CR => return buf.get(i + 1).is_none_or(|&next| next == LF),
+            LF => return false,
+            b'\t' => {}
+            0..=0x1f | 0x7f => return false,
+            _ => {}
+        }
+    }
+    true
+}
 pub const PREMATURE_BODY_END: ErrorType = ErrorType::new("PrematureBodyEnd");
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -666,6 +686,19 @@ impl BodyReader {
         buf_index_end: usize,
     ) -> Result<(Option<BufRef>, Option<usize>)> {
         let buf = &self.body_buf.as_ref().unwrap()[buf_index_start..buf_index_end];
+        if !chunk_line_is_clean(buf) {
+            // proxyd: httparse takes any byte in a chunk extension, a bare LF included, and
+            // keeps waiting for a CRLF that may never come (see `chunk_line_is_clean`).
+            debug!(
+                "Invalid chunk-size line: {:?}",
+                String::from_utf8_lossy(&buf[..buf.len().min(64)]).escape_default()
+            );
+            self.body_state = self.body_state.done(0);
+            return Error::e_explain(
+                INVALID_CHUNK,
+                "Invalid chunked encoding: bare LF or control byte in the chunk-size line",
+            );
+        }
         let chunk_status = httparse::parse_chunk_size(buf);
         match chunk_status {
             Ok(status) => {
@@ -2406,6 +2439,44 @@ mod tests {
         assert!(res.is_err());
         assert_eq!(body_reader.body_state, ParseState::Done(0));
         assert_eq!(body_reader.get_body_overread(), None);
+    }
+
+    /// A chunk-size line ended by a bare LF, or holding a control byte, is an error as
+    /// soon as it is seen, not a partial head waiting for a CRLF (the chunk and the rest
+    /// of the body arrive in the same read, and nothing more ever comes).
+    #[tokio::test]
+    async fn read_with_body_chunk_line_bare_lf_or_control_byte() {
+        init_log();
+        for input in [
+            &b"5;a=b\nhello\r\n0\r\n\r\n"[..],
+            b"5;a=b\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5;a=\x00b\r\nhello\r\n0\r\n\r\n",
+            b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+            b"0;a=b\n\r\n",
+            b"1\r\na\r\n0;x\n\n",
+        ] {
+            let mut mock_io = Builder::new().read(input).build();
+            let mut body_reader = BodyReader::new(false);
+            body_reader.init_chunked(b"");
+            let res = loop {
+                match body_reader.read_body(&mut mock_io).await {
+                    Ok(Some(_)) => continue,
+                    other => break other,
+                }
+            };
+            let e = res.expect_err(&input.escape_ascii().to_string());
+            assert_eq!(*e.etype(), INVALID_CHUNK, "{}", input.escape_ascii());
+            assert!(matches!(body_reader.body_state, ParseState::Done(_)));
+        }
+        // HTAB and visible bytes in an extension are fine.
+        let input = b"1;a=\"b\tc\"\r\nx\r\n0\r\n\r\n";
+        let mut mock_io = Builder::new().read(&input[..]).build();
+        let mut body_reader = BodyReader::new(false);
+        body_reader.init_chunked(b"");
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"x");
+        assert_eq!(body_reader.read_body(&mut mock_io).await.unwrap(), None);
     }
 
     #[tokio::test]

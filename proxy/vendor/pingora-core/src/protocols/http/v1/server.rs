@@ -14,19 +14,15 @@
 
 //! HTTP/1.x server session
 
-use bstr::ByteSlice;
 use bytes::Bytes;
 use bytes::{BufMut, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::HeaderValue;
 use http::{header, header::AsHeaderName, Method, Version};
 use log::{debug, trace, warn};
-use once_cell::sync::Lazy;
-use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
-use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -303,7 +299,6 @@ impl HttpSession {
             .unwrap_or_else(|| BytesMut::with_capacity(INIT_HEADER_BUF_SIZE));
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
-        let mut detached_suffix = None;
         loop {
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
@@ -329,8 +324,10 @@ impl HttpSession {
                 return Ok(None);
             }
 
-            // Use loop as GOTO to retry escaped request buffer, not a real loop
-            loop {
+            // proxyd: one parse of what was read; an invalid request line is refused, never
+            // repaired (upstream pingora percent-escaped it and parsed again; see
+            // proxy/vendor/README.md).
+            {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut headers);
                 let parsed = parse_req_buffer(&mut req, &buf);
@@ -368,17 +365,9 @@ impl HttpSession {
                         let preread_body = if s == buf.len() {
                             // Keep the common no-body/no-overread path on BytesMut's Vec-backed
                             // representation. split_off() would promote it to shared storage.
-                            detached_suffix.take().unwrap_or_default()
+                            BytesMut::new()
                         } else {
-                            let mut rest = buf.split_off(s);
-                            if let Some(suffix) = detached_suffix.take() {
-                                // The URI-escape path below detaches everything past the first
-                                // CRLFCRLF, but httparse also accepts bare LF line endings, so the
-                                // header can end before that. Stitch the leftover bytes back in
-                                // front of the suffix instead of dropping them.
-                                rest.unsplit(suffix);
-                            }
-                            rest
+                            buf.split_off(s)
                         };
                         let buf = buf.freeze();
 
@@ -431,47 +420,20 @@ impl HttpSession {
                         return Ok(Some(s));
                     }
                     HeaderParseState::Partial => {
-                        break; /* continue the read loop */
+                        continue; /* continue the read loop */
                     }
-                    HeaderParseState::Invalid(e) => match e {
-                        httparse::Error::Token | httparse::Error::Version => {
-                            // URI escaping rebuilds the current header. Detach any request body or
-                            // pipelined suffix first so normalization never copies queued requests.
-                            // `separator_start` is the index of the blank line itself, so the
-                            // header ends just past it.
-                            if detached_suffix.is_none() {
-                                if let Some(header_end) =
-                                    buf.find(HEADER_SECTION_END).map(|separator_start| {
-                                        separator_start + HEADER_SECTION_END.len()
-                                    })
-                                {
-                                    detached_suffix = Some(buf.split_off(header_end));
-                                }
-                            }
-                            // try to escape URI
-                            if let Some(new_buf) = escape_illegal_request_line(&buf) {
-                                buf = new_buf;
-                                already_read = buf.len();
-                            } else {
-                                debug!("Invalid request header from {:?}", self.underlying_stream);
-                                buf.truncate(MAX_ERR_BUF_LEN);
-                                return Error::e_because(
-                                    InvalidHTTPHeader,
-                                    format!("buf: {}", buf.escape_ascii()),
-                                    e,
-                                );
-                            }
-                        }
-                        _ => {
-                            debug!("Invalid request header from {:?}", self.underlying_stream);
-                            buf.truncate(MAX_ERR_BUF_LEN);
-                            return Error::e_because(
-                                InvalidHTTPHeader,
-                                format!("buf: {:?}", buf.as_bstr()),
-                                e,
-                            );
-                        }
-                    },
+                    HeaderParseState::Invalid(e) => {
+                        // A method that is not a token, extra or missing spaces, a space,
+                        // tab, CR or control byte in the target, a version other than
+                        // HTTP/1.0 and HTTP/1.1 (RFC 9112 3: no autocorrection): 400.
+                        debug!("Invalid request header from {:?}", self.underlying_stream);
+                        buf.truncate(MAX_ERR_BUF_LEN);
+                        return Error::e_because(
+                            InvalidHTTPHeader,
+                            format!("buf: {}", buf.escape_ascii()),
+                            e,
+                        );
+                    }
                 }
             }
         }
@@ -1754,45 +1716,6 @@ impl HttpSession {
     }
 }
 
-// Regex to parse request line that has illegal chars in it
-static REQUEST_LINE_REGEX: Lazy<Regex> =
-    Lazy::new(|| Regex::new(r"^\w+ (?P<uri>.+) HTTP/\d(?:\.\d)?").unwrap());
-
-// the chars httparse considers illegal in URL
-// Almost https://url.spec.whatwg.org/#query-percent-encode-set + {}
-const URI_ESC_CHARSET: &AsciiSet = &CONTROLS.add(b' ').add(b'<').add(b'>').add(b'"');
-
-fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
-    if let Some(captures) = REQUEST_LINE_REGEX.captures(buf) {
-        // return if nothing matches: not a request line at all
-        let uri = captures.name("uri")?;
-
-        let escaped_uri = percent_encode(uri.as_bytes(), URI_ESC_CHARSET);
-
-        // rebuild the entire request buf in a new buffer
-        // TODO: this might be able to be done in place
-
-        // need to be slightly bigger than the current buf;
-        let mut new_buf = BytesMut::with_capacity(buf.len() + 32);
-        new_buf.extend_from_slice(&buf[..uri.start()]);
-
-        for s in escaped_uri {
-            new_buf.extend_from_slice(s.as_bytes());
-        }
-
-        if new_buf.len() == uri.end() {
-            // buf unchanged, nothing is escaped, return None to avoid loop
-            return None;
-        }
-
-        new_buf.extend_from_slice(&buf[uri.end()..]);
-
-        Some(new_buf)
-    } else {
-        None
-    }
-}
-
 #[inline]
 fn parse_req_buffer<'buf>(
     req: &mut httparse::Request<'_, 'buf>,
@@ -1858,6 +1781,7 @@ fn http_resp_header_to_buf(
 mod tests_stream {
     use super::*;
     use crate::protocols::http::v1::body::{BodyMode, ParseState};
+    use bstr::ByteSlice;
     use http::StatusCode;
     use pingora_error::ErrorType;
     use rstest::rstest;
@@ -2884,24 +2808,75 @@ mod tests_stream {
         assert_eq!(b"a".len(), n);
     }
 
+    /// RFC 9112 section 3: a request line that does not match the grammar is refused
+    /// ("A recipient SHOULD NOT attempt to autocorrect and then process the request
+    /// without a redirect, since the invalid request-line might be deliberately crafted
+    /// to bypass security filters"). Upstream pingora percent-escaped the target and
+    /// parsed again, which turned `G ET /p` into a request for `ET%20/p`.
     #[tokio::test]
-    async fn read_with_illegal() {
+    async fn invalid_request_line_is_refused_not_repaired() {
         init_log();
-        let input1 = b"GET /a?q=b c HTTP/1.1\r\n";
-        let input2 = b"Host: pingora.org\r\nContent-Length: 3\r\n\r\n";
-        let input3 = b"abc";
-        let mock_io = Builder::new()
-            .read(&input1[..])
-            .read(&input2[..])
-            .read(&input3[..])
-            .build();
-        let mut http_stream = HttpSession::new(Box::new(mock_io));
-        http_stream.read_request().await.unwrap();
-        assert_eq!(http_stream.get_path(), &b"/a?q=b%20c"[..]);
-        let res = http_stream.read_body().await.unwrap().unwrap();
-        assert_eq!(res, BufRef::new(0, 3));
-        assert_eq!(http_stream.body_reader.body_state, ParseState::Complete(3));
-        assert_eq!(input3, http_stream.get_body(&res));
+        for line in [
+            &b"GET /a?q=b c HTTP/1.1\r\n"[..],
+            b"G ET /p HTTP/1.1\r\n",
+            b"GET  /p HTTP/1.1\r\n",
+            b"GET /p  HTTP/1.1\r\n",
+            b" GET /p HTTP/1.1\r\n",
+            b"GET /a b HTTP/1.1\r\n",
+            b"GET /p HTTP/1.1 \r\n",
+            b"GET\t/p HTTP/1.1\r\n",
+            b"GET /p\tHTTP/1.1\r\n",
+            b"GET /a\tb HTTP/1.1\r\n",
+            b"GET /p HTTP/1.1\rX: y\r\n",
+            b"GET /a\rb HTTP/1.1\r\n",
+            b"GET /a\"b c\" HTTP/1.1\r\n",
+            b"GET /a<b c> HTTP/1.1\r\n",
+            b"GET /p HTTP/1.1x\r\n",
+            b"GET /p HTTP/2.0\r\n",
+            b"GET /p\r\n",
+        ] {
+            let mut input = line.to_vec();
+            input.extend_from_slice(b"Host: pingora.org\r\nContent-Length: 3\r\n\r\nabc");
+            let mock_io = Builder::new().read(&input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let res = http_stream.read_request().await;
+            let err = match res {
+                Err(e) => e,
+                Ok(r) => panic!(
+                    "{:?} was accepted ({r:?}) as {:?}",
+                    line.escape_ascii().to_string(),
+                    http_stream.get_path().escape_ascii().to_string()
+                ),
+            };
+            assert_eq!(
+                err.etype(),
+                &InvalidHTTPHeader,
+                "{:?}: {err}",
+                line.escape_ascii().to_string()
+            );
+        }
+    }
+
+    /// What the grammar allows still parses, unchanged.
+    #[tokio::test]
+    async fn valid_request_lines_parse_as_sent() {
+        init_log();
+        for (line, path) in [
+            (&b"GET /a?q=b%20c HTTP/1.1\r\n"[..], &b"/a?q=b%20c"[..]),
+            (
+                b"GET /a%22b%22/~c;d=e!$&'()*+,:@ HTTP/1.1\r\n",
+                b"/a%22b%22/~c;d=e!$&'()*+,:@",
+            ),
+            (b"OPTIONS * HTTP/1.1\r\n", b"*"),
+            (b"GET /p HTTP/1.0\n", b"/p"),
+        ] {
+            let mut input = line.to_vec();
+            input.extend_from_slice(b"Host: pingora.org\r\n\r\n");
+            let mock_io = Builder::new().read(&input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.read_request().await.unwrap();
+            assert_eq!(http_stream.get_path(), path);
+        }
     }
 
     #[tokio::test]
@@ -2958,35 +2933,6 @@ mod tests_stream {
         http_stream.read_request().await.unwrap();
         assert_eq!(&b"pingora.org:443"[..], http_stream.get_path());
         assert_eq!(Some(&Method::CONNECT), http_stream.get_method());
-    }
-
-    #[test]
-    fn escape_illegal() {
-        init_log();
-        // in query string
-        let input = BytesMut::from(
-            &b"GET /a?q=<\"b c\"> HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..],
-        );
-        let output = escape_illegal_request_line(&input).unwrap();
-        assert_eq!(
-            &output,
-            &b"GET /a?q=%3C%22b%20c%22%3E HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..]
-        );
-
-        // in path
-        let input = BytesMut::from(
-            &b"GET /a:\"bc\" HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..],
-        );
-        let output = escape_illegal_request_line(&input).unwrap();
-        assert_eq!(
-            &output,
-            &b"GET /a:%22bc%22 HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..]
-        );
-
-        // empty uri, unable to parse
-        let input =
-            BytesMut::from(&b"GET  HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..]);
-        assert!(escape_illegal_request_line(&input).is_none());
     }
 
     #[tokio::test]
@@ -4453,28 +4399,34 @@ mod test_pipelining {
         assert_eq!(prefix.as_ref(), req2);
     }
 
+    /// A pipelined request whose line is invalid is refused like a first one: nothing
+    /// of it is repaired into a request.
     #[tokio::test]
-    async fn escaped_uri_pipeline_does_not_copy_following_requests() {
+    async fn invalid_request_line_behind_a_valid_one_is_refused() {
         init_log();
-        let req1 = b"GET /one?q=a b HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
-        let req2 = b"GET /two HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
+        let req1 = b"GET /one HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
+        let req2 = b"GET /two?q=a b HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
         let mut prefix = BytesMut::with_capacity(req1.len() + req2.len());
         prefix.extend_from_slice(req1);
         prefix.extend_from_slice(req2);
-        let req2_ptr = unsafe { prefix.as_ptr().add(req1.len()) };
 
         let mock_io = Builder::new().build();
         let mut session = HttpSession::new(Box::new(mock_io));
         session.set_pipelining_enabled(true);
         session.set_pipelined_prefix(prefix);
         session.read_request().await.unwrap();
-        assert_eq!(session.get_path(), b"/one?q=a%20b");
+        assert_eq!(session.get_path(), b"/one");
 
         let reused = session.reuse().await.unwrap().expect("connection reusable");
-        let (_, prefix) = reused.into_parts();
+        let (stream, prefix) = reused.into_parts();
         let prefix = prefix.expect("second request remains buffered");
-        assert_eq!(prefix.as_ptr(), req2_ptr);
         assert_eq!(prefix.as_ref(), req2);
+
+        let mut next = HttpSession::new(stream);
+        next.set_pipelining_enabled(true);
+        next.set_pipelined_prefix(prefix);
+        let err = next.read_request().await.unwrap_err();
+        assert_eq!(err.etype(), &InvalidHTTPHeader);
     }
 
     /// `do_read_chunked_body` splits the post-last-chunk tail to the front of the body buffer,
@@ -4509,41 +4461,6 @@ mod test_pipelining {
             body.extend_from_slice(&chunk);
         }
         assert_eq!(body.as_ref(), b"a");
-
-        let reused = session.reuse().await.unwrap().expect("connection reusable");
-        let (stream, prefix) = reused.into_parts();
-        let prefix = prefix.expect("second request remains buffered");
-        assert_eq!(prefix.as_ref(), req2);
-
-        let mut next = HttpSession::new(stream);
-        next.set_pipelining_enabled(true);
-        next.set_pipelined_prefix(prefix);
-        next.read_request()
-            .await
-            .unwrap()
-            .expect("pipelined request must parse");
-        assert_eq!(next.req_header().uri.path(), "/two");
-    }
-
-    /// The URI-escape path detaches everything past the first CRLFCRLF, but httparse also
-    /// accepts bare LF line endings, so the real header can end earlier than that. The detached
-    /// suffix must be stitched back behind the leftover bytes, otherwise the queued request is
-    /// silently dropped (or, worse, mis-attributed) instead of being served.
-    #[tokio::test]
-    async fn escaped_uri_with_bare_lf_keeps_all_pipelined_bytes() {
-        init_log();
-        let req1 = b"GET /one?q=a b HTTP/1.1\nHost: pingora.org\n\n";
-        let req2 = b"GET /two HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
-        let mut prefix = BytesMut::with_capacity(req1.len() + req2.len());
-        prefix.extend_from_slice(req1);
-        prefix.extend_from_slice(req2);
-
-        let mock_io = Builder::new().build();
-        let mut session = HttpSession::new(Box::new(mock_io));
-        session.set_pipelining_enabled(true);
-        session.set_pipelined_prefix(prefix);
-        session.read_request().await.unwrap();
-        assert_eq!(session.get_path(), b"/one?q=a%20b");
 
         let reused = session.reuse().await.unwrap().expect("connection reusable");
         let (stream, prefix) = reused.into_parts();

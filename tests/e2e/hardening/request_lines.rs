@@ -1,0 +1,170 @@
+//! Invalid request lines and chunk framing (issue 11, item 3). RFC 9112 section 3: a
+//! request line that does not match the grammar is refused with 400, never repaired
+//! (pingora-core used to percent-escape `G ET /p` into a request for `ET%20/p`); and a
+//! chunked body with broken framing gets a prompt 400, not silence until a timeout. The
+//! upstream is a raw recorder: nothing of a refused request line may reach it.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use tests::client::tcp_connect;
+use tests::raw_upstream::RawUpstream;
+use tests::{raw_tcp, raw_tls, Proxy};
+
+use super::{others_are_served, plain_route, status_of};
+
+/// Request lines (with their line end) that are not `method SP request-target SP
+/// HTTP-version CRLF` with a token method and a target in origin-form, absolute-form,
+/// or `*` for OPTIONS.
+fn invalid_request_lines() -> Vec<&'static str> {
+    vec![
+        "G ET /p HTTP/1.1\r\n",
+        "GET  /p HTTP/1.1\r\n",
+        "GET /p  HTTP/1.1\r\n",
+        " GET /p HTTP/1.1\r\n",
+        "GET /a b HTTP/1.1\r\n",
+        "GET /p?q=a b HTTP/1.1\r\n",
+        "GET /a\"b c\" HTTP/1.1\r\n",
+        "GET /p HTTP/1.1 \r\n",
+        "GET\t/p HTTP/1.1\r\n",
+        "GET /p\tHTTP/1.1\r\n",
+        "GET /a\tb HTTP/1.1\r\n",
+        "GET /p HTTP/1.1\rX-Bare-Cr: 1\r\n",
+        "GET /a\rb HTTP/1.1\r\n",
+        "G(T /p HTTP/1.1\r\n",
+        "GET p HTTP/1.1\r\n",
+        "GET ?q HTTP/1.1\r\n",
+        "GET a.test:80 HTTP/1.1\r\n",
+        "GET * HTTP/1.1\r\n",
+        "GET ftp://a.test/p HTTP/1.1\r\n",
+        "GET http:/a.test/p HTTP/1.1\r\n",
+        "GET /p HTTP/1.2\r\n",
+        "GET /p\r\n",
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_request_lines_get_400_and_nothing_reaches_the_upstream() {
+    let upstream = RawUpstream::start().await;
+    let healthy = tests::Backend::start("healthy").await;
+    let routes =
+        plain_route("a.test", upstream.addr(), "") + &crate::one_route(&["ok.test"], &healthy, "");
+    let proxy = Proxy::start(&routes).await;
+    for tls in [false, true] {
+        for line in invalid_request_lines() {
+            let head = format!("{line}Host: a.test\r\nConnection: close\r\n\r\n");
+            let raw = if tls {
+                raw_tls(
+                    proxy.https_addr(),
+                    &proxy.ca_pem(),
+                    "a.test",
+                    head.as_bytes(),
+                    Duration::from_secs(3),
+                )
+                .await
+            } else {
+                raw_tcp(proxy.http_addr(), head.as_bytes(), Duration::from_secs(3)).await
+            };
+            let raw = raw.unwrap_or_default();
+            assert_eq!(
+                status_of(&raw),
+                Some(400),
+                "{line:?} (tls: {tls}): {:?}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
+    }
+    assert!(
+        upstream.received().iter().all(Vec::is_empty),
+        "an invalid request line reached the upstream:\n{}",
+        upstream.dump()
+    );
+    // What the grammar allows is still forwarded, as sent.
+    let raw = raw_tcp(
+        proxy.http_addr(),
+        b"GET /a?q=b%20c HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status_of(&raw),
+        Some(200),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    let reqs = upstream.requests();
+    assert_eq!(reqs.len(), 1, "{}", upstream.dump());
+    assert_eq!(reqs[0].request_line(), "GET /a?q=b%20c HTTP/1.1");
+    others_are_served(&proxy, "ok.test").await;
+}
+
+/// Chunked bodies whose framing is broken right after the head: each gets a 400 while
+/// the client keeps its connection open and sends nothing more (the answer must not
+/// wait for the client body timeout), and the upstream never gets a complete request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_chunk_framing_gets_a_prompt_400() {
+    let upstream = RawUpstream::start().await;
+    let healthy = tests::Backend::start("healthy").await;
+    let routes =
+        plain_route("a.test", upstream.addr(), "") + &crate::one_route(&["ok.test"], &healthy, "");
+    // A client body timeout far beyond the wait below: only a prompt answer passes.
+    let proxy = Proxy::builder(&routes)
+        .arg("--client-body-timeout")
+        .arg("300s")
+        .start()
+        .await;
+    for (name, body) in [
+        ("chunk line ended by a bare LF", "5;a=b\nhello\r\n0\r\n\r\n"),
+        ("bare LF, nothing after it", "5;a=b\n"),
+        ("bare LF without an extension", "5\nhello\r\n0\r\n\r\n"),
+        (
+            "control byte in an extension",
+            "5;a=\x01\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("chunk size not hex", "zz\r\nhello\r\n0\r\n\r\n"),
+        (
+            "chunk size overflowing",
+            "10000000000000000\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("no CRLF after the data", "3\r\nabcdef\r\n0\r\n\r\n"),
+        ("last chunk line ended by a bare LF", "0;a=b\n\r\n"),
+    ] {
+        let mut stream = tcp_connect(proxy.http_addr()).await.unwrap();
+        let req = format!(
+            "POST /chunks HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        // The write side stays open: a client waiting for its answer.
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(20), async {
+            while answer.len() < 12 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(
+            read.is_ok(),
+            "{name}: no answer while the client waited (got {:?})",
+            String::from_utf8_lossy(&answer)
+        );
+        assert_eq!(
+            status_of(&answer),
+            Some(400),
+            "{name}: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert!(
+            upstream.requests().iter().all(|r| !r.complete),
+            "{name}: a complete request reached the upstream:\n{}",
+            upstream.dump()
+        );
+    }
+    others_are_served(&proxy, "ok.test").await;
+}
