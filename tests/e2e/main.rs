@@ -18,6 +18,7 @@ mod metrics;
 mod policy;
 mod reload;
 mod routing;
+mod soak;
 mod tls;
 mod upgrade;
 mod upstream_errors;

@@ -53,7 +53,8 @@ pub struct Backend {
 }
 
 struct Server {
-    stop: oneshot::Sender<()>,
+    /// `true`: finish the requests in progress first (see [`Backend::restart_gracefully`]).
+    stop: oneshot::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -67,6 +68,9 @@ struct Stats {
     connections: AtomicU64,
     /// Values of [`REQUEST_ID_HEADER`] seen.
     request_ids: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Requests whose [`REQUEST_ID_HEADER`] value had been seen before (a retry that
+    /// delivered a request twice).
+    duplicate_ids: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -74,6 +78,9 @@ struct Ctx {
     id: Arc<str>,
     stats: Arc<Stats>,
     peer: SocketAddr,
+    /// Becomes `true` when the backend drains: each connection ends after its current
+    /// response.
+    draining: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Backend {
@@ -145,6 +152,16 @@ impl Backend {
         self.stats.request_ids.lock().unwrap().contains(id)
     }
 
+    /// Requests that carried a [`REQUEST_ID_HEADER`] value this backend had already seen.
+    pub fn duplicate_requests(&self) -> u64 {
+        self.stats.duplicate_ids.load(Ordering::SeqCst)
+    }
+
+    /// Distinct [`REQUEST_ID_HEADER`] values seen.
+    pub fn request_ids_seen(&self) -> usize {
+        self.stats.request_ids.lock().unwrap().len()
+    }
+
     /// TCP connections accepted.
     pub fn connections(&self) -> u64 {
         self.stats.connections.load(Ordering::SeqCst)
@@ -159,9 +176,22 @@ impl Backend {
     /// convention: nothing else in the tests binds it.
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
-            let _ = server.stop.send(());
+            let _ = server.stop.send(false);
             let _ = server.task.await;
         }
+    }
+
+    /// Restart the way a well-behaved application server restarts (`systemctl restart`
+    /// of one that drains): stop accepting, let the requests in progress finish and
+    /// close each connection after its current response (websockets are closed), stay
+    /// down for `down`, then listen again on the same port.
+    pub async fn restart_gracefully(&mut self, down: Duration) {
+        if let Some(server) = self.server.take() {
+            let _ = server.stop.send(true);
+            let _ = server.task.await;
+        }
+        tokio::time::sleep(down).await;
+        self.start_again().await;
     }
 
     /// Listen again on the same port after [`Backend::stop`]. Counters keep counting.
@@ -191,6 +221,7 @@ impl Backend {
             id: self.id.clone(),
             stats: self.stats.clone(),
             peer: self.addr,
+            draining: tokio::sync::watch::channel(false).1,
         };
         let task = tokio::spawn(accept_loop(listener, ctx, stopped));
         self.server = Some(Server { stop, task });
@@ -219,11 +250,13 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Ctx, mut stopped: oneshot::Receiver<()>) {
+async fn accept_loop(listener: TcpListener, mut ctx: Ctx, mut stopped: oneshot::Receiver<bool>) {
+    let (drain, draining) = tokio::sync::watch::channel(false);
+    ctx.draining = draining;
     let mut conns = JoinSet::new();
-    loop {
+    let graceful = loop {
         tokio::select! {
-            _ = &mut stopped => break,
+            graceful = &mut stopped => break graceful.unwrap_or(false),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     ctx.stats.connections.fetch_add(1, Ordering::SeqCst);
@@ -235,8 +268,16 @@ async fn accept_loop(listener: TcpListener, ctx: Ctx, mut stopped: oneshot::Rece
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
-    }
+    };
     drop(listener);
+    if graceful {
+        let _ = drain.send(true);
+        // Requests in progress finish; a connection that will not end is cut after 30 s.
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+    }
     conns.shutdown().await;
 }
 
@@ -254,7 +295,16 @@ async fn serve_connection(stream: TcpStream, ctx: Ctx) {
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    if conn.await.is_err() {
+    let mut conn = std::pin::pin!(conn);
+    let mut draining = ctx.draining.clone();
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        _ = async { drop(draining.wait_for(|d| *d).await) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if served.is_err() {
         return;
     }
     if let Ok((on_upgrade, mode)) = upgraded.try_recv() {
@@ -296,7 +346,9 @@ async fn handle(
     ctx.stats.requests.fetch_add(1, Ordering::SeqCst);
     if let Some(id) = req.headers().get(REQUEST_ID_HEADER) {
         let id = String::from_utf8_lossy(id.as_bytes()).into_owned();
-        ctx.stats.request_ids.lock().unwrap().insert(id);
+        if !ctx.stats.request_ids.lock().unwrap().insert(id) {
+            ctx.stats.duplicate_ids.fetch_add(1, Ordering::SeqCst);
+        }
     }
     if is_websocket(req.headers()) {
         let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
