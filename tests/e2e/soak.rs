@@ -1,6 +1,7 @@
 //! The soak test: mixed traffic for a while (HTTP/1.1 and HTTP/2 clients, large uploads
 //! and downloads, websockets that stay busy and others that idle longer than the client
-//! body timeout) across reloads, an upstream restart and a DNS change. Every request and
+//! body timeout) across reloads, certificate renewals, an upstream restart and a DNS
+//! change. Every request and
 //! every byte is accounted for (nothing lost, nothing delivered twice) and the daemon's
 //! RSS at the end is compared with its RSS once warm.
 //!
@@ -25,6 +26,8 @@ const A1: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const A2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const UPLOAD: u64 = 4 << 20;
 const DOWNLOAD: u64 = 8 << 20;
+/// The local issuer's certificate lifetime (`--local-cert-lifetime`, test-only).
+const CERT_LIFETIME: Duration = Duration::from_secs(15);
 /// The proxy's `--client-body-timeout`: idle websockets stay silent longer than this.
 const BODY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -178,6 +181,10 @@ async fn soak_mixed_traffic_across_reloads_restarts_and_dns_changes_loses_nothin
         .arg(dns.addr().to_string())
         .arg("--client-body-timeout")
         .arg(format!("{}s", BODY_TIMEOUT.as_secs()))
+        // Certificates renewed while the run goes on (renewal at a third of the lifetime
+        // left): every few seconds, a new one is served to new connections.
+        .arg("--local-cert-lifetime")
+        .arg(format!("{}s", CERT_LIFETIME.as_secs()))
         .start()
         .await;
     let socket = proxy.dir().join("admin.sock");
@@ -274,6 +281,39 @@ async fn soak_mixed_traffic_across_reloads_restarts_and_dns_changes_loses_nothin
                         tally.downloaded.fetch_add(DOWNLOAD, Ordering::Relaxed);
                     }
                 }
+            }
+        });
+    }
+
+    // New connections, one every 250 ms, each with one request: they see the certificates
+    // the renewals install (each handshake verified against the local CA).
+    let leaves = Arc::new(Mutex::new(std::collections::HashSet::<Vec<u8>>::new()));
+    {
+        let (stop, tally, leaves, connect) =
+            (stop.clone(), tally.clone(), leaves.clone(), connector(Alpn::H1));
+        workers.spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let what = format!("fresh-{n}");
+                let mut conn = match connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tally.fail(format!("{what}: connect: {e:#}"));
+                        continue;
+                    }
+                };
+                if let Some(leaf) = conn.tls().and_then(|t| t.peer_certificates.first()) {
+                    leaves.lock().unwrap().insert(leaf.to_vec());
+                }
+                match conn.get("app.soak.test", "/fresh").await {
+                    Ok(r) if r.status == 200 => {
+                        tally.requests_ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => tally.fail(format!("{what}: status {}", r.status)),
+                    Err(e) => tally.fail(format!("{what}: {e:#}")),
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         });
     }
@@ -383,6 +423,7 @@ async fn soak_mixed_traffic_across_reloads_restarts_and_dns_changes_loses_nothin
     let end_rss = proxy.mem().rss_kib;
     let warm_rss = warm_rss.expect("RSS taken once warm");
 
+    let certificates = leaves.lock().unwrap().len();
     let failures = tally.failure_count.load(Ordering::Relaxed);
     let requests = tally.requests_ok.load(Ordering::Relaxed);
     let with_id = tally.with_id.load(Ordering::Relaxed);
@@ -392,7 +433,7 @@ async fn soak_mixed_traffic_across_reloads_restarts_and_dns_changes_loses_nothin
     eprintln!(
         "soak: {:?} of traffic; {requests} requests answered 200 ({with_id} with an id, {seen} \
          ids seen upstream, {duplicates} delivered twice); uploaded {} MiB, downloaded {} MiB; \
-         {} websocket messages ({} KiB); {reloads} reloads; upstream restart {restarted}, DNS \
+         {} websocket messages ({} KiB); {reloads} reloads; {certificates} certificates served in turn; upstream restart {restarted}, DNS \
          moved {dns_moved}; failures {failures}; RSS warm {warm_rss} KiB, end {end_rss} KiB",
         duration,
         tally.uploaded.load(Ordering::Relaxed) >> 20,
@@ -407,6 +448,10 @@ async fn soak_mixed_traffic_across_reloads_restarts_and_dns_changes_loses_nothin
         tally.failures.lock().unwrap()
     );
     assert!(reloads >= 10, "only {reloads} reloads");
+    assert!(
+        certificates >= 2,
+        "no renewed certificate was served ({certificates} seen)"
+    );
     assert_eq!(duplicates, 0, "requests delivered to an upstream twice");
     assert_eq!(
         seen, with_id,
