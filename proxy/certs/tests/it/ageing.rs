@@ -474,7 +474,10 @@ fn review_a_manual_certificate_put_where_the_local_issuer_stood_in_is_not_overwr
     std::fs::write(dir.join("key.pem"), &renewed.key_pem).unwrap();
     m.maintain_at(t0 + Duration::from_secs(60));
     let served = m.resolver().lookup("a.test").unwrap();
-    assert_ne!(served.issuer, "local", "the admin's certificate is not the local CA's");
+    assert_ne!(
+        served.issuer, "local",
+        "the admin's certificate is not the local CA's"
+    );
     // Eight months on: the local CA's rule (a third of the lifetime left) must not apply.
     m.maintain_at(t0 + 250 * DAY);
     assert_eq!(
@@ -548,5 +551,8 @@ fn review_an_expired_exact_certificate_does_not_hide_a_valid_wildcard() {
     assert_eq!(m.resolver().lookup("a.wild.test").unwrap().id, "wild");
     assert_eq!(m.resolver().lookup("b.wild.test").unwrap().id, "wild");
     // Still served expired where nothing better exists.
-    assert_eq!(m.resolver().lookup("x.other.test").unwrap().id, "x.other.test");
+    assert_eq!(
+        m.resolver().lookup("x.other.test").unwrap().id,
+        "x.other.test"
+    );
 }
