@@ -32,6 +32,10 @@ pub struct CertManager {
     /// start (a failed issue, save or archive): the daemon's
     /// `proxyd_certificate_errors_total`.
     errors: AtomicU64,
+    /// The local CA's certificate (DER), when there is a local issuer: a certificate
+    /// whose meta.json says `local` but whose chain does not carry it was put there by
+    /// hand (see [`CertManager::vet`]).
+    local_ca: Option<Vec<u8>>,
 }
 
 /// One certificate directory of the store, as this process last read it.
@@ -92,8 +96,6 @@ struct State {
     routed: HashSet<String>,
     /// Manual certificates warned about, and when.
     warned: HashMap<String, SystemTime>,
-    /// `certs/` itself when it was last listed: a new entry changes it.
-    certs_dir: Option<(i64, i64, u64)>,
     /// When `archive/` was last pruned.
     pruned: Option<SystemTime>,
 }
@@ -157,13 +159,46 @@ impl CertManager {
         local_issuer: Option<LocalIssuer>,
         resolver: Arc<CertResolver>,
     ) -> Self {
+        let local_ca = local_issuer.as_ref().and_then(|i| {
+            rustls_pemfile::certs(&mut i.ca_pem().as_bytes())
+                .next()
+                .and_then(Result::ok)
+                .map(|der| der.as_ref().to_vec())
+        });
         CertManager {
             store,
             local_issuer,
             resolver,
             state: Mutex::new(State::default()),
             errors: AtomicU64::new(0),
+            local_ca,
         }
+    }
+
+    /// A certificate read from the store, as the manager should treat it: one labelled
+    /// `local` (meta.json) whose chain does not carry the local CA is an admin's (e.g.
+    /// new files put in a directory where the local issuer once stood in, as the expiry
+    /// warning says to do): it is `manual`, never renewed (overwritten) by the local
+    /// issuer, and archived when replaced.
+    fn vet(&self, cert: Arc<StoredCert>) -> Arc<StoredCert> {
+        let Some(ca) = &self.local_ca else {
+            return cert;
+        };
+        if cert.issuer != crate::ISSUER_LOCAL || cert.key.cert.iter().any(|c| c.as_ref() == ca) {
+            return cert;
+        }
+        tracing::debug!(
+            "certificate {}: meta.json says local, but it is not from the local CA: manual",
+            cert.id
+        );
+        Arc::new(StoredCert {
+            id: cert.id.clone(),
+            names: cert.names.clone(),
+            issuer: crate::ISSUER_MANUAL.to_string(),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            key: cert.key.clone(),
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -200,7 +235,6 @@ impl CertManager {
     }
 
     fn load_locked(&self, state: &mut State) -> Vec<String> {
-        state.certs_dir = self.certs_dir_stamp();
         let report = self.store.load_all();
         for p in &report.problems {
             tracing::warn!("certificate store: {p}");
@@ -211,7 +245,7 @@ impl CertManager {
             .into_iter()
             .map(|c| {
                 let stamp = self.store.stamp(&c.id);
-                (c.id.clone(), Entry::new(c, stamp, held))
+                (c.id.clone(), Entry::new(self.vet(c), stamp, held))
             })
             .collect();
         state.unreadable.clear();
@@ -244,7 +278,17 @@ impl CertManager {
         if !state.loaded {
             self.load_locked(&mut state);
         } else {
-            self.read_new_entries(&mut state);
+            // New directories and changed files alike: an admin who renews a manual
+            // certificate in place and reloads at once must not have the old dates
+            // judged (and the new certificate archived as replaced).
+            let mut seen = MaintainReport::default();
+            self.reread_changed(&mut state, &mut seen);
+            for p in &seen.problems {
+                tracing::warn!("certificate store: {p}");
+            }
+            for id in &seen.reread {
+                tracing::info!(cert = %id, "certificate store: read {id} again (new or changed)");
+            }
         }
         let mut report = EnsureReport::default();
         let mut clean = Vec::with_capacity(groups.len());
@@ -512,6 +556,11 @@ impl CertManager {
         }
         for id in gone {
             let not_after = state.entries[&id].not_after;
+            // Its files changed since they were read (another process renewed it, an
+            // admin replaced it): not archived on old dates; the next pass reads them.
+            if self.store.stamp(&id) != state.entries[&id].stamp {
+                continue;
+            }
             match self.store.archive(&id, "expired", not_after) {
                 Ok(to) => {
                     tracing::debug!("archived expired certificate {id} to {}", to.display());
@@ -563,7 +612,7 @@ impl CertManager {
             match self.store.load_one(&id) {
                 Ok(Some(cert)) => {
                     // Read again: what it now is (its files may have changed meanwhile).
-                    entries.insert(id, Entry::new(cert, stamp, true));
+                    entries.insert(id, Entry::new(self.vet(cert), stamp, true));
                 }
                 Ok(None) | Err(_) => {
                     tracing::debug!("certificate {id} could not be read back; forgotten");
@@ -587,11 +636,20 @@ impl CertManager {
         let issued = issuer.issue_at(names, now)?;
         let id = parse::cert_id(&issued.names[0])?;
         let mut archived = None;
-        if state
+        if let Some(e) = state
             .entries
             .get(&id)
-            .is_some_and(|e| e.source == Source::Manual)
+            .filter(|e| e.source == Source::Manual)
         {
+            if self.store.stamp(&id) != e.stamp {
+                return Err(crate::StoreError::BadCert {
+                    names: names.join(", "),
+                    reason: format!(
+                        "certs/{id} changed on disk since it was read; not replaced (the \
+                         next pass reads it again)"
+                    ),
+                });
+            }
             archived = Some(self.store.archive(&id, "replaced", now)?);
         }
         match self.store.save(&issued) {
@@ -603,7 +661,6 @@ impl CertManager {
                 state
                     .entries
                     .insert(id.clone(), Entry::new(cert, stamp, true));
-                state.certs_dir = self.certs_dir_stamp();
                 Ok(id)
             }
             Err(e) => {
@@ -630,49 +687,10 @@ impl CertManager {
         self.resolver.replace_at(&held, now);
     }
 
-    /// `certs/`'s own inode change: (mtime s, mtime ns, inode).
-    fn certs_dir_stamp(&self) -> Option<(i64, i64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(self.store.certs_dir()).ok()?;
-        Some((m.mtime(), m.mtime_nsec(), m.ino()))
-    }
-
-    /// On a reload: when `certs/` changed since it was last listed, reads the
-    /// directories in it this process does not know yet (an admin's drop-in). Changed
-    /// files of known certificates are the timer's ([`CertManager::maintain`]).
-    fn read_new_entries(&self, state: &mut State) {
-        let now_stamp = self.certs_dir_stamp();
-        if now_stamp.is_some() && now_stamp == state.certs_dir {
-            return;
-        }
-        let Ok(ids) = self.store.list_ids() else {
-            return;
-        };
-        state.certs_dir = now_stamp;
-        for id in ids {
-            if state.entries.contains_key(&id) || state.unreadable.contains_key(&id) {
-                continue;
-            }
-            let stamp = self.store.stamp(&id);
-            match self.store.load_one(&id) {
-                Ok(Some(cert)) => {
-                    tracing::info!(cert = %id, "certificate store: found {id} ({})", cert.names.join(", "));
-                    state.entries.insert(id, Entry::new(cert, stamp, false));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!("certificate store: {e}; not served");
-                    state.unreadable.insert(id, stamp);
-                }
-            }
-        }
-    }
-
-    /// On the timer: every directory of `certs/` whose files changed (or that is new) is
+    /// On the timer and on a reload: every directory of `certs/` whose files changed (or that is new) is
     /// read again; what vanished and is not held is forgotten (a held certificate whose
     /// files vanished stays served: the store check reports and repairs it).
     fn reread_changed(&self, state: &mut State, report: &mut MaintainReport) {
-        let dir_stamp = self.certs_dir_stamp();
         let ids = match self.store.list_ids() {
             Ok(ids) => ids,
             Err(e) => {
@@ -680,7 +698,6 @@ impl CertManager {
                 return;
             }
         };
-        state.certs_dir = dir_stamp;
         let present: HashSet<&str> = ids.iter().map(String::as_str).collect();
         state
             .entries
@@ -701,7 +718,7 @@ impl CertManager {
                     state.unreadable.remove(id);
                     state
                         .entries
-                        .insert(id.clone(), Entry::new(cert, stamp, held));
+                        .insert(id.clone(), Entry::new(self.vet(cert), stamp, held));
                     report.reread.push(id.clone());
                 }
                 Ok(None) => {}

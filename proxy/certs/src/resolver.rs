@@ -87,7 +87,8 @@ impl CertResolver {
     /// name it has. When two certs cover a name, the one valid at `now` wins, then the
     /// one with the later `not_after`, then the later id ([`renewal::rank`]: the outcome
     /// does not depend on the order given, and a certificate not yet valid or expired
-    /// never beats a valid one). Validity changes with time: the caller replaces the map
+    /// never beats a valid one; an exact name whose certificate is not valid falls back to
+    /// a valid wildcard). Validity changes with time: the caller replaces the map
     /// again when a certificate becomes valid or expires (`CertManager::maintain`).
     pub fn replace_at(&self, certs: &[Arc<StoredCert>], now: SystemTime) {
         fn rank(c: &StoredCert, now: SystemTime) -> (bool, SystemTime, &str) {
@@ -108,6 +109,17 @@ impl CertResolver {
                 }
             }
         }
+        // At lookup an exact name beats a wildcard: not when the exact certificate is
+        // not valid at `now` and the wildcard one is (an expired certificate held for
+        // another of its names must not hide a valid wildcard).
+        let CertMap { exact, wildcard } = &mut map;
+        exact.retain(|name, c| {
+            c.valid_at(now)
+                || !name
+                    .split_once('.')
+                    .and_then(|(_, parent)| wildcard.get(parent))
+                    .is_some_and(|w| w.valid_at(now))
+        });
         self.map.store(Arc::new(map));
     }
 

@@ -448,3 +448,111 @@ fn an_acme_certificate_for_a_route_that_went_away_is_not_held() {
     }
     assert!(m.resolver().lookup("x.w.test").is_some());
 }
+
+// ---- Review: attacks on ageing and orphans ----
+
+/// The warning about an expiring manual certificate says "replace
+/// certs/<id>/fullchain.pem and key.pem". When the local issuer has already stood in,
+/// that directory's meta.json says `local`: an admin's certificate put there must not be
+/// taken for a local one and overwritten by a local renewal.
+#[test]
+fn review_a_manual_certificate_put_where_the_local_issuer_stood_in_is_not_overwritten() {
+    let (_t, store) = temp_store();
+    let t0 = now();
+    drop_in(
+        &store,
+        "a.test",
+        &self_signed(&["a.test"], -90, -1, "manual"),
+    );
+    let m = manager(store, true);
+    let r = m.ensure_at(&groups(&["a.test"]), t0);
+    assert_eq!(r.issued, ["a.test"], "{r:?}");
+    // The admin follows the warning: new files in certs/a.test, meta.json untouched.
+    let renewed = self_signed_between(&["a.test"], t0 - DAY, t0 + 365 * DAY, "manual");
+    let dir = m.store().certs_dir().join("a.test");
+    std::fs::write(dir.join("fullchain.pem"), &renewed.chain_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &renewed.key_pem).unwrap();
+    m.maintain_at(t0 + Duration::from_secs(60));
+    let served = m.resolver().lookup("a.test").unwrap();
+    assert_ne!(
+        served.issuer, "local",
+        "the admin's certificate is not the local CA's"
+    );
+    // Eight months on: the local CA's rule (a third of the lifetime left) must not apply.
+    m.maintain_at(t0 + 250 * DAY);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("fullchain.pem")).unwrap(),
+        renewed.chain_pem,
+        "the admin's certificate was overwritten by a local one"
+    );
+    assert_ne!(m.resolver().lookup("a.test").unwrap().issuer, "local");
+}
+
+/// An admin renews a manual certificate in place in its last hour and reloads at once,
+/// before the timer has read the new files: the reload must not take the old dates for
+/// the new certificate and archive it as "replaced".
+#[test]
+fn review_a_manual_certificate_renewed_on_disk_just_before_a_reload_is_not_archived() {
+    let (_t, store) = temp_store();
+    let root = store.root().to_path_buf();
+    let t0 = now();
+    let dir = drop_in(
+        &store,
+        "a.test",
+        &self_signed_between(
+            &["a.test"],
+            t0 - 30 * DAY,
+            t0 + Duration::from_secs(7200),
+            "manual",
+        ),
+    );
+    let m = manager(store, true);
+    let r = m.ensure_at(&groups(&["a.test"]), t0);
+    assert!(r.issued.is_empty(), "{r:?}");
+    let renewed = self_signed_between(&["a.test"], t0 - DAY, t0 + 90 * DAY, "manual");
+    std::fs::write(dir.join("fullchain.pem"), &renewed.chain_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &renewed.key_pem).unwrap();
+    // A reload 90 minutes later (inside the old one's last hour), no timer pass between.
+    let r = m.ensure_at(&groups(&["a.test"]), t0 + Duration::from_secs(5400));
+    assert!(r.issued.is_empty() && r.archived.is_empty(), "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("fullchain.pem")).unwrap(),
+        renewed.chain_pem
+    );
+    assert!(!root.join("archive").exists() || ls(&root.join("archive")).is_empty());
+    assert_eq!(m.resolver().lookup("a.test").unwrap().issuer, "manual");
+}
+
+/// An expired certificate held for another of its names must not hide, for a name a
+/// valid wildcard covers, that wildcard (an exact name always beats a wildcard in the
+/// resolver).
+#[test]
+fn review_an_expired_exact_certificate_does_not_hide_a_valid_wildcard() {
+    let (_t, store) = temp_store();
+    let t0 = now();
+    drop_in(
+        &store,
+        "x.other.test",
+        &self_signed_between(
+            &["x.other.test", "a.wild.test"],
+            t0 - 90 * DAY,
+            t0 - DAY,
+            "manual",
+        ),
+    );
+    drop_in(
+        &store,
+        "wild",
+        &self_signed(&["*.wild.test"], -1, 90, "manual"),
+    );
+    let m = manager(store, false);
+    let r = m.ensure_at(&groups(&["x.other.test", "a.wild.test"]), t0);
+    assert_eq!(r.missing, ["x.other.test"], "{r:?}");
+    assert_eq!(m.resolver().lookup("a.wild.test").unwrap().id, "wild");
+    assert_eq!(m.resolver().lookup("b.wild.test").unwrap().id, "wild");
+    // Still served expired where nothing better exists.
+    assert_eq!(
+        m.resolver().lookup("x.other.test").unwrap().id,
+        "x.other.test"
+    );
+}

@@ -131,9 +131,15 @@ fn ensure_counts_a_name_covered_exactly_as_a_client_would() {
 #[test]
 fn ensure_renews_local_certificates_with_a_third_of_their_life_left() {
     let (_t, store) = temp_store();
-    // 30-day certificates with 5 days left.
+    // 30-day certificates with 5 days left (the local one from the store's local CA: a
+    // certificate labelled local that the CA did not sign is an admin's).
+    let ca = LocalIssuer::load_or_create(&store).unwrap();
+    let day = Duration::from_secs(86_400);
     let old_local = store
-        .save(&self_signed(&["local.test"], -25, 5, "local"))
+        .save(
+            &ca.issue_at(&strings(&["local.test"]), SystemTime::now() - 25 * day)
+                .unwrap(),
+        )
         .unwrap();
     store
         .save(&self_signed(&["manual.test"], -25, 5, "manual"))
