@@ -781,3 +781,38 @@ async fn websocket_open_tunnel_does_not_hold_shutdown_past_grace_period() {
     .await;
     assert!(chat.websockets_open() <= 1);
 }
+
+/// CONNECT (HTTP/1.1) is not a way into a tunnel: the proxy refuses it or forwards it as
+/// a request whose 200 opens nothing; what the client sends next never reaches the
+/// upstream raw (without the proxy's forwarding headers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_connect_method_opens_no_tunnel() {
+    use tests::raw_upstream::{RawUpstream, Step};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = RawUpstream::scripted(vec![
+        Step::Send(b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec()),
+        Step::Hang,
+    ])
+    .await;
+    let routes = crate::hardening::plain_route("chat.test", up.addr(), "websocket = true");
+    let proxy = Proxy::start(&routes).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.http_addr())
+        .await
+        .unwrap();
+    s.write_all(
+        b"CONNECT chat.test:80 HTTP/1.1\r\nHost: chat.test:80\r\n\r\n\
+          GET /raw HTTP/1.1\r\nHost: chat.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    eprintln!("client got: {:?}", String::from_utf8_lossy(&got));
+    for r in up.requests() {
+        assert!(
+            !r.header("x-forwarded-for").is_empty(),
+            "bytes reached the upstream without the proxy's headers: {}",
+            up.dump()
+        );
+    }
+}
