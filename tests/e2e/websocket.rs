@@ -399,3 +399,420 @@ async fn websocket_idle_limit_is_read_timeout_over_both_directions() {
         .collect();
     assert!(noisy.is_empty(), "the daemon logged: {noisy:#?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Review attacks (raw TCP on both sides, plain-http listener).
+
+const WS_HEAD: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+const WS_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                        Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+/// A websocket upstream that answers the first request head with a 101 and then pushes
+/// `total` bytes of `pattern(0, ..)` as fast as the proxy takes them. `pushed` counts
+/// what it wrote; `closed` turns true when the proxy closed (or reset) its side.
+struct Pusher {
+    addr: std::net::SocketAddr,
+    pushed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Pusher {
+    async fn start(total: u64) -> Pusher {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pushed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, c) = (pushed.clone(), closed.clone());
+        // Health checks connect too: every connection that sends a head gets the 101.
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(push(stream, total, p.clone(), c.clone()));
+            }
+        });
+        Pusher {
+            addr,
+            pushed,
+            closed,
+            task,
+        }
+    }
+
+    fn pushed(&self) -> u64 {
+        self.pushed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Pusher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn push(
+    stream: tokio::net::TcpStream,
+    total: u64,
+    p: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    c: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = stream.into_split();
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match rd.read(&mut buf).await {
+            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+    if wr.write_all(WS_101).await.is_err() {
+        return;
+    }
+    let c2 = c.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        c2.store(true, Ordering::SeqCst);
+    });
+    let data = pattern(0, MIB);
+    let mut sent = 0u64;
+    while sent < total {
+        let n = (total - sent).min(data.len() as u64) as usize;
+        if wr.write_all(&data[..n]).await.is_err() {
+            c.store(true, Ordering::SeqCst);
+            break;
+        }
+        sent += n as u64;
+        p.store(sent, Ordering::SeqCst);
+    }
+    let _ = reader.await;
+}
+
+/// Open a websocket over the plain listener with raw bytes; returns the stream with
+/// the 101 head consumed, and whatever tunnel bytes came with it.
+async fn raw_upgrade(proxy: &Proxy, host: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy.http_addr())
+        .await
+        .unwrap();
+    s.write_all(format!("GET /ws HTTP/1.1\r\nHost: {host}\r\n{WS_HEAD}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("101 within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the 101: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    };
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    (s, got.split_off(end))
+}
+
+/// A client that stops reading while its upstream keeps pushing: nothing moves either
+/// way, so after the route's read_timeout (2 s) the tunnel is idle and must be closed,
+/// upstream side included; meanwhile the proxy buffers a bounded amount (RSS). On the
+/// branch as reviewed the proxy's write to the client has no timeout and the upstream
+/// half waits on the full task pipe without looking at the tunnel's deadline: the
+/// tunnel and its upstream connection are held for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_client_that_stops_reading_is_closed_after_read_timeout() {
+    let up = Pusher::start(u64::MAX).await;
+    let routes = crate::hardening::plain_route(
+        "push.test",
+        up.addr,
+        "websocket = true\nread_timeout = \"2s\"",
+    );
+    let proxy = Proxy::start(&routes).await;
+    let before = proxy.mem().rss_kib;
+    let (client, _) = raw_upgrade(&proxy, "push.test").await;
+    // The upstream is stuck once the socket buffers and the proxy's pipe are full.
+    let mut last = 0;
+    let stuck = tests::wait_until(
+        "the upstream's pushes to stall",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let now = up.pushed();
+            let stalled = now == last && now > 0;
+            last = now;
+            async move { stalled.then_some(now) }
+        },
+    )
+    .await;
+    let grown = proxy.mem().rss_kib.saturating_sub(before);
+    eprintln!("upstream stalled after {stuck} bytes; proxy RSS grew {grown} KiB");
+    assert!(
+        grown < 64 * 1024,
+        "proxy RSS grew {grown} KiB for one stalled tunnel"
+    );
+    tests::wait_until(
+        "the proxy to close the stalled tunnel's upstream side",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async { up.closed().then_some(()) },
+    )
+    .await;
+    drop(client);
+}
+
+/// 1 GiB from a fast upstream to a client reading in bursts with pauses: every byte
+/// arrives in order, and the proxy's RSS stays within 64 MiB of its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_slow_reader_fast_upstream_memory_stays_bounded() {
+    use tokio::io::AsyncReadExt;
+    const TOTAL: u64 = 1024 * MIB as u64;
+    let up = Pusher::start(TOTAL).await;
+    let routes = crate::hardening::plain_route(
+        "push.test",
+        up.addr,
+        "websocket = true\nread_timeout = \"60s\"",
+    );
+    let proxy = Proxy::start(&routes).await;
+    let before = proxy.mem().rss_kib;
+    let (mut client, first) = raw_upgrade(&proxy, "push.test").await;
+    let data = pattern(0, MIB);
+    let mut got = first.len() as u64;
+    assert!(first[..] == data[..first.len()]);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut max_grown = 0;
+    let mut next_pause = 16 * MIB as u64;
+    while got < TOTAL {
+        let n = tokio::time::timeout(Duration::from_secs(30), client.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("nothing for 30 s after {got} bytes"))
+            .unwrap();
+        assert!(n > 0, "tunnel closed after {got} of {TOTAL} bytes");
+        let mut done = 0;
+        while done < n {
+            let at = ((got + done as u64) % MIB as u64) as usize;
+            let len = (n - done).min(MIB - at);
+            assert!(
+                buf[done..done + len] == data[at..at + len],
+                "bytes at {} altered",
+                got + done as u64
+            );
+            done += len;
+        }
+        got += n as u64;
+        if got >= next_pause {
+            next_pause += 16 * MIB as u64;
+            max_grown = max_grown.max(proxy.mem().rss_kib.saturating_sub(before));
+            // A slow reader: the upstream runs ahead while the client pauses.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!("1 GiB read; proxy RSS grew at most {max_grown} KiB");
+    assert!(max_grown < 64 * 1024, "proxy RSS grew {max_grown} KiB");
+}
+
+/// An upstream answering 101 on a route WITHOUT websocket = true (the proxy took the
+/// Upgrade header away) must not open a tunnel: the client gets no 101, and the bytes it
+/// sends next (a second request) never reach that upstream connection raw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_101_on_a_route_without_websocket_is_refused() {
+    use tests::raw_upstream::{RawUpstream, Step};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = RawUpstream::scripted(vec![Step::Send(WS_101.to_vec()), Step::Hang]).await;
+    let routes = crate::hardening::plain_route("site.test", up.addr(), "");
+    let proxy = Proxy::start(&routes).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.http_addr())
+        .await
+        .unwrap();
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: site.test\r\n\r\n";
+    s.write_all(format!("GET /ws HTTP/1.1\r\nHost: site.test\r\n{WS_HEAD}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let status = crate::hardening::status_of(&got);
+    assert_ne!(status, Some(101), "{:?}", String::from_utf8_lossy(&got));
+    let _ = s.write_all(smuggled.as_bytes()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    let received = up.received();
+    let first = received
+        .iter()
+        .find(|c| c.starts_with(b"GET /ws "))
+        .expect("the upgrade request reached the upstream");
+    let reqs = tests::raw_upstream::split_requests(first);
+    assert_eq!(reqs.len(), 1, "upstream connection got: {}", up.dump());
+    assert!(reqs[0].header("upgrade").is_empty(), "{}", up.dump());
+}
+
+/// On a websocket route, an upgrade the upstream refuses (400, keep-alive) is a plain
+/// request: a body over max_body is refused (413), and a second request pipelined behind
+/// the refused upgrade reaches the upstream as a proxied request (with the proxy's
+/// forwarding headers), never as raw bytes in a tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_refused_upgrade_is_a_plain_request() {
+    use tests::raw_upstream::{RawUpstream, Step};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = RawUpstream::scripted(vec![Step::Send(
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec(),
+    )])
+    .await;
+    let routes = crate::hardening::plain_route(
+        "chat.test",
+        up.addr(),
+        "websocket = true\nmax_body = \"64k\"",
+    );
+    let proxy = Proxy::start(&routes).await;
+
+    // A chunked body of 256 KiB on an upgrade request the upstream refuses.
+    let mut s = tokio::net::TcpStream::connect(proxy.http_addr())
+        .await
+        .unwrap();
+    let mut req = format!(
+        "GET /ws HTTP/1.1\r\nHost: chat.test\r\n{WS_HEAD}Transfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..64 {
+        req.extend_from_slice(b"1000\r\n");
+        req.extend_from_slice(&[b'a'; 4096]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let _ = s.write_all(&req).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    let status = crate::hardening::status_of(&got);
+    assert!(
+        matches!(status, Some(413) | Some(400)),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let forwarded: usize = up.requests().iter().map(|r| r.body.len()).sum();
+    assert!(
+        forwarded <= 64 * 1024,
+        "{forwarded} body bytes reached the upstream"
+    );
+
+    // The upgrade refused with 400, then a pipelined request in the would-be tunnel.
+    let mut s = tokio::net::TcpStream::connect(proxy.http_addr())
+        .await
+        .unwrap();
+    s.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: chat.test\r\n{WS_HEAD}\r\n\
+             GET /second HTTP/1.1\r\nHost: chat.test\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(!text.contains(" 101 "), "{text}");
+    for r in up.requests() {
+        assert!(
+            !r.header("x-forwarded-for").is_empty(),
+            "a request reached the upstream without the proxy's headers: {}",
+            up.dump()
+        );
+    }
+}
+
+/// SIGTERM with a tunnel open: the proxy stops within its grace period (2 s here) plus a
+/// margin, not when the tunnel's read_timeout (1 h) or the client says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_open_tunnel_does_not_hold_shutdown_past_grace_period() {
+    let chat = Backend::start("chat").await;
+    let mut proxy = Proxy::builder(&one_route(
+        &["chat.test"],
+        &chat,
+        "websocket = true\nread_timeout = \"3600s\"",
+    ))
+    .arg("--grace-period")
+    .arg("2")
+    .start()
+    .await;
+    let (mut ws, _) = wss_connect(proxy.https_addr(), &proxy.ca_pem(), "chat.test", "/")
+        .await
+        .unwrap();
+    echo(&mut ws, "before").await.unwrap();
+    proxy.signal(libc::SIGTERM);
+    tests::wait_until(
+        "proxyd to exit after SIGTERM with an open tunnel",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let running = proxy.is_running();
+            async move { (!running).then_some(()) }
+        },
+    )
+    .await;
+    assert!(chat.websockets_open() <= 1);
+}
+
+/// CONNECT (HTTP/1.1) is not a way into a tunnel: the proxy refuses it or forwards it as
+/// a request whose 200 opens nothing; what the client sends next never reaches the
+/// upstream raw (without the proxy's forwarding headers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_connect_method_opens_no_tunnel() {
+    use tests::raw_upstream::{RawUpstream, Step};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = RawUpstream::scripted(vec![
+        Step::Send(b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec()),
+        Step::Hang,
+    ])
+    .await;
+    let routes = crate::hardening::plain_route("chat.test", up.addr(), "websocket = true");
+    let proxy = Proxy::start(&routes).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.http_addr())
+        .await
+        .unwrap();
+    s.write_all(
+        b"CONNECT chat.test:80 HTTP/1.1\r\nHost: chat.test:80\r\n\r\n\
+          GET /raw HTTP/1.1\r\nHost: chat.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    eprintln!("client got: {:?}", String::from_utf8_lossy(&got));
+    for r in up.requests() {
+        assert!(
+            !r.header("x-forwarded-for").is_empty(),
+            "bytes reached the upstream without the proxy's headers: {}",
+            up.dump()
+        );
+    }
+}

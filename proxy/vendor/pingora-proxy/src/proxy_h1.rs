@@ -158,6 +158,7 @@ where
                 &mut downstream_custom_message_writer,
                 &mut downstream_custom_message_reader,
                 pipe_state.clone(),
+                peer.options.read_timeout,
             ),
             self.proxy_handle_upstream(
                 client_session,
@@ -505,6 +506,7 @@ where
             Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>,
         >,
         pipe_state: Arc<AtomicU8>,
+        tunnel_idle_timeout: Option<Duration>,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -611,6 +613,13 @@ where
                 // the peer's read_timeout said. The tunnel's idle limit in
                 // `proxy_handle_upstream` covers both directions.
                 session.downstream_session.set_read_timeout(None);
+                // A client that stops reading is idle too: with the task pipe full, the
+                // upstream half waits on it and never sees the tunnel's deadline, so the
+                // tunnel (and its upstream connection) would be held for ever. Each write
+                // to the client gets the idle limit instead.
+                if tunnel_idle_timeout.is_some() {
+                    session.downstream_session.set_write_timeout(tunnel_idle_timeout);
+                }
                 tunnel_reads_untimed = true;
             }
 
