@@ -166,3 +166,118 @@ async fn path_parameters_and_the_bare_path_cannot_get_past_an_allow_list() {
         }
     }
 }
+
+/// Review (issue 11, item 6): HTTP/1 and HTTP/2 let a path hold raw UTF-8, which an
+/// upstream reads as its escapes; a route path must be written escaped, so `/café/x`
+/// went to the catch-all (200) past the `allow` of `/caf%C3%A9/`. Also tried here: the
+/// absolute-form request-target, `OPTIONS *`, and escapes out of a stripped prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_utf8_absolute_form_and_stripped_prefixes_cannot_get_past_an_allow_list() {
+    let public = Backend::start("public").await;
+    let admin = Backend::start("admin").await;
+    let netdata = Backend::start("netdata").await;
+    let routes = one_route(&["a.test"], &public, "")
+        + &one_route(
+            &["a.test"],
+            &admin,
+            "path = \"/caf%C3%A9/\"\nallow = [\"10.0.0.0/8\"]",
+        )
+        + &one_route(
+            &["a.test"],
+            &netdata,
+            "path = \"/n/web-1/\"\nstrip_prefix = true",
+        );
+    let proxy = Proxy::start(&routes).await;
+
+    let raw = |target: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").into_bytes()
+    };
+    for (req, want) in [
+        (raw("/caf\u{e9}/secret"), 403),
+        (raw("/caf\u{e9}"), 403),
+        (raw("/caf\u{e9};x/secret"), 403),
+        (raw("https://a.test/caf%C3%A9;x/secret"), 403),
+        (raw("https://a.test/caf\u{e9}"), 403),
+        (raw("https://a.test//caf%c3%a9/"), 403),
+        (raw("https://a.test/x/..%2Fcaf%C3%A9/"), 400),
+        (raw("/n/web-1/..%2F..%2Fcaf%C3%A9/"), 400),
+        (raw("/n/web-1/%2e%2e/caf%C3%A9/"), 400),
+        (raw("/n/web-1;x/..;/caf%C3%A9/"), 400),
+    ] {
+        let got = raw_tls(
+            proxy.https_addr(),
+            &proxy.ca_pem(),
+            "a.test",
+            &req,
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            crate::hardening::status_of(&got),
+            Some(want),
+            "{}: {}",
+            String::from_utf8_lossy(&req),
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let mut conn = proxy.https("a.test", Alpn::H2).await.unwrap();
+    let resp = conn
+        .send(
+            Request::builder()
+                .method(Method::GET)
+                .uri("https://a.test/caf\u{e9}/secret")
+                .body(tests::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 403, "h2 raw UTF-8: {}", resp.text());
+    assert_eq!(public.requests(), 0, "a bypass reached the catch-all");
+    assert_eq!(admin.requests(), 0, "the restricted upstream was reached");
+    assert_eq!(
+        netdata.requests(),
+        0,
+        "a dot segment reached the stripped route"
+    );
+
+    // `OPTIONS *` is the catch-all's (it names no path), never the restricted route's.
+    let req = b"OPTIONS * HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    raw_tls(
+        proxy.https_addr(),
+        &proxy.ca_pem(),
+        "a.test",
+        req,
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        admin.requests(),
+        0,
+        "OPTIONS * reached the restricted upstream"
+    );
+
+    // What the upstream of a stripped prefix sees: the rest, escaped as an upstream
+    // reads it, query kept; a double escape stays one escape deep.
+    for alpn in [Alpn::H1, Alpn::H2] {
+        for (path, seen) in [
+            ("/n/web-1/caf\u{e9}?q=%2F", "/caf%C3%A9?q=%2F"),
+            ("/n/web-1/%252e%252e/x", "/%252e%252e/x"),
+            ("/n/web-1;a/b;c", "/b;c"),
+            ("/n/web-1", "/"),
+            ("/n/web-1?x", "/?x"),
+        ] {
+            let resp = proxy
+                .https("a.test", alpn)
+                .await
+                .unwrap()
+                .get("a.test", path)
+                .await
+                .unwrap();
+            assert_eq!(resp.status, 200, "{alpn:?} {path}: {}", resp.text());
+            assert_eq!(resp.backend(), "netdata", "{alpn:?} {path}");
+            assert_eq!(resp.seen_path(), seen, "{alpn:?} {path}");
+        }
+    }
+}

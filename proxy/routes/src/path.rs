@@ -9,6 +9,8 @@
 //!
 //! - [`normalize_path`] decodes percent-encoded unreserved characters (RFC 3986 6.2.2.2:
 //!   the same URI), writes the hex digits of the escapes it keeps in upper case (6.2.2.1),
+//!   escapes the bytes a path cannot hold unescaped that HTTP lets through (UTF-8, `"`,
+//!   `{`, `|`, `\`, ...: an upstream reads `/café` as `/caf%C3%A9`),
 //!   merges runs of `/`, and refuses dot segments (`.`, `..`, also percent-encoded, also
 //!   between encoded slashes or backslashes, also as `..;x`), `%00` and malformed `%`
 //!   escapes. The result is both what is routed and what is forwarded, so upstream and
@@ -57,6 +59,13 @@ impl fmt::Display for PathError {
 
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// A byte that may stand unescaped in a path (RFC 3986 3.3: `pchar` and `/`, plus `%`
+/// of an escape). Any other byte that HTTP/1 or HTTP/2 lets through (UTF-8, `"`, `{`,
+/// `|`, `\\`, ...) means the same to an upstream as its escape, and is written as one.
+fn is_path_char(b: u8) -> bool {
+    is_unreserved(b) || b"!$&'()*+,;=:@/%".contains(&b)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -109,8 +118,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         return Ok(Cow::Borrowed(raw));
     }
     let b = raw.as_bytes();
-    let suspicious =
-        b.iter().any(|&c| c == b'%' || c == b'\\') || raw.contains("//") || raw.contains("/.");
+    let suspicious = b.iter().any(|&c| c == b'%' || !is_path_char(c))
+        || raw.contains("//")
+        || raw.contains("/.");
     if !suspicious {
         return Ok(Cow::Borrowed(raw));
     }
@@ -137,10 +147,15 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
             i += 1;
             continue;
         }
-        // Copy the whole UTF-8 sequence (raw is a str; only ASCII is special).
-        let len = raw[i..].chars().next().map_or(1, char::len_utf8);
-        out.push_str(&raw[i..i + len]);
-        i += len;
+        if is_path_char(c) {
+            out.push(char::from(c));
+        } else {
+            // UTF-8 (byte by byte) and ASCII that must be escaped: as an upstream reads it.
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(c >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(c & 15)]));
+        }
+        i += 1;
     }
     Ok(if out == raw {
         Cow::Borrowed(raw)
@@ -260,7 +275,15 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed_unchanged() {
-        for p in ["/", "/a/b", "/a.b/c..d/.e", "/x/", "/caf\u{e9}", "*"] {
+        for p in [
+            "/",
+            "/a/b",
+            "/a.b/c..d/.e",
+            "/x/",
+            "/caf%C3%A9",
+            "/a;b=c:d@e",
+            "*",
+        ] {
             assert!(
                 matches!(normalize_path(p), Ok(Cow::Borrowed(q)) if q == p),
                 "{p}"

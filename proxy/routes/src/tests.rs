@@ -1181,3 +1181,54 @@ fn reference_file_is_valid_and_documents_every_key() {
         );
     }
 }
+
+/// Review: HTTP/1 and HTTP/2 accept a path with raw UTF-8 (and `"`, `{`, `}`, `|`, `^`,
+/// `[`, `]`), which an upstream reads as the percent-encoded form. A route path must be
+/// written encoded (`/caf%C3%A9/`), so a request for the raw form went to the catch-all
+/// and side-stepped the route's `allow`.
+#[test]
+fn raw_non_ascii_and_other_unencoded_bytes_are_matched_as_their_escapes() {
+    let t = table(
+        r#"
+[[route]]
+name = "public"
+hosts = ["a.test"]
+upstreams = ["10.0.0.1:80"]
+
+[[route]]
+name = "cafe"
+hosts = ["a.test"]
+path = "/caf%C3%A9/"
+upstreams = ["10.0.0.2:80"]
+allow = ["10.0.0.0/8"]
+
+[[route]]
+name = "quote"
+hosts = ["a.test"]
+path = "/a%22b%7Cc/"
+upstreams = ["10.0.0.3:80"]
+allow = ["10.0.0.0/8"]
+"#,
+    );
+    let id = |s: &str| Ok(Some(s.to_string()));
+    for (raw, want) in [
+        ("/caf\u{e9}/menu", id("cafe")),
+        ("/caf\u{e9}", id("cafe")),
+        ("/caf\u{e9};x/menu", id("cafe")),
+        ("/a\"b|c/x", id("quote")),
+        ("/a%22b|c", id("quote")),
+        ("/cafe\u{301}/x", id("public")),
+    ] {
+        assert_eq!(routed(&t, raw), want, "{raw}");
+    }
+    // What is forwarded: the encoded form, hex digits in upper case.
+    for (raw, want) in [
+        ("/caf\u{e9}/men\u{fc}", "/caf%C3%A9/men%C3%BC"),
+        ("/a\"b{c}|d^e[f]`g", "/a%22b%7Bc%7D%7Cd%5Ee%5Bf%5D%60g"),
+        ("/a\\b", "/a%5Cb"),
+        ("/ok;a=b:c@d!$&'()*+,=~", "/ok;a=b:c@d!$&'()*+,=~"),
+    ] {
+        assert_eq!(normalize_path(raw).unwrap(), want, "{raw}");
+        assert_eq!(normalize_path(want).unwrap(), want, "{want} is normal");
+    }
+}
