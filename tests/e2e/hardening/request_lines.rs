@@ -268,3 +268,54 @@ async fn options_asterisk_on_an_https_redirect_route_gets_a_valid_location() {
     assert_eq!(location, "https://r.test/", "{text}");
     assert!(upstream.received().iter().all(Vec::is_empty));
 }
+
+/// Review: an invalid request pipelined behind a valid one on the same connection (one
+/// write). The valid one is answered; nothing of the invalid one reaches the upstream
+/// (pingora does not pipeline: it closes after the first answer, or refuses the second
+/// head with 400, never forwarding it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_request_pipelined_behind_a_valid_one_never_reaches_the_upstream() {
+    let upstream = RawUpstream::start().await;
+    let proxy = Proxy::start(&plain_route("a.test", upstream.addr(), "")).await;
+    let bad = [
+        "G ET /bad HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        "GET /bad x HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        "GET /bad http/1.1\r\nHost: a.test\r\n\r\n",
+        "GET /bad HTTP/1.1 \r\nHost: a.test\r\n\r\n",
+        "GET /bad HTTP/1.1\r\nHost: x\",for=\"[::1]\r\n\r\n",
+        "GET /bad HTTP/1.1\r\nHost: a.test\r\nX: a\r\n b\r\n\r\n",
+        "POST /bad HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\nhello\r\n0\r\n\r\n",
+    ];
+    for (i, bad) in bad.iter().enumerate() {
+        for tls in [false, true] {
+            let bytes = format!("GET /good HTTP/1.1\r\nHost: a.test\r\n\r\n{bad}");
+            let raw = if tls {
+                raw_tls(
+                    proxy.https_addr(),
+                    &proxy.ca_pem(),
+                    "a.test",
+                    bytes.as_bytes(),
+                    Duration::from_secs(3),
+                )
+                .await
+            } else {
+                raw_tcp(proxy.http_addr(), bytes.as_bytes(), Duration::from_secs(3)).await
+            }
+            .unwrap_or_default();
+            assert_eq!(
+                status_of(&raw),
+                Some(200),
+                "{bad:?} (tls: {tls}): {:?}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
+        let reqs = upstream.requests();
+        assert_eq!(reqs.len(), 2 * (i + 1), "{bad:?}\n{}", upstream.dump());
+        assert!(
+            reqs.iter()
+                .all(|r| r.request_line() == "GET /good HTTP/1.1"),
+            "{bad:?}: something of it reached the upstream:\n{}",
+            upstream.dump()
+        );
+    }
+}
