@@ -594,6 +594,7 @@ impl Proxy {
             .unwrap_or_default();
         let raw = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
         // absolute-form request targets carry scheme and authority: keep only the path.
+        // `OPTIONS *` names no path: the site's root (never `https://host*`).
         let path_and_query = if raw.starts_with('/') {
             raw
         } else {
@@ -601,7 +602,10 @@ impl Proxy {
                 .req_header()
                 .uri
                 .path_and_query()
-                .map_or("/".into(), |p| p.to_string())
+                .map(|p| p.as_str())
+                .filter(|p| p.starts_with('/'))
+                .unwrap_or("/")
+                .to_owned()
         };
         let location = format!("https://{}{port}{path_and_query}", bracket_v6(&ctx.host));
         pages::send(session, 308, pages::REDIRECT, &[("location", location)]).await?;

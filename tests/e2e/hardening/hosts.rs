@@ -194,3 +194,95 @@ async fn hostile_h2_authorities_are_refused_before_lookup_and_reach_no_upstream(
     );
     others_are_served(&proxy, "ok.test").await;
 }
+
+/// Review: over HTTP/2 the host can come from `:authority`, from a `host` header, or
+/// both. A `host` header that disagrees with `:authority`, a hostile `host` without
+/// `:authority`, or neither, is refused before lookup; nothing reaches the upstream.
+/// A `host` header alone (RFC 9113 8.3.1 allows it) is routed like `:authority`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_host_header_disagreeing_with_authority_or_hostile_is_refused() {
+    let upstream = RawUpstream::start().await;
+    let proxy = Proxy::start(&plain_route("*.wild.test", upstream.addr(), "")).await;
+    let base = [(":method", "GET"), (":scheme", "https")];
+    let cases: Vec<(&str, Vec<(&str, &str)>, Option<u16>)> = vec![
+        (
+            ":authority and host differ",
+            vec![
+                (":authority", "a.wild.test"),
+                (":path", "/d"),
+                ("host", "b.wild.test"),
+            ],
+            Some(400),
+        ),
+        (
+            "hostile host, no :authority",
+            vec![(":path", "/h"), ("host", INJECTION)],
+            Some(400),
+        ),
+        (
+            "two host headers, no :authority",
+            vec![
+                (":path", "/t"),
+                ("host", "a.wild.test"),
+                ("host", "b.wild.test"),
+            ],
+            Some(400),
+        ),
+        (
+            "neither :authority nor host",
+            vec![(":path", "/n")],
+            Some(400),
+        ),
+        (
+            "zone id in :authority",
+            vec![(":authority", "[fe80::1%25eth0]"), (":path", "/z")],
+            Some(400),
+        ),
+        (
+            "host alone",
+            vec![(":path", "/hostonly"), ("host", "A.Wild.Test.")],
+            Some(200),
+        ),
+    ];
+    for (name, rest, want) in cases {
+        let before = upstream.received().iter().map(Vec::len).sum::<usize>();
+        let mut conn = h2::Conn::open(proxy.https_addr(), &proxy.ca_pem(), "a.wild.test")
+            .await
+            .unwrap();
+        let headers: Vec<_> = base.iter().copied().chain(rest).collect();
+        let block = h2::header_block(&headers);
+        conn.send(&h2::frame(
+            h2::HEADERS,
+            h2::END_HEADERS | h2::END_STREAM,
+            1,
+            &block,
+        ))
+        .await
+        .unwrap();
+        let status = loop {
+            match conn.read_frame(Duration::from_secs(5)).await {
+                Ok(Some(f)) if f.kind == h2::HEADERS && f.stream == 1 => {
+                    break h2_status(&f.payload)
+                }
+                Ok(Some(f)) if f.kind == h2::RST_STREAM && f.stream == 1 => break None,
+                Ok(Some(f)) if f.kind == h2::GOAWAY => break None,
+                Ok(Some(_)) => continue,
+                other => panic!("{name}: no answer: {other:?}"),
+            }
+        };
+        assert_eq!(status, want, "{name}");
+        if want != Some(200) {
+            let after = upstream.received().iter().map(Vec::len).sum::<usize>();
+            assert_eq!(
+                before,
+                after,
+                "{name} reached the upstream:\n{}",
+                upstream.dump()
+            );
+        }
+    }
+    let reqs = upstream.requests();
+    assert_eq!(reqs.len(), 1, "{}", upstream.dump());
+    assert_eq!(reqs[0].request_line(), "GET /hostonly HTTP/1.1");
+    assert_eq!(reqs[0].header("x-forwarded-host"), ["a.wild.test"]);
+}

@@ -168,3 +168,154 @@ async fn broken_chunk_framing_gets_a_prompt_400() {
     }
     others_are_served(&proxy, "ok.test").await;
 }
+
+/// Review: what legitimate clients send still passes the stricter request line, as sent:
+/// git's smart HTTP (`?service=`), Nextcloud's WebDAV methods, `OPTIONS *`, absolute-form,
+/// empty lines before the request line, an HTTP/1.0 client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legitimate_request_lines_are_forwarded_as_sent() {
+    let upstream = RawUpstream::start().await;
+    let proxy = Proxy::start(&plain_route("a.test", upstream.addr(), "")).await;
+    // (request line sent, request line the upstream must get)
+    let cases = [
+        (
+            "GET /repo.git/info/refs?service=git-upload-pack HTTP/1.1",
+            "GET /repo.git/info/refs?service=git-upload-pack HTTP/1.1",
+        ),
+        (
+            "GET /repo.git/info/refs?service=git-receive-pack HTTP/1.1",
+            "GET /repo.git/info/refs?service=git-receive-pack HTTP/1.1",
+        ),
+        (
+            "PROPFIND /remote.php/dav/files/u/ HTTP/1.1",
+            "PROPFIND /remote.php/dav/files/u/ HTTP/1.1",
+        ),
+        (
+            "MKCOL /remote.php/dav/files/u/new%20dir HTTP/1.1",
+            "MKCOL /remote.php/dav/files/u/new%20dir HTTP/1.1",
+        ),
+        (
+            "PROPPATCH /remote.php/dav/files/u/a.txt HTTP/1.1",
+            "PROPPATCH /remote.php/dav/files/u/a.txt HTTP/1.1",
+        ),
+        (
+            "MOVE /remote.php/dav/files/u/a.txt HTTP/1.1",
+            "MOVE /remote.php/dav/files/u/a.txt HTTP/1.1",
+        ),
+        (
+            "REPORT /remote.php/dav/ HTTP/1.1",
+            "REPORT /remote.php/dav/ HTTP/1.1",
+        ),
+        ("OPTIONS * HTTP/1.1", "OPTIONS * HTTP/1.1"),
+        (
+            "GET http://a.test/abs?x=1 HTTP/1.1",
+            "GET /abs?x=1 HTTP/1.1",
+        ),
+        ("\r\nGET /after-crlf HTTP/1.1", "GET /after-crlf HTTP/1.1"),
+        ("GET /old HTTP/1.0", "GET /old HTTP/1.1"),
+    ];
+    for (i, (line, want)) in cases.iter().enumerate() {
+        let head = format!(
+            "{line}\r\nHost: a.test\r\nDestination: http://a.test/x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let raw = raw_tcp(proxy.http_addr(), head.as_bytes(), Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert_eq!(
+            status_of(&raw),
+            Some(200),
+            "{line:?}: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        let reqs = upstream.requests();
+        assert_eq!(reqs.len(), i + 1, "{}", upstream.dump());
+        assert_eq!(reqs[i].request_line(), *want, "{line:?}");
+    }
+}
+
+/// Review: `OPTIONS *` on a route that redirects plain HTTP to https. The redirect
+/// used the asterisk as the path: `Location: https://r.test*` (a URI whose authority
+/// is `r.test*`). The Location must be a URI of the host the request named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_asterisk_on_an_https_redirect_route_gets_a_valid_location() {
+    let upstream = RawUpstream::start().await;
+    let routes = format!(
+        "[[route]]\nhosts = [\"r.test\"]\nupstreams = [\"{}\"]\n",
+        upstream.addr()
+    );
+    let proxy = Proxy::builder(&routes)
+        .arg("--public-https-port")
+        .arg("443")
+        .start()
+        .await;
+    let raw = raw_tcp(
+        proxy.http_addr(),
+        b"OPTIONS * HTTP/1.1\r\nHost: r.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(status_of(&raw), Some(308), "{text}");
+    let location = text
+        .split("\r\n")
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(n, _)| n.eq_ignore_ascii_case("location"))
+        })
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| panic!("no Location: {text}"));
+    assert_eq!(location, "https://r.test/", "{text}");
+    assert!(upstream.received().iter().all(Vec::is_empty));
+}
+
+/// Review: an invalid request pipelined behind a valid one on the same connection (one
+/// write). The valid one is answered; nothing of the invalid one reaches the upstream
+/// (pingora does not pipeline: it closes after the first answer, or refuses the second
+/// head with 400, never forwarding it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_request_pipelined_behind_a_valid_one_never_reaches_the_upstream() {
+    let upstream = RawUpstream::start().await;
+    let proxy = Proxy::start(&plain_route("a.test", upstream.addr(), "")).await;
+    let bad = [
+        "G ET /bad HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        "GET /bad x HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        "GET /bad http/1.1\r\nHost: a.test\r\n\r\n",
+        "GET /bad HTTP/1.1 \r\nHost: a.test\r\n\r\n",
+        "GET /bad HTTP/1.1\r\nHost: x\",for=\"[::1]\r\n\r\n",
+        "GET /bad HTTP/1.1\r\nHost: a.test\r\nX: a\r\n b\r\n\r\n",
+        "POST /bad HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\nhello\r\n0\r\n\r\n",
+    ];
+    for (i, bad) in bad.iter().enumerate() {
+        for tls in [false, true] {
+            let bytes = format!("GET /good HTTP/1.1\r\nHost: a.test\r\n\r\n{bad}");
+            let raw = if tls {
+                raw_tls(
+                    proxy.https_addr(),
+                    &proxy.ca_pem(),
+                    "a.test",
+                    bytes.as_bytes(),
+                    Duration::from_secs(3),
+                )
+                .await
+            } else {
+                raw_tcp(proxy.http_addr(), bytes.as_bytes(), Duration::from_secs(3)).await
+            }
+            .unwrap_or_default();
+            assert_eq!(
+                status_of(&raw),
+                Some(200),
+                "{bad:?} (tls: {tls}): {:?}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
+        let reqs = upstream.requests();
+        assert_eq!(reqs.len(), 2 * (i + 1), "{bad:?}\n{}", upstream.dump());
+        assert!(
+            reqs.iter()
+                .all(|r| r.request_line() == "GET /good HTTP/1.1"),
+            "{bad:?}: something of it reached the upstream:\n{}",
+            upstream.dump()
+        );
+    }
+}
