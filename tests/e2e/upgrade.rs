@@ -663,7 +663,8 @@ async fn review_twenty_upgrades_leak_no_process_and_no_descriptor() {
     // A fresh daemon started the same way holds as many descriptors when idle.
     let fresh = {
         let mut u = started(&site).await;
-        let reload = u.reload(&new, &u.args().to_vec(), &[]).await;
+        let args = u.args().to_vec();
+        let reload = u.reload(&new, &args, &[]).await;
         assert!(reload.ok(), "{}", reload.output);
         let p = u.main_pid();
         let fds = open_fds(p);
