@@ -554,3 +554,402 @@ async fn started_unit(site: &Backend) -> Unit {
         .start()
         .await
 }
+
+// ---- Review attacks ----
+
+/// The processes whose command line names this unit's directory (its daemons and
+/// the wrappers of new binaries), alive.
+fn unit_processes(unit: &Unit) -> Vec<u32> {
+    let dir = unit.dir().to_string_lossy().into_owned();
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            pid != me
+                && alive(pid)
+                && String::from_utf8_lossy(
+                    &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+                )
+                .contains(&dir)
+        })
+        .collect()
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// `ExecReload` run by hand (another admin, a second `systemctl reload` racing):
+/// `proxyctl upgrade` with the unit's environment, without going through `Unit`.
+fn upgrade_command(unit: &Unit, binary: &Path, args: &[String]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(tests::locate_bin("proxyctl", "PROXYCTL_BIN"));
+    cmd.args(["upgrade", "--reload-if-unchanged"])
+        .env("PROXYD_BIN", binary)
+        .env("PROXYD_ARGS", args.join(" "))
+        .env("PROXYCTL_SOCKET", unit.admin_socket())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// A value with a space, quoted in the environment file as systemd expects
+/// (`--access-log '/var/log/proxyd/access log'`): systemd unquotes it for ExecStart,
+/// and the upgrade must start the new daemon with the very same words, not with
+/// `'/var/log/proxyd/access` and `log'`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn review_upgrade_splits_proxyd_args_as_systemd_does() {
+    let site = Backend::start("site").await;
+    let mut unit = started(&site).await;
+    let old = unit.main_pid();
+    let log = unit.dir().join("access log.txt");
+    let mut args = unit.args().to_vec();
+    args.extend(["--access-log".to_string(), format!("'{}'", log.display())]);
+    let reload = unit.reload(&proxyd(), &args, &[]).await;
+    assert!(reload.ok(), "ExecReload failed: {}", reload.output);
+    assert_ne!(unit.main_pid(), old);
+    let r = tests::https_get(unit.https_addr(), &unit.ca_pem(), "up.test", "/quoted")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    wait_until(
+        "the access log file named in PROXYD_ARGS to get the request",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|s| s.contains("/quoted"))
+        },
+    )
+    .await;
+    // Nothing changed since: a routes reload, not one more upgrade.
+    let reload = unit.reload(&proxyd(), &args, &[]).await;
+    assert!(reload.ok(), "{}", reload.output);
+    assert!(
+        reload.output.contains("reloading its routes"),
+        "{}",
+        reload.output
+    );
+}
+
+/// Twenty upgrades in a row under traffic, each while the previous old daemon may still
+/// be draining: every one succeeds, no request fails, and at the end one daemon is left
+/// (no wrapper, no half-started daemon), holding no more descriptors than the first
+/// upgraded one did, and no upgrade or staging socket is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn review_twenty_upgrades_leak_no_process_and_no_descriptor() {
+    let site = Backend::start("site").await;
+    let mut unit = started(&site).await;
+    let traffic = Traffic::start(&unit).await;
+    let new = new_binary(unit.dir());
+    let args = unit.args().to_vec();
+    let mut pids = vec![unit.main_pid()];
+    for i in 0..20 {
+        let reload = unit.reload(&new, &args, &[]).await;
+        assert!(reload.ok(), "upgrade {i} failed: {}", reload.output);
+        assert!(!pids.contains(&unit.main_pid()), "upgrade {i}: same pid");
+        pids.push(unit.main_pid());
+        traffic.flowing(20).await;
+    }
+    let last = unit.main_pid();
+    traffic.flowing(100).await;
+    let tally = traffic.stop().await;
+    tally.assert_no_failure(&site);
+    wait_until(
+        "every old daemon to exit",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || async { (unit_processes(&unit) == vec![last]).then_some(()) },
+    )
+    .await;
+    assert_eq!(unit.status_pid(), Some(u64::from(last)));
+    for left in [
+        "admin.sock.upgrade",
+        "upgrade.sock",
+        "proxyd.pid.upgrade-tmp",
+    ] {
+        assert!(!unit.dir().join(left).exists(), "{left} left behind");
+    }
+    // A fresh daemon started the same way holds as many descriptors when idle.
+    let fresh = {
+        let mut u = started(&site).await;
+        let args = u.args().to_vec();
+        let reload = u.reload(&new, &args, &[]).await;
+        assert!(reload.ok(), "{}", reload.output);
+        let p = u.main_pid();
+        let fds = open_fds(p);
+        (u, fds)
+    };
+    let baseline = fresh.1;
+    let fds = wait_until(
+        "the last daemon's idle connections to close",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let n = open_fds(last);
+            (n <= baseline + 4).then_some(n)
+        },
+    )
+    .await;
+    eprintln!("after 20 upgrades: {fds} descriptors; after one: {baseline}");
+}
+
+async fn echo(ws: &mut tests::ws::WsTls, text: String) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(text.clone())).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("echo within 10 s")
+        .expect("websocket open")
+        .unwrap();
+    assert_eq!(got, Message::text(text));
+}
+
+/// A websocket and a large upload begun on the old daemon go on through an upgrade and
+/// finish there, within its grace period: the new daemon takes new connections only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn review_websocket_and_upload_begun_before_an_upgrade_finish_on_the_old_daemon() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let site = Backend::start("site").await;
+    let mut unit = Unit::builder(&one_route(&["up.test"], &site, "websocket = true"))
+        .arg("--grace-period")
+        .arg("20")
+        .start()
+        .await;
+    let old = unit.main_pid();
+    let ca = unit.ca_pem();
+    let (mut ws, resp) = tests::wss_connect(unit.https_addr(), &ca, "up.test", "/chat")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    echo(&mut ws, "before".into()).await;
+
+    const HALF: usize = 2 << 20;
+    let mut up = tests::client::tls_connect(
+        unit.https_addr(),
+        tests::client::client_config(&ca, Alpn::H1).unwrap(),
+        "up.test",
+    )
+    .await
+    .unwrap();
+    up.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nhost: up.test\r\ncontent-length: {}\r\n\r\n",
+            2 * HALF
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    up.write_all(&vec![b'a'; HALF]).await.unwrap();
+    up.flush().await.unwrap();
+
+    let new = new_binary(unit.dir());
+    let args = unit.args().to_vec();
+    let reload = unit.reload(&new, &args, &[]).await;
+    assert!(reload.ok(), "{}", reload.output);
+    assert_ne!(unit.main_pid(), old);
+    assert!(
+        alive(old),
+        "the old daemon did not wait for its connections"
+    );
+
+    for i in 0..5 {
+        echo(&mut ws, format!("after the upgrade {i}")).await;
+    }
+    up.write_all(&vec![b'b'; HALF]).await.unwrap();
+    up.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !String::from_utf8_lossy(&answer).contains("body_len") {
+        let n = tokio::time::timeout(Duration::from_secs(20), up.read(&mut buf))
+            .await
+            .expect("an answer to the upload within 20 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!("\"body_len\": {}", 2 * HALF))
+            || answer.contains(&format!("\"body_len\":{}", 2 * HALF)),
+        "{answer}"
+    );
+    ws.close(None).await.unwrap();
+    // New connections reach the new daemon.
+    let r = tests::https_get(unit.https_addr(), &ca, "up.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(unit.status_pid(), Some(u64::from(unit.main_pid())));
+}
+
+/// Two upgrades at once (a second admin, `systemctl reload` racing `proxyctl upgrade`):
+/// at most one runs, the other says so; afterwards exactly one daemon serves, the one
+/// the PID file names, and no request failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn review_two_racing_upgrades_leave_one_daemon() {
+    let site = Backend::start("site").await;
+    let unit = started(&site).await;
+    let old = unit.main_pid();
+    let traffic = Traffic::start(&unit).await;
+    let new = new_binary(unit.dir());
+    let args = unit.args().to_vec();
+    // Output to files: the new daemon keeps its stdout and stderr open.
+    let run = |name: &str| {
+        let path = unit.dir().join(name);
+        let f = std::fs::File::create(&path).unwrap();
+        let mut c = upgrade_command(&unit, &new, &args);
+        c.stdout(f.try_clone().unwrap()).stderr(f);
+        tokio::task::spawn_blocking(move || {
+            let status = c.status().unwrap();
+            (status, std::fs::read_to_string(path).unwrap())
+        })
+    };
+    let (a, b) = tokio::join!(run("a.log"), run("b.log"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(
+        a.0.success() || b.0.success(),
+        "both failed:\n{}\n{}",
+        a.1,
+        b.1
+    );
+    for (status, text) in [&a, &b] {
+        assert!(
+            status.success() || text.contains("another proxyctl upgrade is running"),
+            "{text}"
+        );
+    }
+    let main = unit.read_pid_file().unwrap();
+    assert_ne!(main, old);
+    assert_eq!(unit.status_pid(), Some(u64::from(main)));
+    traffic.flowing(100).await;
+    traffic.stop().await.assert_no_failure(&site);
+    wait_until(
+        "one daemon left",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async { (unit_processes(&unit) == vec![main]).then_some(()) },
+    )
+    .await;
+}
+
+/// A PID file that names another live process (a stale file whose PID was reused, or a
+/// hostile one): the upgrade refuses, signals nobody, and the daemon serves on. Junk in
+/// the file is refused the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn review_upgrade_with_a_pid_file_naming_another_process_signals_nobody() {
+    let site = Backend::start("site").await;
+    let mut unit = started(&site).await;
+    let old = unit.main_pid();
+    let traffic = Traffic::start(&unit).await;
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let new = new_binary(unit.dir());
+    let args = unit.args().to_vec();
+    for content in [
+        format!("{}\n", stranger.id()),
+        "1\n".to_string(),
+        "0\n".to_string(),
+        "-1\n".to_string(),
+        format!("{old} {}\n", stranger.id()),
+        String::new(),
+        "\u{0}\u{ff}garbage".to_string(),
+    ] {
+        std::fs::write(unit.pid_file(), &content).unwrap();
+        let reload = unit.reload(&new, &args, &[]).await;
+        assert_eq!(
+            reload.status.code(),
+            Some(1),
+            "{content:?}: {}",
+            reload.output
+        );
+        assert!(
+            alive(stranger.id()),
+            "{content:?}: the stranger was signalled"
+        );
+        assert!(alive(old), "{content:?}: the daemon was signalled");
+        assert_eq!(unit.status_pid(), Some(u64::from(old)));
+        assert!(!unit.dir().join("admin.sock.upgrade").exists());
+    }
+    std::fs::write(unit.pid_file(), format!("{old}\n")).unwrap();
+    traffic.flowing(50).await;
+    traffic.stop().await.assert_untouched(&site);
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+}
+
+/// `proxyctl upgrade` interrupted (Ctrl-C by an admin running it by hand, SIGTERM)
+/// while the new daemon has taken the listeners but is not ready: the new daemon is
+/// stopped, not left running on in its own session beside the old one, and the old
+/// one serves on without a failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn review_interrupted_upgrade_stops_the_new_daemon() {
+    let site = Backend::start("site").await;
+    let unit = started(&site).await;
+    let old = unit.main_pid();
+    let traffic = Traffic::start(&unit).await;
+    // Never ready: one of its --https addresses is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut args = unit.args().to_vec();
+    args.extend([
+        "--https".to_string(),
+        taken.local_addr().unwrap().to_string(),
+    ]);
+    let out = unit.dir().join("interrupted.log");
+    let log = std::fs::File::create(&out).unwrap();
+    let mut upgrade = upgrade_command(&unit, &proxyd(), &args)
+        .args(["--ready-timeout", "60"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the handover",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || async {
+            std::fs::read_to_string(&out)
+                .ok()
+                .filter(|s| s.contains(&format!("pid {old} handed")))
+        },
+    )
+    .await;
+    // SAFETY: kill(2) on the proxyctl this test started.
+    unsafe { libc::kill(upgrade.id() as libc::pid_t, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || upgrade.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(!status.success(), "{status}");
+    let mut left = unit_processes(&unit);
+    for _ in 0..600 {
+        if left == vec![old] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = unit_processes(&unit);
+    }
+    // What a failed run leaves behind is this test's own: stop it before asserting.
+    for &pid in left.iter().filter(|&&p| p != old) {
+        // SAFETY: kill(2) on a process started for this unit (its cmdline names the
+        // unit's directory).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    assert_eq!(left, vec![old], "the new daemon was left running");
+    assert_old_in_charge(&unit, old);
+    traffic.flowing(100).await;
+    traffic.stop().await.assert_no_failure(&site);
+    drop(taken);
+}

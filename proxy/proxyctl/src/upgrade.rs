@@ -2,7 +2,8 @@
 //! running one is told to stop only once the new one serves. systemd's `ExecReload`.
 //!
 //! 1. The daemon's flags are `PROXYD_ARGS` (the unit's `EnvironmentFile`, the variable
-//!    its `ExecStart` expands), split on whitespace as systemd splits `$PROXYD_ARGS`.
+//!    its `ExecStart` expands), split into words as systemd splits `$PROXYD_ARGS`
+//!    (whitespace, '...' and "..." quoting, backslash).
 //!    `--pid-file`, `--admin-socket` and `--upgrade-socket` are read from them.
 //! 2. The running daemon is the PID in `--pid-file`, and must be the process answering
 //!    on `--admin-socket`.
@@ -19,7 +20,7 @@
 //!    stops accepting and finishes its requests within its grace period.
 //!
 //! Any failure before step 5 (the new binary exits, fails on a flag or the store, is not
-//! ready within `--ready-timeout`): the new process is stopped by PID (its process group)
+//! ready within `--ready-timeout`, this command gets SIGINT, SIGTERM or SIGHUP): the new process is stopped by PID (its process group)
 //! (SIGKILL while it holds no socket; SIGTERM, a graceful stop, once it may be serving),
 //! the PID file and the admin socket are left alone, the old daemon never noticed, and
 //! the exit status is 1 with why.
@@ -111,9 +112,43 @@ impl DaemonPaths {
     }
 }
 
+/// `$PROXYD_ARGS` split into words as systemd splits an unbraced variable on a command
+/// line: at whitespace, except inside '...' or "..." (the quotes are removed), and a
+/// backslash takes the next character as it is. An unterminated quote or a trailing
+/// backslash is refused (systemd would guess).
+fn split_like_systemd(raw: &str) -> Result<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quote: Option<char> = None;
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        match (c, quote) {
+            ('\\', _) => {
+                let next = chars
+                    .next()
+                    .ok_or_else(|| anyhow!("PROXYD_ARGS ends with a backslash"))?;
+                word.get_or_insert_with(String::new).push(next);
+            }
+            (c, Some(q)) if c == q => quote = None,
+            (c, Some(_)) => word.get_or_insert_with(String::new).push(c),
+            ('\'' | '"', None) => {
+                quote = Some(c);
+                word.get_or_insert_with(String::new);
+            }
+            (c, None) if c.is_whitespace() => words.extend(word.take()),
+            (c, None) => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    if let Some(q) = quote {
+        bail!("PROXYD_ARGS: a {q} is not closed: {raw}");
+    }
+    words.extend(word);
+    Ok(words)
+}
+
 /// The daemon's flags as the unit passes them, minus the ones this command sets.
 fn daemon_args(raw: &str) -> Result<Vec<String>> {
-    let args: Vec<String> = raw.split_whitespace().map(str::to_owned).collect();
+    let args = split_like_systemd(raw)?;
     if args
         .iter()
         .any(|a| a == STAGING_FLAG || a.starts_with(&format!("{STAGING_FLAG}=")))
@@ -346,6 +381,10 @@ impl Plan {
                 Ok(())
             });
         }
+        // Interrupted (Ctrl-C, SIGTERM, the terminal gone) while the new daemon is
+        // undecided: stop it as on any failure, rather than leave it running on in a
+        // session of its own, maybe beside the old one on the shared sockets.
+        interrupt::catch();
         let child = cmd.spawn().or_else(|e| {
             fail(
                 Some(old),
@@ -426,6 +465,9 @@ impl Plan {
         // What its readiness check last said: kept when a later call only times out.
         let mut said = false;
         loop {
+            if let Some(sig) = interrupt::caught() {
+                return Err(format!("interrupted by signal {sig}"));
+            }
             match new.child.try_wait() {
                 Ok(Some(status)) => {
                     return Err(format!(
@@ -504,6 +546,33 @@ impl Plan {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP recorded instead of ending `proxyctl upgrade` at once.
+mod interrupt {
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    static CAUGHT: AtomicI32 = AtomicI32::new(0);
+
+    extern "C" fn record(sig: libc::c_int) {
+        CAUGHT.store(sig, Ordering::SeqCst);
+    }
+
+    pub fn catch() {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: the handler only stores into an atomic (async-signal-safe).
+            unsafe {
+                libc::signal(
+                    sig,
+                    record as extern "C" fn(libc::c_int) as libc::sighandler_t,
+                );
+            }
+        }
+    }
+
+    pub fn caught() -> Option<i32> {
+        Some(CAUGHT.load(Ordering::SeqCst)).filter(|s| *s != 0)
     }
 }
 
@@ -692,6 +761,36 @@ mod tests {
         assert_eq!(p.admin_socket, Path::new("/a/s"));
         assert_eq!(p.upgrade_socket, Path::new("/u"));
         assert!(DaemonPaths::from_args(&strings("--pid-file"), cwd).is_err());
+    }
+
+    /// systemd unquotes `$PROXYD_ARGS` when it splits it for ExecStart: the upgrade must
+    /// start the new daemon with the very same words.
+    #[test]
+    fn proxyd_args_are_split_as_systemd_splits_them() {
+        assert_eq!(
+            split_like_systemd(
+                " --access-log '/var/log/proxyd/access log' --routes \"/etc/p d/r.toml\"\t-x a\\ b "
+            )
+            .unwrap(),
+            [
+                "--access-log",
+                "/var/log/proxyd/access log",
+                "--routes",
+                "/etc/p d/r.toml",
+                "-x",
+                "a b"
+            ]
+        );
+        assert_eq!(
+            split_like_systemd("a'b c'd \"\" e\\\"f '\\'' ").unwrap(),
+            ["ab cd", "", "e\"f", "'"]
+        );
+        assert!(split_like_systemd("--routes 'r.toml").is_err());
+        assert!(split_like_systemd("--routes r.toml\\").is_err());
+        assert_eq!(
+            daemon_args("--access-log '/l/a b' -d").unwrap(),
+            ["--access-log", "/l/a b"]
+        );
     }
 
     #[test]
