@@ -219,7 +219,12 @@ impl Reload {
 /// A path of the shipped flags, moved into the unit's directory (the other flags as
 /// they are).
 fn moved(arg: &str, dir: &Path) -> String {
-    for prefix in ["/etc/proxyd/", "/var/lib/proxyd/", "/run/proxyd/", "/var/log/proxyd/"] {
+    for prefix in [
+        "/etc/proxyd/",
+        "/var/lib/proxyd/",
+        "/run/proxyd/",
+        "/var/log/proxyd/",
+    ] {
         if let Some(rest) = arg.strip_prefix(prefix) {
             return dir.join(rest).display().to_string();
         }

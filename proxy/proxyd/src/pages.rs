@@ -90,13 +90,20 @@ pub async fn send_plain(
     write(session, resp, body).await
 }
 
+/// A write that fails here fails on the client's connection (it reset or went away):
+/// the error is marked as the downstream's, so `fail_to_proxy` counts a disconnect
+/// rather than logging a 500 "upstream failure".
 async fn write(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<()> {
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(resp), head_only)
-        .await?;
+        .await
+        .map_err(|e| e.into_down())?;
     if !head_only {
-        session.write_response_body(Some(body), true).await?;
+        session
+            .write_response_body(Some(body), true)
+            .await
+            .map_err(|e| e.into_down())?;
     }
     Ok(())
 }

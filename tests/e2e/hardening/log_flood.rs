@@ -378,3 +378,64 @@ async fn a_dead_backend_under_load_is_logged_once_then_summed_up() {
         during.join("\n")
     );
 }
+
+/// A client that resets its connection while the proxy answers it itself (an unknown
+/// host, no Host at all) is the client's business: counted as a disconnect, never an
+/// "upstream failure" of route "-" with a 500 (the admin would see a backend problem
+/// every interval that is only scanners hanging up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reset_during_a_local_answer_is_a_disconnect_not_an_upstream_failure() {
+    let a = Backend::start("a").await;
+    let metrics = free_addr();
+    let proxy = Proxy::builder(&plain_route("a.test", a.addr(), ""))
+        .arg("--metrics")
+        .arg(metrics.to_string())
+        .arg("--access-log-format")
+        .arg("off")
+        .arg("--log-summary-interval")
+        .arg("1s")
+        .start()
+        .await;
+    let baseline = scrape(metrics).await;
+    const RESETS: usize = 200;
+    let http = proxy.http_addr();
+    many(RESETS, move |i| async move {
+        let mut s = tcp_connect(http).await.unwrap();
+        let head: &[u8] = if i % 2 == 0 {
+            b"GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n"
+        } else {
+            b"GET / HTTP/1.0\r\n\r\n"
+        };
+        s.write_all(head).await.unwrap();
+        // RST, not FIN: the proxy's answer meets a reset connection.
+        s.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s);
+    })
+    .await;
+    // The proxy saw the resets (some requests are read before the reset, some not: the
+    // race is the kernel's): counted as disconnects, or (the defect) logged.
+    let disconnects = (
+        "proxyd_client_errors_total",
+        &[("reason", "disconnect")][..],
+    );
+    wait_until(
+        "some resets seen",
+        Duration::from_secs(10),
+        POLL,
+        || async {
+            let s = scrape(metrics).await;
+            let counted =
+                s.get(disconnects.0, disconnects.1) > baseline.get(disconnects.0, disconnects.1);
+            (counted || proxy.log().contains("upstream failure")).then_some(())
+        },
+    )
+    .await;
+    // Two summary intervals later, still nothing logged as an upstream failure.
+    tokio::time::sleep(INTERVAL * 2).await;
+    let log = proxy.log();
+    assert!(
+        !log.contains("upstream failure"),
+        "client resets logged as upstream failures:\n{}",
+        proxy.log_tail(20)
+    );
+}
