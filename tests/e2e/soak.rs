@@ -289,8 +289,12 @@ async fn soak_mixed_traffic_across_reloads_restarts_and_dns_changes_loses_nothin
     // the renewals install (each handshake verified against the local CA).
     let leaves = Arc::new(Mutex::new(std::collections::HashSet::<Vec<u8>>::new()));
     {
-        let (stop, tally, leaves, connect) =
-            (stop.clone(), tally.clone(), leaves.clone(), connector(Alpn::H1));
+        let (stop, tally, leaves, connect) = (
+            stop.clone(),
+            tally.clone(),
+            leaves.clone(),
+            connector(Alpn::H1),
+        );
         workers.spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
