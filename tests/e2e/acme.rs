@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use tests::pebble::{Pebble, PebbleOptions, EAB_HMAC, EAB_KID};
 use tests::{free_addr, wait_until, Alpn, Backend, Conn, Proxy, ProxyBuilder};
 
 use crate::one_route;
+use crate::reload::proxyctl;
 
 /// How long pebble may take to issue (validation delay off: about a second).
 const ISSUE_WITHIN: Duration = Duration::from_secs(60);
@@ -100,16 +100,6 @@ async fn wait_served(https: SocketAddr, root: &str, name: &str) -> Vec<u8> {
         },
     )
     .await
-}
-
-async fn proxyctl(proxy: &Proxy, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(tests::locate_bin("proxyctl", "PROXYCTL_BIN"));
-    cmd.arg("--socket")
-        .arg(proxy.dir().join("admin.sock"))
-        .args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("run proxyctl"))
-        .await
-        .unwrap()
 }
 
 fn meta(store: &Path, id: &str) -> serde_json::Value {

@@ -25,6 +25,7 @@ use tests::client::tls_connect;
 use tests::{http_get, wait_until, Backend, Proxy};
 
 use crate::one_route;
+use crate::reload::proxyctl;
 
 const POLL: Duration = Duration::from_millis(100);
 /// Generous: a renewal is due within seconds of these short lifetimes.
@@ -148,16 +149,6 @@ async fn trusted_get(proxy: &Proxy, host: &str) {
         .await
         .unwrap_or_else(|e| panic!("{host}: {e:#}"));
     assert_eq!(resp.status, 200, "{host}: {}", resp.text());
-}
-
-async fn proxyctl(proxy: &Proxy, args: &[&str]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(tests::locate_bin("proxyctl", "PROXYCTL_BIN"));
-    cmd.arg("--socket")
-        .arg(proxy.dir().join("admin.sock"))
-        .args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("run proxyctl"))
-        .await
-        .unwrap()
 }
 
 async fn proxyctl_json(proxy: &Proxy, args: &[&str]) -> serde_json::Value {

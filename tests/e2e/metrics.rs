@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::reload::proxyctl;
 use futures_util::SinkExt;
 use http::{header, Method};
 use tests::client::{client_config, tls_connect};
@@ -436,16 +437,6 @@ async fn health_page_and_readiness_say_the_listeners_are_up() {
     let out = proxyctl(&proxy, &["status"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\nready: yes\n"), "{text}");
-}
-
-async fn proxyctl(proxy: &Proxy, args: &[&str]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(tests::locate_bin("proxyctl", "PROXYCTL_BIN"));
-    cmd.arg("--socket")
-        .arg(proxy.dir().join("admin.sock"))
-        .args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("run proxyctl"))
-        .await
-        .unwrap()
 }
 
 fn lines(path: &Path) -> Vec<String> {

@@ -192,12 +192,15 @@ async fn raw_utf8_absolute_form_and_stripped_prefixes_cannot_get_past_an_allow_l
     let raw = |target: &str| {
         format!("GET {target} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").into_bytes()
     };
+    // Raw UTF-8 in an HTTP/1 request line is not a valid request-target (RFC 9112 s3):
+    // refused with 400 before routing (pingora-core's strict request line). HTTP/2 lets it
+    // through in `:path`, where normalize_path escapes it (the h2 test below).
     for (req, want) in [
-        (raw("/caf\u{e9}/secret"), 403),
-        (raw("/caf\u{e9}"), 403),
-        (raw("/caf\u{e9};x/secret"), 403),
+        (raw("/caf\u{e9}/secret"), 400),
+        (raw("/caf\u{e9}"), 400),
+        (raw("/caf\u{e9};x/secret"), 400),
         (raw("https://a.test/caf%C3%A9;x/secret"), 403),
-        (raw("https://a.test/caf\u{e9}"), 403),
+        (raw("https://a.test/caf\u{e9}"), 400),
         (raw("https://a.test//caf%c3%a9/"), 403),
         (raw("https://a.test/x/..%2Fcaf%C3%A9/"), 400),
         (raw("/n/web-1/..%2F..%2Fcaf%C3%A9/"), 400),
@@ -232,7 +235,8 @@ async fn raw_utf8_absolute_form_and_stripped_prefixes_cannot_get_past_an_allow_l
         )
         .await
         .unwrap();
-    assert_eq!(resp.status, 403, "h2 raw UTF-8: {}", resp.text());
+    // Refused before routing as well (routes::check_request_target).
+    assert_eq!(resp.status, 400, "h2 raw UTF-8: {}", resp.text());
     assert_eq!(public.requests(), 0, "a bypass reached the catch-all");
     assert_eq!(admin.requests(), 0, "the restricted upstream was reached");
     assert_eq!(
@@ -258,11 +262,11 @@ async fn raw_utf8_absolute_form_and_stripped_prefixes_cannot_get_past_an_allow_l
         "OPTIONS * reached the restricted upstream"
     );
 
-    // What the upstream of a stripped prefix sees: the rest, escaped as an upstream
-    // reads it, query kept; a double escape stays one escape deep.
+    // What the upstream of a stripped prefix sees: the rest, with bytes a URI path may
+    // not hold raw (`{`, `}`) escaped as an upstream reads them, query kept; a double escape stays one escape deep.
     for alpn in [Alpn::H1, Alpn::H2] {
         for (path, seen) in [
-            ("/n/web-1/caf\u{e9}?q=%2F", "/caf%C3%A9?q=%2F"),
+            ("/n/web-1/a{b}?q=%2F", "/a%7Bb%7D?q=%2F"),
             ("/n/web-1/%252e%252e/x", "/%252e%252e/x"),
             ("/n/web-1;a/b;c", "/b;c"),
             ("/n/web-1", "/"),

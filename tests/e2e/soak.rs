@@ -10,8 +10,6 @@
 //! --nocapture`; its summary line goes to stderr and its figures to benches/RESULTS.md.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +19,8 @@ use http::Method;
 use tests::client::request;
 use tests::{wss_connect, zeros, Alpn, Backend, Conn, DnsServer, Proxy};
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::reload::proxyctl;
 
 const A1: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const A2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -94,14 +94,6 @@ max_body = "64k"
         statics = statics.join(", "),
         chat = chat.addr(),
     )
-}
-
-async fn proxyctl(socket: &Path, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(tests::locate_bin("proxyctl", "PROXYCTL_BIN"));
-    cmd.arg("--socket").arg(socket).args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("run proxyctl"))
-        .await
-        .unwrap()
 }
 
 /// One request on a keep-alive connection; a new connection when the proxy said
@@ -187,7 +179,6 @@ async fn soak_mixed_traffic_across_reloads_restarts_and_dns_changes_loses_nothin
         .arg(format!("{}s", CERT_LIFETIME.as_secs()))
         .start()
         .await;
-    let socket = proxy.dir().join("admin.sock");
     let ca: Arc<str> = proxy.ca();
     let addr = proxy.https_addr();
     let stop = Arc::new(AtomicBool::new(false));
@@ -398,7 +389,7 @@ async fn soak_mixed_traffic_across_reloads_restarts_and_dns_changes_loses_nothin
                 table(generation, a1.port(), &[&s1, &s2], &chat),
             )
             .unwrap();
-            let out = proxyctl(&socket, &["reload"]).await;
+            let out = proxyctl(&proxy, &["reload"]).await;
             assert!(
                 out.status.success(),
                 "reload {generation}: {}{}",

@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use super::{others_are_served, plain_route, status_of};
 use crate::metrics::scrape;
+use crate::reload::proxyctl;
 
 /// `--log-summary-interval` of these tests.
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -36,16 +37,6 @@ const NOT_H2: usize = 20;
 
 fn log_lines(proxy: &Proxy) -> Vec<String> {
     proxy.log().lines().map(str::to_owned).collect()
-}
-
-async fn proxyctl(proxy: &Proxy, args: &[&str]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(tests::locate_bin("proxyctl", "PROXYCTL_BIN"));
-    cmd.arg("--socket")
-        .arg(proxy.dir().join("admin.sock"))
-        .args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("run proxyctl"))
-        .await
-        .unwrap()
 }
 
 /// Runs `n` copies of `one(i)`, at most 16 at a time.
@@ -408,7 +399,7 @@ async fn a_client_reset_during_a_local_answer_is_a_disconnect_not_an_upstream_fa
         };
         s.write_all(head).await.unwrap();
         // RST, not FIN: the proxy's answer meets a reset connection.
-        s.set_linger(Some(Duration::ZERO)).unwrap();
+        s.set_zero_linger().unwrap();
         drop(s);
     })
     .await;
