@@ -125,7 +125,9 @@ impl Traffic {
                             if r.header("connection")
                                 .is_some_and(|v| v.eq_ignore_ascii_case("close"))
                             {
-                                if on_conn != KEEPALIVE_REQUESTS {
+                                // At 1000 answered (1 + 999 reuses) or 1001 (1 + 1000
+                                // reuses): the limit, whichever way pingora counts it.
+                                if on_conn < KEEPALIVE_REQUESTS {
                                     reconnects.fetch_add(1, Ordering::Relaxed);
                                 }
                                 conn = None;
@@ -135,6 +137,15 @@ impl Traffic {
                             .lock()
                             .unwrap()
                             .push((id, format!("status {}", r.status))),
+                        // HTTP/2: a stream the old daemon's graceful GOAWAY (NO_ERROR)
+                        // refused was not processed (RFC 9113 6.8) and is sent again, as
+                        // browsers do; assert_no_failure checks the upstream never got it.
+                        Err(e) if format!("{e:#}").contains("not a result of an error") => {
+                            unsent.lock().unwrap().push((id.clone(), format!("{e:#}")));
+                            again = Some(id);
+                            reconnects.fetch_add(1, Ordering::Relaxed);
+                            conn = None;
+                        }
                         Err(e) => {
                             errored.lock().unwrap().push((id, format!("{e:#}")));
                             reconnects.fetch_add(1, Ordering::Relaxed);
