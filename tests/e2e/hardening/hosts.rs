@@ -129,6 +129,28 @@ async fn forwarded_and_x_forwarded_host_carry_the_checked_host_not_the_clients_b
 
 /// The `:status` of an HTTP/2 response whose header block starts with an indexed
 /// static-table status (RFC 7541 appendix A: indexes 8 to 14), as h2 encoders write it.
+/// Send `block` as the headers of stream 1 (a whole request) and read the answer: its
+/// status, or `None` when the stream or the connection was reset.
+async fn h2_answer(conn: &mut h2::Conn, block: &[u8], what: &str) -> Option<u16> {
+    conn.send(&h2::frame(
+        h2::HEADERS,
+        h2::END_HEADERS | h2::END_STREAM,
+        1,
+        block,
+    ))
+    .await
+    .unwrap();
+    loop {
+        match conn.read_frame(Duration::from_secs(5)).await {
+            Ok(Some(f)) if f.kind == h2::HEADERS && f.stream == 1 => return h2_status(&f.payload),
+            Ok(Some(f)) if f.kind == h2::RST_STREAM && f.stream == 1 => return None,
+            Ok(Some(f)) if f.kind == h2::GOAWAY => return None,
+            Ok(Some(_)) => continue,
+            other => panic!("{what}: no answer: {other:?}"),
+        }
+    }
+}
+
 fn h2_status(block: &[u8]) -> Option<u16> {
     const STATIC: [u16; 7] = [200, 204, 206, 304, 400, 404, 500];
     let first = *block.first()?;
@@ -164,25 +186,7 @@ async fn hostile_h2_authorities_are_refused_before_lookup_and_reach_no_upstream(
             .await
             .unwrap();
         let block = h2::get(authority, "/p");
-        conn.send(&h2::frame(
-            h2::HEADERS,
-            h2::END_HEADERS | h2::END_STREAM,
-            1,
-            &block,
-        ))
-        .await
-        .unwrap();
-        let status = loop {
-            match conn.read_frame(Duration::from_secs(5)).await {
-                Ok(Some(f)) if f.kind == h2::HEADERS && f.stream == 1 => {
-                    break h2_status(&f.payload)
-                }
-                Ok(Some(f)) if f.kind == h2::RST_STREAM && f.stream == 1 => break None,
-                Ok(Some(f)) if f.kind == h2::GOAWAY => break None,
-                Ok(Some(_)) => continue,
-                other => panic!(":authority {authority:?}: no answer: {other:?}"),
-            }
-        };
+        let status = h2_answer(&mut conn, &block, &format!(":authority {authority:?}")).await;
         outcomes.push((authority, status));
     }
     let want: Vec<_> = cases.to_vec();
@@ -251,25 +255,7 @@ async fn h2_host_header_disagreeing_with_authority_or_hostile_is_refused() {
             .unwrap();
         let headers: Vec<_> = base.iter().copied().chain(rest).collect();
         let block = h2::header_block(&headers);
-        conn.send(&h2::frame(
-            h2::HEADERS,
-            h2::END_HEADERS | h2::END_STREAM,
-            1,
-            &block,
-        ))
-        .await
-        .unwrap();
-        let status = loop {
-            match conn.read_frame(Duration::from_secs(5)).await {
-                Ok(Some(f)) if f.kind == h2::HEADERS && f.stream == 1 => {
-                    break h2_status(&f.payload)
-                }
-                Ok(Some(f)) if f.kind == h2::RST_STREAM && f.stream == 1 => break None,
-                Ok(Some(f)) if f.kind == h2::GOAWAY => break None,
-                Ok(Some(_)) => continue,
-                other => panic!("{name}: no answer: {other:?}"),
-            }
-        };
+        let status = h2_answer(&mut conn, &block, name).await;
         assert_eq!(status, want, "{name}");
         if want != Some(200) {
             let after = upstream.received().iter().map(Vec::len).sum::<usize>();
