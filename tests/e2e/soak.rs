@@ -137,16 +137,7 @@ async fn exchange(
 
 /// Frame `i` of websocket `w`: its bytes tell a lost, duplicated or reordered frame.
 fn frame(w: usize, i: u64, len: usize) -> Vec<u8> {
-    let mut x = (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    crate::websocket::pattern(((w as u64) << 40) | i, len)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,7 +109,7 @@ const MIB: usize = 1 << 20;
 
 /// Frame `i` of a test stream: `len` bytes of a xorshift sequence seeded by `i`, so a
 /// corrupted, lost, duplicated or reordered frame is caught, not only a short count.
-fn pattern(i: u64, len: usize) -> Vec<u8> {
+pub(crate) fn pattern(i: u64, len: usize) -> Vec<u8> {
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
