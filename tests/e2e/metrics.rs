@@ -371,11 +371,12 @@ async fn reloads_are_counted_and_series_follow_the_table() {
     proxy.signal(libc::SIGHUP);
     let s = wait_until("generation 2", SOON, POLL, || async {
         let s = scrape(metrics).await;
-        (s.get("proxyd_routes_generation", &[]) == 2.0).then_some(s)
+        (s.get("proxyd_routes_generation", &[]) == 2.0
+            && s.get("proxyd_reloads_total", &[("result", "success")]) == 1.0
+            && s.get("proxyd_reload_last_success_timestamp_seconds", &[]) >= started.floor())
+        .then_some(s)
     })
     .await;
-    assert_eq!(s.get("proxyd_reloads_total", &[("result", "success")]), 1.0);
-    assert!(s.get("proxyd_reload_last_success_timestamp_seconds", &[]) >= started.floor());
     assert!(
         !s.has("proxyd_requests_total", &[("route", "a.test/")]),
         "the series of a removed route stay"
@@ -388,10 +389,13 @@ async fn reloads_are_counted_and_series_follow_the_table() {
     proxy.signal(libc::SIGHUP);
     let s = wait_until("a failed reload counted", SOON, POLL, || async {
         let s = scrape(metrics).await;
-        (s.get("proxyd_reloads_total", &[("result", "failure")]) == 1.0).then_some(s)
+        // A scrape is no snapshot: it can read the time gauge before the reload sets it
+        // and the counter after, so both are waited for.
+        (s.get("proxyd_reloads_total", &[("result", "failure")]) == 1.0
+            && s.get("proxyd_reload_last_failure_timestamp_seconds", &[]) >= started.floor())
+        .then_some(s)
     })
     .await;
-    assert!(s.get("proxyd_reload_last_failure_timestamp_seconds", &[]) >= started.floor());
     assert_eq!(s.get("proxyd_routes_generation", &[]), 2.0);
     assert_eq!(
         s.get(

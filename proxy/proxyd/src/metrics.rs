@@ -592,7 +592,8 @@ impl Metrics {
     /// A reload (admin API or SIGHUP) finished: applied or not, `ok` is whether the
     /// file was valid.
     pub fn reload_done(&self, ok: bool) {
-        // The time first: a scrape that sees the count sees the time too.
+        // A scrape reads series one by one (the time gauge sorts before the counter),
+        // so it may see the new count with the old time; the next scrape sees both.
         if ok {
             self.reload_last_success.set(unix_now());
             self.reloads_ok.inc();
