@@ -354,24 +354,28 @@ async fn sighup_reloads_like_proxyctl() {
     write_routes(&proxy, &table("two", &b, &steady));
     // SAFETY: signalling our own child by its PID.
     assert_eq!(unsafe { libc::kill(proxy.pid() as i32, libc::SIGHUP) }, 0);
-    let ca = proxy.ca_pem();
-    wait_until(
-        "the SIGHUP reload to be in force",
-        Duration::from_secs(10),
+    // The daemon swaps the table first and records the reload after (SIGHUP has no
+    // answer to wait on): wait for the record, which comes last, then check the rest.
+    // Waiting on the swap (r.test answered by b) raced with the record under load.
+    let v = wait_until(
+        "status to record the SIGHUP reload",
+        Duration::from_secs(30),
         Duration::from_millis(20),
         || async {
-            let resp = tests::https_get(proxy.https_addr(), &ca, "r.test", "/")
-                .await
-                .ok()?;
-            (resp.backend() == "b").then_some(())
+            let out = proxyctl(&proxy, &["status", "--json"]).await;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            v["last_reload"].is_object().then_some(v)
         },
     )
     .await;
-    let out = proxyctl(&proxy, &["status", "--json"]).await;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["last_reload"]["trigger"], "SIGHUP");
-    assert_eq!(v["generation"], 2);
-    assert_eq!(v["upstreams_total"], 2);
+    assert_eq!(v["last_reload"]["trigger"], "SIGHUP", "{v:#}");
+    assert_eq!(v["last_reload"]["ok"], true, "{v:#}");
+    assert_eq!(v["generation"], 2, "{v:#}");
+    assert_eq!(v["upstreams_total"], 2, "{v:#}");
+    let resp = tests::https_get(proxy.https_addr(), &proxy.ca_pem(), "r.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(resp.backend(), "b", "the SIGHUP reload is not in force");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
