@@ -17,7 +17,10 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 use crate::client::{https_get, Conn};
 use crate::proxy::{free_addr, tail};
-use crate::{full, request, wait_until};
+use crate::{full, request};
+
+/// Longest start of pebble and challtestsrv (a bound on a hang, not a speed).
+const STARTUP_WITHIN: Duration = Duration::from_secs(60);
 
 /// Pebble's EAB example key (from its example config), for the EAB test.
 pub const EAB_KID: &str = "kid-1";
@@ -122,7 +125,7 @@ impl Pebble {
             );
         let pebble_child = spawn(cmd, &dir.join("pebble.log"));
 
-        let pebble = Pebble {
+        let mut pebble = Pebble {
             pebble: pebble_child,
             dns: dns_child,
             _tmp: tmp,
@@ -132,33 +135,40 @@ impl Pebble {
             dns_management,
             https_ca_pem: ca_cert.pem(),
         };
-        let ca = pebble.https_ca_pem.clone();
-        wait_until(
-            "pebble's directory",
-            Duration::from_secs(20),
-            Duration::from_millis(50),
-            || {
-                let ca = ca.clone();
-                async move {
-                    let r = https_get(acme, &ca, "localhost", "/dir").await.ok()?;
-                    (r.status == 200).then_some(())
-                }
-            },
-        )
-        .await;
-        wait_until(
-            "challtestsrv",
-            Duration::from_secs(20),
-            Duration::from_millis(50),
-            || async move {
-                tokio::net::TcpStream::connect(dns_management)
-                    .await
-                    .ok()
-                    .map(|_| ())
-            },
-        )
-        .await;
-        pebble
+        // Pebble makes its root and intermediate keys before it listens: 11 s of CPU
+        // time share at a load of 32 on 2 cores (it was 20 s for the whole start, and
+        // timed out). The bound only ends a hang; a child that exits fails at once.
+        let deadline = tokio::time::Instant::now() + STARTUP_WITHIN;
+        loop {
+            pebble.exited_early();
+            let r = https_get(acme, &pebble.https_ca_pem, "localhost", "/dir").await;
+            if r.is_ok_and(|r| r.status == 200)
+                && tokio::net::TcpStream::connect(dns_management).await.is_ok()
+            {
+                return pebble;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pebble or challtestsrv not ready after {STARTUP_WITHIN:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Panics with its log if pebble or challtestsrv has exited (e.g. a port taken).
+    fn exited_early(&mut self) {
+        for (child, log) in [
+            (&mut self.pebble, "pebble.log"),
+            (&mut self.dns, "challtestsrv.log"),
+        ] {
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = std::fs::read_to_string(self.dir.join(log)).unwrap_or_default();
+                panic!(
+                    "{log}: exited before it was ready ({status}):\n{}",
+                    tail(&text, 20)
+                );
+            }
+        }
     }
 
     /// `--acme-directory` for proxyd.

@@ -48,8 +48,41 @@ pub fn mem_status(pid: u32) -> anyhow::Result<MemStatus> {
     })
 }
 
-/// A free port on 127.0.0.1 (bound, read back, released).
+/// A free port on 127.0.0.1 for a server about to be started (checked by binding it,
+/// then released).
+///
+/// Taken outside the kernel's ephemeral range and never twice in this process. A port
+/// from `bind(0)` goes back to the kernel's pool when released: under load (many tests
+/// at once) another test's `bind(0)` or an outgoing connection got it before the server
+/// it was picked for could bind it ("Address already in use"). Ports outside the range
+/// are never handed out by the kernel, and the counter keeps two tests of this process
+/// apart; the start depends on the PID to keep test processes run side by side apart.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (eph_lo, eph_hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|n| n.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    let (lo, hi) = if eph_lo > 12000 {
+        (10000, eph_lo - 1)
+    } else {
+        (eph_hi + 1, 65535)
+    };
+    if lo + 1000 <= hi {
+        let span = hi - lo + 1;
+        let start = std::process::id().wrapping_mul(7919) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = (lo + (start + n) % span) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
