@@ -429,7 +429,14 @@ mod wire {
                 ReloadOutcome::Valid {
                     changes,
                     certificates_needed,
-                } => (true, false, changes, certificates_needed, Vec::new(), Vec::new()),
+                } => (
+                    true,
+                    false,
+                    changes,
+                    certificates_needed,
+                    Vec::new(),
+                    Vec::new(),
+                ),
                 ReloadOutcome::Rejected { errors } => (
                     false,
                     false,
@@ -553,8 +560,12 @@ mod wire {
                     error,
                     upgrade_socket: w.upgrade_socket,
                 }),
-                (true, ..) => Err("a handover that succeeded needs `pid` and `sent`, and no `error`".into()),
-                (false, ..) => Err("a refused handover needs `error`, and no `pid` or `sent`".into()),
+                (true, ..) => {
+                    Err("a handover that succeeded needs `pid` and `sent`, and no `error`".into())
+                }
+                (false, ..) => {
+                    Err("a refused handover needs `error`, and no `pid` or `sent`".into())
+                }
             }
         }
     }

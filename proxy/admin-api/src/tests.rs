@@ -13,7 +13,10 @@ use super::*;
 fn round_trip<T: Serialize + DeserializeOwned + Debug>(literal: &str) -> T {
     let decoded: T = serde_json::from_str(literal).unwrap_or_else(|e| panic!("{e}"));
     let value = serde_json::to_value(&decoded).unwrap();
-    assert_eq!(serde_json::to_string_pretty(&value).unwrap(), literal.trim());
+    assert_eq!(
+        serde_json::to_string_pretty(&value).unwrap(),
+        literal.trim()
+    );
     decoded
 }
 
