@@ -448,3 +448,114 @@ fn socket_owned_by_us(path: &Path) -> bool {
         .map(|m| m.uid() == unsafe { libc::geteuid() })
         .unwrap_or(false)
 }
+
+/// Ask `socket` one admin request; the raw body of the answer.
+async fn admin_body(socket: &Path, method: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: proxyd\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (_, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    body.to_owned()
+}
+
+/// A fake admin API on a Unix socket: a request for `path` gets `status` and `body`,
+/// any other an unknown endpoint's 404.
+fn fake_admin(
+    socket: &Path,
+    path: &'static str,
+    status: &'static str,
+    body: String,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::UnixListener::bind(socket).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                // The request has no body: its head is all there is to read.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).await.unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                let asked = head.split_whitespace().nth(1).unwrap_or("");
+                let (status, body) = if asked == path {
+                    (status, body)
+                } else {
+                    (
+                        "404 Not Found",
+                        r#"{"error": "no such admin endpoint"}"#.to_owned(),
+                    )
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    })
+}
+
+/// A reply with a renamed field, or one that contradicts itself, is an error that names
+/// the endpoint and the problem (exit 1), never a silent null or a wrong "ok".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxyctl_refuses_a_reply_it_cannot_decode() {
+    let a = Backend::start("a").await;
+    let steady = Backend::start("steady").await;
+    let proxy = Proxy::start(&table("one", &a, &steady)).await;
+    let real = proxy.dir().join("admin.sock");
+    let status = admin_body(&real, "GET", "/v1/status").await;
+    let diff = admin_body(&real, "GET", "/v1/diff").await;
+    assert!(status.contains("\"pid\": "), "{status}");
+    assert!(diff.contains("\"applied\": false"), "{diff}");
+    let dir = tempfile::tempdir().unwrap();
+
+    // The real replies decode, from the fake server as from the daemon.
+    let socket = dir.path().join("same.sock");
+    let server = fake_admin(&socket, "/v1/status", "200 OK", status.clone());
+    let out = proxyctl_at(&socket, &["status"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("(pid "), "{}", text(&out.stdout));
+    server.abort();
+
+    // `pid` renamed: status fails, naming the endpoint and the field.
+    let socket = dir.path().join("renamed.sock");
+    let server = fake_admin(
+        &socket,
+        "/v1/status",
+        "200 OK",
+        status.replace("\"pid\"", "\"process\""),
+    );
+    let out = proxyctl_at(&socket, &["status"]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("GET /v1/status") && err.contains("missing field `pid`"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    server.abort();
+
+    // A reload that says it was both rejected and applied.
+    let socket = dir.path().join("contradiction.sock");
+    let both = diff
+        .replace("\"applied\": false", "\"applied\": true")
+        .replace("\"ok\": true", "\"ok\": false");
+    let server = fake_admin(&socket, "/v1/reload", "200 OK", both);
+    let out = proxyctl_at(&socket, &["reload"]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("POST /v1/reload") && err.contains("rejected and applied"),
+        "{err}"
+    );
+    server.abort();
+}

@@ -1,10 +1,14 @@
-//! The admin API client: HTTP/1.1 over the daemon's Unix socket, JSON bodies.
-//! Errors carry what an admin can act on, and each kind has its own exit status.
+//! The admin API client: HTTP/1.1 over the daemon's Unix socket, JSON bodies decoded
+//! into the shared protocol types (`admin_api`). Errors carry what an admin can act on,
+//! and each kind has its own exit status.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+
+use admin_api::{ErrorReply, Request};
+use serde::de::DeserializeOwned;
 
 /// Why the daemon could not be asked.
 #[derive(Debug)]
@@ -17,6 +21,9 @@ pub enum CallError {
     Timeout(String),
     /// The answer made no sense: exit 1.
     Protocol(String),
+    /// The answer is JSON but not the reply this proxyctl knows (a daemon of another
+    /// version?): exit 1. Names the endpoint and the field.
+    BadReply(String),
 }
 
 impl CallError {
@@ -25,7 +32,7 @@ impl CallError {
             CallError::NotRunning(_) => 3,
             CallError::PermissionDenied(_) => 4,
             CallError::Timeout(_) => 5,
-            CallError::Protocol(_) => 1,
+            CallError::Protocol(_) | CallError::BadReply(_) => 1,
         }
     }
 }
@@ -36,13 +43,47 @@ impl std::fmt::Display for CallError {
             CallError::NotRunning(m)
             | CallError::PermissionDenied(m)
             | CallError::Timeout(m)
-            | CallError::Protocol(m) => f.write_str(m),
+            | CallError::Protocol(m)
+            | CallError::BadReply(m) => f.write_str(m),
         }
     }
 }
 
+/// One request of the admin API: the HTTP status and, decoded, either the request's
+/// reply type `T` (for the statuses that carry it, see [`Request::has_reply_type`]) or
+/// the daemon's [`ErrorReply`]. A body that does not decode is a [`CallError::BadReply`].
+pub fn request<T: DeserializeOwned>(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<(u16, Result<T, ErrorReply>), CallError> {
+    let (method, path) = (request.method(), request.path());
+    let (status, body) = call(socket, method, &path, timeout)?;
+    decode(request, status, body)
+        .map(|reply| (status, reply))
+        .map_err(|e| {
+            CallError::BadReply(format!(
+                "proxyd's answer to {method} {path} ({status}) is not the reply this proxyctl \
+                 (version {}) knows: {e}",
+                env!("CARGO_PKG_VERSION")
+            ))
+        })
+}
+
+fn decode<T: DeserializeOwned>(
+    request: &Request,
+    status: u16,
+    body: serde_json::Value,
+) -> Result<Result<T, ErrorReply>, serde_json::Error> {
+    if request.has_reply_type(status) {
+        serde_json::from_value(body).map(Ok)
+    } else {
+        serde_json::from_value(body).map(Err)
+    }
+}
+
 /// One request; returns the status code and the JSON body.
-pub fn call(
+fn call(
     socket: &Path,
     method: &str,
     path: &str,
@@ -112,13 +153,32 @@ mod tests {
         assert!(parse_response(b"garbage").is_err());
     }
 
+    /// A reply with a renamed field is an error naming the field, not a silent null.
+    #[test]
+    fn a_reply_missing_a_field_does_not_decode() {
+        let raw = b"HTTP/1.1 200 OK\r\n\r\n{\"live\": true}";
+        let (status, body) = parse_response(raw).unwrap();
+        let live: admin_api::Live = decode(&Request::Live, status, body).unwrap().unwrap();
+        assert!(live.live);
+
+        let raw = b"HTTP/1.1 200 OK\r\n\r\n{\"alive\": true}";
+        let (status, body) = parse_response(raw).unwrap();
+        let e = decode::<admin_api::Live>(&Request::Live, status, body).unwrap_err();
+        assert!(e.to_string().contains("missing field `live`"), "{e}");
+
+        // Another status carries the daemon's error reply.
+        let raw = b"HTTP/1.1 404 Not Found\r\n\r\n{\"error\": \"no such admin endpoint\"}";
+        let (status, body) = parse_response(raw).unwrap();
+        let reply = decode::<admin_api::Live>(&Request::Live, status, body).unwrap();
+        assert_eq!(reply.unwrap_err().error, "no such admin endpoint");
+    }
+
     #[test]
     fn missing_socket_is_not_running() {
         let dir = std::env::temp_dir().join(format!("proxyctl-test-{}", std::process::id()));
-        let err = call(
+        let err = request::<admin_api::Status>(
             &dir.join("nope.sock"),
-            "GET",
-            "/v1/status",
+            &Request::Status,
             Duration::from_secs(1),
         )
         .unwrap_err();

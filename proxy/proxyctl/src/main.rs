@@ -17,8 +17,10 @@ mod client;
 mod generate;
 mod upgrade;
 
+use admin_api::{ErrorReply, ReloadOutcome, ReloadReply, Request};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -128,8 +130,8 @@ fn output(r: io::Result<()>) -> io::Result<()> {
 fn run(cli: &Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Check { file } => check(cli, file),
-        Command::Reload => reload(cli, "POST", "/v1/reload"),
-        Command::Diff => reload(cli, "GET", "/v1/diff"),
+        Command::Reload => reload(cli, Request::Reload),
+        Command::Diff => reload(cli, Request::Diff),
         Command::Status => status(cli),
         Command::Certs { action: None } => certs(cli),
         Command::Certs {
@@ -285,26 +287,17 @@ mod tests {
 }
 
 /// Ask the daemon; on failure print why (or a JSON error) and give the exit status.
-fn ask(
-    cli: &Cli,
-    method: &str,
-    path: &str,
-) -> Result<std::result::Result<(u16, serde_json::Value), Outcome>> {
-    ask_at(cli, &cli.socket, method, path)
+/// Else the HTTP status and the decoded reply (`T`, or the daemon's error reply).
+fn ask<T: DeserializeOwned>(cli: &Cli, request: &Request) -> Result<Answer<T>> {
+    ask_at(cli, &cli.socket, request)
 }
 
-fn ask_at(
-    cli: &Cli,
-    socket: &Path,
-    method: &str,
-    path: &str,
-) -> Result<std::result::Result<(u16, serde_json::Value), Outcome>> {
-    match client::call(
-        socket,
-        method,
-        path,
-        std::time::Duration::from_secs(cli.timeout),
-    ) {
+/// What [`ask`] gives: the HTTP status and the reply, or the exit status after a failure
+/// already reported.
+type Answer<T> = std::result::Result<(u16, std::result::Result<T, ErrorReply>), Outcome>;
+
+fn ask_at<T: DeserializeOwned>(cli: &Cli, socket: &Path, request: &Request) -> Result<Answer<T>> {
+    match client::request(socket, request, std::time::Duration::from_secs(cli.timeout)) {
         Ok(answer) => Ok(Ok(answer)),
         Err(e) => {
             if cli.json {
@@ -317,282 +310,264 @@ fn ask_at(
     }
 }
 
-/// `proxyctl reload` and `proxyctl diff`: the same answer, applied or not.
-fn reload(cli: &Cli, method: &str, path: &str) -> Result<Outcome> {
-    reload_at(cli, &cli.socket, method, path)
+/// The daemon's error reply: printed (as JSON with `--json`), exit 1.
+fn refused(cli: &Cli, e: &ErrorReply) -> Result<Outcome> {
+    if cli.json {
+        output(print_json(&to_json(e)))?;
+    } else {
+        output(writeln!(io::stderr(), "proxyctl: {}", e.error))?;
+    }
+    Ok(Outcome::Failed)
 }
 
-fn reload_at(cli: &Cli, socket: &Path, method: &str, path: &str) -> Result<Outcome> {
-    let (status, v) = match ask_at(cli, socket, method, path)? {
-        Ok(answer) => answer,
+/// `proxyctl reload` and `proxyctl diff`: the same reply, applied or not.
+fn reload(cli: &Cli, request: Request) -> Result<Outcome> {
+    reload_at(cli, &cli.socket, request)
+}
+
+fn reload_at(cli: &Cli, socket: &Path, request: Request) -> Result<Outcome> {
+    let (status, reply) = match ask_at::<ReloadReply>(cli, socket, &request)? {
+        Ok((status, Ok(reply))) => (status, reply),
+        Ok((_, Err(e))) => return refused(cli, &e),
         Err(outcome) => return Ok(outcome),
     };
-    let ok = status == 200 && v["ok"] == true;
+    let ok = status == 200 && reply.outcome.is_ok();
     if cli.json {
-        output(print_json(&v))?;
+        output(print_json(&to_json(&reply)))?;
         return Ok(if ok { Outcome::Ok } else { Outcome::Failed });
     }
-    if !ok {
-        let mut err = io::stderr().lock();
-        for e in v["errors"].as_array().into_iter().flatten() {
-            output(writeln!(
-                err,
-                "{}",
-                e["rendered"].as_str().unwrap_or_default()
-            ))?;
+    let (changes, needed, issued) = match &reply.outcome {
+        ReloadOutcome::Applied {
+            changes,
+            certificates_needed,
+            certificates_issued,
+        } if ok => (changes, certificates_needed, &certificates_issued[..]),
+        ReloadOutcome::Valid {
+            changes,
+            certificates_needed,
+        } if ok => (changes, certificates_needed, &[][..]),
+        ReloadOutcome::Rejected { errors } => {
+            let mut err = io::stderr().lock();
+            for e in errors {
+                output(writeln!(err, "{}", e.rendered))?;
+            }
+            output(writeln!(err, "{}", reply.message))?;
+            return Ok(Outcome::Failed);
         }
-        output(writeln!(
-            err,
-            "{}",
-            v["message"].as_str().unwrap_or("rejected")
-        ))?;
-        return Ok(Outcome::Failed);
+        _ => {
+            output(writeln!(io::stderr(), "{} ({status})", reply.message))?;
+            return Ok(Outcome::Failed);
+        }
+    };
+    let mut out = io::stdout().lock();
+    output(writeln!(out, "{}", reply.message))?;
+    for (items, label) in [
+        (&changes.routes_added, "+ route"),
+        (&changes.routes_removed, "- route"),
+        (&changes.routes_changed, "~ route"),
+        (&changes.redirects_added, "+ redirect"),
+        (&changes.redirects_removed, "- redirect"),
+        (&changes.redirects_changed, "~ redirect"),
+        (&changes.names_added, "+ name"),
+        (&changes.names_removed, "- name"),
+    ] {
+        for item in items {
+            output(writeln!(out, "  {label} {item}"))?;
+        }
+    }
+    for name in needed {
+        output(writeln!(out, "  certificate needed for {name}"))?;
+    }
+    for id in issued {
+        output(writeln!(out, "  certificate issued: {id}"))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `status --json`: the status reply, with the readiness reply as `ready` when the
+/// daemon gave one.
+#[derive(serde::Serialize)]
+struct StatusOutput<'a> {
+    #[serde(flatten)]
+    status: &'a admin_api::Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ready: Option<&'a admin_api::Readiness>,
+}
+
+/// `proxyctl status`.
+fn status(cli: &Cli) -> Result<Outcome> {
+    let v = match ask::<admin_api::Status>(cli, &Request::Status)? {
+        Ok((_, Ok(v))) => v,
+        Ok((_, Err(e))) => return refused(cli, &e),
+        Err(outcome) => return Ok(outcome),
+    };
+    // Readiness is an endpoint of its own (what a load balancer asks); shown here too.
+    // A daemon that cannot answer it is shown without; one that answers nonsense is an
+    // error.
+    let ready = match client::request::<admin_api::Readiness>(
+        &cli.socket,
+        &Request::Ready,
+        std::time::Duration::from_secs(cli.timeout),
+    ) {
+        Ok((_, Ok(r))) => Some(r),
+        Ok((_, Err(_))) => None,
+        Err(e @ client::CallError::BadReply(_)) => {
+            output(writeln!(io::stderr(), "proxyctl: {e}"))?;
+            return Ok(Outcome::Exit(e.exit_code()));
+        }
+        Err(_) => None,
+    };
+    if cli.json {
+        output(print_json(&to_json(&StatusOutput {
+            status: &v,
+            ready: ready.as_ref(),
+        })))?;
+        return Ok(Outcome::Ok);
     }
     let mut out = io::stdout().lock();
     output(writeln!(
         out,
-        "{}",
-        v["message"].as_str().unwrap_or_default()
+        "proxyd {} (pid {}), generation {}, routes file {}",
+        v.version, v.pid, v.generation, v.routes_file
     ))?;
-    let changes = &v["changes"];
-    for (key, label) in [
-        ("routes_added", "+ route"),
-        ("routes_removed", "- route"),
-        ("routes_changed", "~ route"),
-        ("redirects_added", "+ redirect"),
-        ("redirects_removed", "- redirect"),
-        ("redirects_changed", "~ redirect"),
-        ("names_added", "+ name"),
-        ("names_removed", "- name"),
-    ] {
-        for item in changes[key].as_array().into_iter().flatten() {
+    if let Some(r) = &ready {
+        if r.ready {
+            output(writeln!(out, "ready: yes"))?;
+        } else {
+            output(writeln!(out, "ready: NO: {}", r.problems.join("; ")))?;
+        }
+        if !r.names_without_certificate.is_empty() {
             output(writeln!(
                 out,
-                "  {label} {}",
-                item.as_str().unwrap_or_default()
+                "names without a certificate (handshakes fail): {}",
+                r.names_without_certificate.join(", ")
             ))?;
         }
     }
-    for name in v["certificates_needed"].as_array().into_iter().flatten() {
+    match &v.last_reload {
+        Some(r) => output(writeln!(
+            out,
+            "last reload: {} ({}, via {}, at {}): {}",
+            if r.ok { "ok" } else { "REJECTED" },
+            format_args!("generation {}", r.generation),
+            r.trigger,
+            unix_time(Some(r.at)),
+            r.message
+        ))?,
+        None => output(writeln!(
+            out,
+            "last reload: none since start at {}",
+            unix_time(Some(v.started_at))
+        ))?,
+    }
+    let l = &v.listeners;
+    output(writeln!(
+        out,
+        "listeners: https {} · http {} · admin {}",
+        json_text(&l.https),
+        json_text(&l.http),
+        l.admin
+    ))?;
+    output(writeln!(
+        out,
+        "routes: {} · redirects: {} · names: {} · upstreams healthy: {}/{}",
+        v.routes, v.redirects, v.names, v.upstreams_healthy, v.upstreams_total
+    ))?;
+    for u in &v.upstreams {
+        let state = if u.healthy { "up" } else { "DOWN" };
         output(writeln!(
             out,
-            "  certificate needed for {}",
-            name.as_str().unwrap_or_default()
+            "  {:<5} {:<40} {}",
+            state, u.address, u.route
         ))?;
     }
-    for id in v["certificates_issued"].as_array().into_iter().flatten() {
+    let problems = &v.store.problems;
+    if problems.is_empty() {
+        output(writeln!(out, "store: ok"))?;
+    } else {
+        output(writeln!(out, "store: {} PROBLEM(S)", problems.len()))?;
+        for p in problems {
+            output(writeln!(out, "  {p}"))?;
+        }
+    }
+    output(writeln!(out, "certificates:"))?;
+    for c in &v.certificates {
         output(writeln!(
             out,
-            "  certificate issued: {}",
-            id.as_str().unwrap_or_default()
+            "  {:<30} until {}  {}  {}",
+            c.id,
+            unix_time(Some(c.not_after)),
+            c.issuer,
+            json_text(&c.names)
         ))?;
     }
     Ok(Outcome::Ok)
 }
 
-/// `proxyctl status`.
-fn status(cli: &Cli) -> Result<Outcome> {
-    let (code, mut v) = match ask(cli, "GET", "/v1/status")? {
-        Ok(answer) => answer,
-        Err(outcome) => return Ok(outcome),
-    };
-    // Readiness is an endpoint of its own (what a load balancer asks); shown here too.
-    let ready = client::call(
-        &cli.socket,
-        "GET",
-        "/v1/health/ready",
-        std::time::Duration::from_secs(cli.timeout),
-    )
-    .ok()
-    .map(|(_, r)| r);
-    if let Some(r) = &ready {
-        v["ready"] = r.clone();
-    }
-    if cli.json {
-        output(print_json(&v))?;
-        return Ok(if code == 200 {
-            Outcome::Ok
-        } else {
-            Outcome::Failed
-        });
-    }
-    let mut out = io::stdout().lock();
-    let s = |v: &serde_json::Value| {
-        v.as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| v.to_string())
-    };
-    output(writeln!(
-        out,
-        "proxyd {} (pid {}), generation {}, routes file {}",
-        s(&v["version"]),
-        v["pid"],
-        v["generation"],
-        s(&v["routes_file"])
-    ))?;
-    if let Some(r) = &ready {
-        let problems: Vec<String> = r["problems"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(s)
-            .collect();
-        if r["ready"] == true {
-            output(writeln!(out, "ready: yes"))?;
-        } else {
-            output(writeln!(out, "ready: NO: {}", problems.join("; ")))?;
-        }
-        let missing: Vec<String> = r["names_without_certificate"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(s)
-            .collect();
-        if !missing.is_empty() {
-            output(writeln!(
-                out,
-                "names without a certificate (handshakes fail): {}",
-                missing.join(", ")
-            ))?;
-        }
-    }
-    match v["last_reload"].as_object() {
-        Some(r) => output(writeln!(
-            out,
-            "last reload: {} ({}, via {}, at {}): {}",
-            if r["ok"] == true { "ok" } else { "REJECTED" },
-            format_args!("generation {}", r["generation"]),
-            s(&r["trigger"]),
-            unix_time(&r["at"]),
-            s(&r["message"])
-        ))?,
-        None => output(writeln!(
-            out,
-            "last reload: none since start at {}",
-            unix_time(&v["started_at"])
-        ))?,
-    }
-    let l = &v["listeners"];
-    output(writeln!(
-        out,
-        "listeners: https {} · http {} · admin {}",
-        l["https"],
-        l["http"],
-        s(&l["admin"])
-    ))?;
-    output(writeln!(
-        out,
-        "routes: {} · redirects: {} · names: {} · upstreams healthy: {}/{}",
-        v["routes"], v["redirects"], v["names"], v["upstreams_healthy"], v["upstreams_total"]
-    ))?;
-    for u in v["upstreams"].as_array().into_iter().flatten() {
-        let state = if u["healthy"] == true { "up" } else { "DOWN" };
-        output(writeln!(
-            out,
-            "  {:<5} {:<40} {}",
-            state,
-            s(&u["address"]),
-            s(&u["route"])
-        ))?;
-    }
-    let problems = v["store"]["problems"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if problems.is_empty() {
-        output(writeln!(out, "store: ok"))?;
-    } else {
-        output(writeln!(out, "store: {} PROBLEM(S)", problems.len()))?;
-        for p in &problems {
-            output(writeln!(out, "  {}", s(p)))?;
-        }
-    }
-    output(writeln!(out, "certificates:"))?;
-    for c in v["certificates"].as_array().into_iter().flatten() {
-        output(writeln!(
-            out,
-            "  {:<30} until {}  {}  {}",
-            s(&c["id"]),
-            unix_time(&c["not_after"]),
-            s(&c["issuer"]),
-            c["names"]
-        ))?;
-    }
-    Ok(if code == 200 {
-        Outcome::Ok
-    } else {
-        Outcome::Failed
-    })
-}
-
 /// `proxyctl certs`.
 fn certs(cli: &Cli) -> Result<Outcome> {
-    let (code, v) = match ask(cli, "GET", "/v1/certs")? {
-        Ok(answer) => answer,
+    let v = match ask::<admin_api::Certs>(cli, &Request::Certs)? {
+        Ok((_, Ok(v))) => v,
+        Ok((_, Err(e))) => return refused(cli, &e),
         Err(outcome) => return Ok(outcome),
     };
     if cli.json {
-        output(print_json(&v))?;
-        return Ok(if code == 200 {
-            Outcome::Ok
-        } else {
-            Outcome::Failed
-        });
+        output(print_json(&to_json(&v)))?;
+        return Ok(Outcome::Ok);
     }
     let mut out = io::stdout().lock();
-    let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
-    match v["acme"].as_object() {
+    match &v.acme {
         Some(a) => output(writeln!(
             out,
             "ACME: {} ({} first), {} orders since start",
-            s(&a["directory"]),
-            s(&a["challenge"]),
-            a["orders_placed"]
+            a.directory, a.challenge, a.orders_placed
         ))?,
         None => output(writeln!(
             out,
             "ACME: off (local issuer and certificates dropped in by hand)"
         ))?,
     }
-    for g in v["groups"].as_array().into_iter().flatten() {
+    let secs = |t: Option<i64>| t.and_then(|t| u64::try_from(t).ok());
+    for g in v.groups.iter().flatten() {
         output(writeln!(
             out,
             "{:<30} {:<10} until {}  renew {}  {}",
-            s(&g["id"]),
-            s(&g["issuer"]).chars().take(60).collect::<String>(),
-            unix_time(&g["not_after"]),
-            if g["ordering"] == true {
+            g.id,
+            g.issuer
+                .as_deref()
+                .unwrap_or("-")
+                .chars()
+                .take(60)
+                .collect::<String>(),
+            unix_time(secs(g.not_after)),
+            if g.ordering {
                 "now (ordering)".to_string()
             } else {
-                unix_time(&g["next_renewal"])
+                unix_time(secs(g.next_renewal))
             },
-            g["names"]
+            json_text(&g.names)
         ))?;
-        if let Some(e) = g["last_error"].as_str() {
+        if let Some(e) = &g.last_error {
             output(writeln!(
                 out,
                 "  last error ({} in a row, at {}; next attempt {}): {e}",
-                g["failures"],
-                unix_time(&g["last_attempt"]),
-                unix_time(&g["next_attempt"])
+                g.failures,
+                unix_time(secs(g.last_attempt)),
+                unix_time(secs(g.next_attempt))
             ))?;
         }
     }
-    for c in v["certificates"].as_array().into_iter().flatten() {
+    for c in &v.certificates {
         output(writeln!(
             out,
             "{:<30} {:<10} until {}  renew -  {}",
-            s(&c["id"]),
-            s(&c["issuer"]),
-            unix_time(&c["not_after"]),
-            c["names"]
+            c.id,
+            c.issuer,
+            unix_time(Some(c.not_after)),
+            json_text(&c.names)
         ))?;
     }
-    Ok(if code == 200 {
-        Outcome::Ok
-    } else {
-        Outcome::Failed
-    })
+    Ok(Outcome::Ok)
 }
 
 /// `proxyctl certs renew NAME`.
@@ -608,34 +583,40 @@ fn certs_renew(cli: &Cli, name: &str) -> Result<Outcome> {
         ))?;
         return Ok(Outcome::Failed);
     }
-    let path = format!("/v1/certs/renew?name={name}");
-    let (code, v) = match ask(cli, "POST", &path)? {
-        Ok(answer) => answer,
+    let request = Request::Renew {
+        name: name.to_owned(),
+    };
+    let v = match ask::<admin_api::Renewing>(cli, &request)? {
+        Ok((_, Ok(v))) => v,
+        Ok((_, Err(e))) => return refused(cli, &e),
         Err(outcome) => return Ok(outcome),
     };
-    let ok = code == 202;
     if cli.json {
-        output(print_json(&v))?;
-    } else if ok {
+        output(print_json(&to_json(&v)))?;
+    } else {
         output(writeln!(
             io::stdout(),
             "renewing {} (certificate {}): see proxyctl certs",
             name,
-            v["renewing"].as_str().unwrap_or("?")
-        ))?;
-    } else {
-        output(writeln!(
-            io::stderr(),
-            "proxyctl: {}",
-            v["error"].as_str().unwrap_or("renewal refused")
+            v.renewing
         ))?;
     }
-    Ok(if ok { Outcome::Ok } else { Outcome::Failed })
+    Ok(Outcome::Ok)
 }
 
-/// Unix seconds as an ISO-8601 UTC date (no time-zone database needed).
-fn unix_time(v: &serde_json::Value) -> String {
-    let Some(secs) = v.as_u64() else {
+/// A reply as JSON for `--json` (keys sorted, as the daemon sends them).
+fn to_json(reply: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(reply).unwrap_or_default()
+}
+
+/// A value as compact JSON (lists of names and addresses in the text output).
+fn json_text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Unix seconds as an ISO-8601 UTC date (no time-zone database needed); `-` for none.
+fn unix_time(secs: Option<u64>) -> String {
+    let Some(secs) = secs else {
         return "-".into();
     };
     let days = (secs / 86_400) as i64;
@@ -662,17 +643,12 @@ fn unix_time(v: &serde_json::Value) -> String {
 mod time_tests {
     #[test]
     fn unix_time_renders_utc_dates() {
+        assert_eq!(super::unix_time(Some(0)), "1970-01-01T00:00:00Z");
         assert_eq!(
-            super::unix_time(&serde_json::json!(0)),
-            "1970-01-01T00:00:00Z"
-        );
-        assert_eq!(
-            super::unix_time(&serde_json::json!(1_798_215_041u64)),
+            super::unix_time(Some(1_798_215_041)),
             "2026-12-25T16:10:41Z"
         );
-        assert_eq!(
-            super::unix_time(&serde_json::json!(951_782_400u64)),
-            "2000-02-29T00:00:00Z"
-        );
+        assert_eq!(super::unix_time(Some(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(super::unix_time(None), "-");
     }
 }

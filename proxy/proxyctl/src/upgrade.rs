@@ -34,7 +34,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
 
+use admin_api::{ErrorReply, HandoverReply, Readiness, Request, Status};
+
 use crate::client::{self, CallError};
+use crate::json_text;
 use crate::{output, print_json, Cli, Outcome};
 
 #[derive(Debug, clap::Args)]
@@ -295,14 +298,22 @@ impl Plan {
             );
         }
         let timeout = Duration::from_secs(cli.timeout);
-        let status = call_old(old, &p.admin_socket, "GET", "/v1/status", timeout)?;
-        if status.1["pid"].as_u64() != Some(u64::from(old)) {
+        let status = match call_old::<Status>(old, &p.admin_socket, &Request::Status, timeout)? {
+            (_, Ok(status)) => status,
+            (code, Err(e)) => {
+                return fail(
+                    Some(old),
+                    format!("pid {old} did not give its status ({code}): {}", e.error),
+                )
+            }
+        };
+        if status.pid != old {
             return fail(
                 Some(old),
                 format!(
                     "{} says pid {old}, but pid {} answers on {}; fix the PID file or the flags",
                     p.pid_file.display(),
-                    status.1["pid"],
+                    status.pid,
                     p.admin_socket.display()
                 ),
             );
@@ -317,7 +328,7 @@ impl Plan {
                 "proxyctl upgrade: pid {old} runs {} with these flags: reloading its routes",
                 opts.binary.display()
             );
-            return crate::reload_at(cli, &p.admin_socket, "POST", "/v1/reload")
+            return crate::reload_at(cli, &p.admin_socket, Request::Reload)
                 .map(Done::Reloaded)
                 .or_else(|e| fail(Some(old), format!("{e:#}")));
         }
@@ -335,13 +346,7 @@ impl Plan {
         // nobody waiting it says so (409) at once; one older than the handover has no
         // such endpoint (404), and must be restarted once.
         remove_if_exists(&p.upgrade_socket).or_else(|e| fail(Some(old), e))?;
-        match call_old(
-            old,
-            &p.admin_socket,
-            "POST",
-            "/v1/upgrade/handover",
-            timeout,
-        )? {
+        match call_old::<HandoverReply>(old, &p.admin_socket, &Request::Handover, timeout)? {
             (409, _) => {}
             (404, _) => {
                 return fail(
@@ -350,14 +355,17 @@ impl Plan {
                         "the running proxyd (pid {old}, version {}) cannot hand its sockets over \
                          without stopping (no /v1/upgrade/handover); restart it once \
                          (`systemctl restart proxyd`), later upgrades keep every connection",
-                        status.1["version"]
+                        json_text(&status.version)
                     ),
                 )
             }
-            (code, v) => {
+            (code, reply) => {
                 return fail(
                     Some(old),
-                    format!("pid {old} refused a handover ({code}): {}", v["error"]),
+                    format!(
+                        "pid {old} refused a handover ({code}): {}",
+                        json_text(&handover_error(&reply))
+                    ),
                 )
             }
         }
@@ -482,20 +490,24 @@ impl Plan {
                 if p.upgrade_socket.exists() {
                     // From here on, it may hold (and serve on) the listeners.
                     new.handed_over = true;
-                    match client::call(&p.admin_socket, "POST", "/v1/upgrade/handover", timeout) {
-                        Ok((200, v)) => {
+                    match client::request::<HandoverReply>(
+                        &p.admin_socket,
+                        &Request::Handover,
+                        timeout,
+                    ) {
+                        Ok((200, Ok(HandoverReply::Sent { sent, .. }))) => {
                             eprintln!(
                                 "proxyctl upgrade: pid {old} handed {} to pid {pid}, and keeps serving",
-                                v["sent"]
+                                json_text(&sent)
                             );
                             last = "it took the listeners but did not answer its readiness check"
                                 .into();
                         }
-                        Ok((code, v)) => {
+                        Ok((code, reply)) => {
                             new.handed_over = false;
                             return Err(format!(
                                 "pid {old} did not hand its sockets over ({code}): {}",
-                                v["error"]
+                                json_text(&handover_error(&reply))
                             ));
                         }
                         Err(e) => return Err(format!("handover by pid {old}: {e}")),
@@ -505,11 +517,11 @@ impl Plan {
                 // Each call may run past the deadline by up to 1 s (a loaded machine).
                 let left = deadline.saturating_duration_since(Instant::now());
                 let t = left.clamp(Duration::from_secs(1), Duration::from_secs(2));
-                match client::call(&new.staging, "GET", "/v1/health/ready", t) {
-                    Ok((200, r)) if r["ready"] == true => {
-                        match client::call(&new.staging, "GET", "/v1/status", t) {
-                            Ok((200, s)) => {
-                                let answering = s["pid"].as_u64().unwrap_or(0) as u32;
+                match client::request::<Readiness>(&new.staging, &Request::Ready, t) {
+                    Ok((200, Ok(r))) if r.ready => {
+                        match client::request::<Status>(&new.staging, &Request::Status, t) {
+                            Ok((200, Ok(s))) => {
+                                let answering = s.pid;
                                 if answering == pid || process_group(answering) == Some(pid) {
                                     return Ok(answering);
                                 }
@@ -526,7 +538,10 @@ impl Plan {
                     }
                     Ok((_, r)) => {
                         said = true;
-                        last = format!("not ready: {}", r["problems"]);
+                        last = match r {
+                            Ok(r) => format!("not ready: {}", json_text(&r.problems)),
+                            Err(e) => format!("not ready: {}", e.error),
+                        };
                     }
                     Err(CallError::NotRunning(_)) if !said => {
                         last = format!(
@@ -647,18 +662,26 @@ impl NewDaemon {
     }
 }
 
-fn call_old(
+fn call_old<T: serde::de::DeserializeOwned>(
     old: u32,
     socket: &Path,
-    method: &str,
-    path: &str,
+    request: &Request,
     timeout: Duration,
-) -> std::result::Result<(u16, serde_json::Value), Failure> {
-    client::call(socket, method, path, timeout).map_err(|e| Failure {
+) -> std::result::Result<(u16, std::result::Result<T, ErrorReply>), Failure> {
+    client::request(socket, request, timeout).map_err(|e| Failure {
         old: None,
         code: Outcome::Exit(e.exit_code()),
         msg: format!("cannot ask the running proxyd (pid {old}): {e}"),
     })
+}
+
+/// Why a handover was refused (the daemon's error, from either reply type).
+fn handover_error(reply: &std::result::Result<HandoverReply, ErrorReply>) -> Option<String> {
+    match reply {
+        Ok(HandoverReply::Refused { error, .. }) => Some(error.clone()),
+        Ok(HandoverReply::Sent { .. }) => None,
+        Err(e) => Some(e.error.clone()),
+    }
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use serde_json::{json, Value};
 
 use crate::cli::{AcmeChallenge, Args};
 use crate::state::Shared;
@@ -94,47 +93,84 @@ impl BackgroundService for AcmeService {
 
 /// `GET /v1/certs`: every certificate held, and with ACME every routed group with its
 /// renewal state.
-pub fn certs_json(shared: &Shared) -> Value {
+pub fn certs_reply(shared: &Shared) -> admin_api::Certs {
     let held = shared.certs.list();
     match shared.acme.get() {
-        None => json!({ "acme": null, "certificates": held }),
+        None => admin_api::Certs {
+            acme: None,
+            groups: None,
+            certificates: held.into_iter().map(cert_info).collect(),
+        },
         Some(m) => {
             let groups = m.status();
             // Certificates that no routed group uses any more are listed too.
-            let others: Vec<_> = held
+            let others = held
                 .into_iter()
                 .filter(|c| !groups.iter().any(|g| g.id == c.id))
+                .map(cert_info)
                 .collect();
-            json!({
-                "acme": { "directory": m.issuer(), "challenge": m.config().challenge, "orders_placed": m.orders_placed() },
-                "groups": groups,
-                "certificates": others,
-            })
+            admin_api::Certs {
+                acme: Some(admin_api::AcmeInfo {
+                    directory: m.issuer().to_owned(),
+                    challenge: m.config().challenge.to_string(),
+                    orders_placed: m.orders_placed(),
+                }),
+                groups: Some(groups.into_iter().map(cert_group).collect()),
+                certificates: others,
+            }
         }
     }
 }
 
-/// `POST /v1/certs/renew?name=NAME`: (HTTP status, body).
-pub fn renew(shared: &Shared, query: Option<&str>) -> (u16, Value) {
-    let name = query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("name="))
-        .unwrap_or("");
+fn cert_info(c: certs::CertInfo) -> admin_api::CertInfo {
+    admin_api::CertInfo {
+        id: c.id,
+        names: c.names,
+        issuer: c.issuer,
+        not_before: c.not_before,
+        not_after: c.not_after,
+        replace_at: c.replace_at,
+        expiring: c.expiring,
+    }
+}
+
+fn cert_group(g: acme::CertStatus) -> admin_api::CertGroup {
+    admin_api::CertGroup {
+        id: g.id,
+        names: g.names,
+        issuer: g.issuer,
+        not_after: g.not_after,
+        next_renewal: g.next_renewal,
+        ari_window: g.ari_window,
+        failures: g.failures,
+        last_attempt: g.last_attempt,
+        last_error: g.last_error,
+        next_attempt: g.next_attempt,
+        ordering: g.ordering,
+    }
+}
+
+/// `POST /v1/certs/renew?name=NAME`: 202 and what is renewed, or the HTTP status and
+/// why not.
+pub fn renew(
+    shared: &Shared,
+    name: &str,
+) -> Result<admin_api::Renewing, (u16, admin_api::ErrorReply)> {
+    let refuse = |code, error: String| Err((code, admin_api::ErrorReply { error }));
     if name.is_empty() {
-        return (
-            400,
-            json!({"error": "usage: POST /v1/certs/renew?name=NAME"}),
-        );
+        return refuse(400, "usage: POST /v1/certs/renew?name=NAME".into());
     }
     let Some(m) = shared.acme.get() else {
-        return (
+        return refuse(
             409,
-            json!({"error": "ACME is off (no --acme-directory): nothing to renew"}),
+            "ACME is off (no --acme-directory): nothing to renew".into(),
         );
     };
     match m.renew_now(name) {
-        Ok(id) => (202, json!({"renewing": id, "name": name})),
-        Err(e) => (404, json!({"error": e})),
+        Ok(id) => Ok(admin_api::Renewing {
+            renewing: id,
+            name: name.to_owned(),
+        }),
+        Err(e) => refuse(404, e),
     }
 }

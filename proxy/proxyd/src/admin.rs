@@ -15,13 +15,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use admin_api::Request;
 use async_trait::async_trait;
-use http::{Method, Response, StatusCode};
+use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::control::Control;
 
@@ -33,63 +34,63 @@ pub struct AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_owned();
-        let (status, body) = match (method, path.as_str()) {
-            (Method::GET, "/v1/status") => (StatusCode::OK, self.control.status()),
-            (Method::POST, "/v1/reload") => {
-                let outcome = self.control.reload(true, "admin api").await;
-                let status = if outcome.ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                };
-                (status, outcome.to_json())
-            }
-            (Method::GET, "/v1/diff") => {
-                let outcome = self.control.reload(false, "admin api").await;
-                let status = if outcome.ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                };
-                (status, outcome.to_json())
-            }
-            (Method::GET, "/v1/certs") => (
+        let req = session.req_header();
+        let path = req.uri.path().to_owned();
+        let request = Request::parse(req.method.as_str(), &path, req.uri.query());
+        let Some(request) = request else {
+            let error = admin_api::ErrorReply {
+                error: format!("no such admin endpoint: {path}"),
+            };
+            return json_response(StatusCode::NOT_FOUND, &error);
+        };
+        // Every reply is one of admin_api's types (proxyctl decodes it into the same).
+        match request {
+            Request::Status => json_response(StatusCode::OK, &self.control.status()),
+            Request::Reload => reload_response(&self.control.reload("admin api").await),
+            Request::Diff => reload_response(&self.control.diff().await),
+            Request::Certs => json_response(
                 StatusCode::OK,
-                crate::acme_service::certs_json(&self.control.shared),
+                &crate::acme_service::certs_reply(&self.control.shared),
             ),
-            (Method::POST, "/v1/certs/renew") => {
-                let query = session.req_header().uri.query().map(str::to_owned);
-                let (code, body) =
-                    crate::acme_service::renew(&self.control.shared, query.as_deref());
-                (
-                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                    body,
-                )
+            Request::Renew { name } => {
+                match crate::acme_service::renew(&self.control.shared, &name) {
+                    Ok(renewing) => json_response(StatusCode::ACCEPTED, &renewing),
+                    Err((code, error)) => json_response(
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                        &error,
+                    ),
+                }
             }
-            (Method::POST, "/v1/upgrade/handover") => self.handover().await,
-            (Method::GET, "/v1/health/live") => (StatusCode::OK, json!({"live": true})),
-            (Method::GET, "/v1/health/ready") => {
+            Request::Handover => {
+                let (status, reply) = self.handover().await;
+                json_response(status, &reply)
+            }
+            Request::Live => json_response(StatusCode::OK, &admin_api::Live { live: true }),
+            Request::Ready => {
                 let r = crate::readiness::check(&self.control.shared, &self.control.listeners);
                 let status = if r.ready {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
-                (status, r.to_json())
+                json_response(status, &r.to_reply())
             }
-            (_, p) => (
-                StatusCode::NOT_FOUND,
-                json!({"error": format!("no such admin endpoint: {p}")}),
-            ),
-        };
-        json_response(status, &body)
+        }
     }
 }
 
+/// 200 for a valid file (applied or not), 422 for a rejected one.
+fn reload_response(outcome: &crate::control::ReloadOutcome) -> Response<Vec<u8>> {
+    let status = if outcome.outcome.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    json_response(status, &outcome.to_reply())
+}
+
 impl AdminApp {
-    async fn handover(&self) -> (StatusCode, Value) {
+    async fn handover(&self) -> (StatusCode, admin_api::HandoverReply) {
         use crate::handover::HandoverError;
         let handover = self.handover.clone();
         let result = tokio::task::spawn_blocking(move || handover.hand_over())
@@ -102,7 +103,11 @@ impl AdminApp {
                     "listening sockets handed to a new process; still serving");
                 (
                     StatusCode::OK,
-                    json!({"ok": true, "pid": std::process::id(), "sent": sent, "upgrade_socket": socket}),
+                    admin_api::HandoverReply::Sent {
+                        pid: std::process::id(),
+                        sent,
+                        upgrade_socket: socket,
+                    },
                 )
             }
             Err(e) => {
@@ -114,15 +119,22 @@ impl AdminApp {
                 };
                 (
                     status,
-                    json!({"ok": false, "error": e.to_string(), "upgrade_socket": socket}),
+                    admin_api::HandoverReply::Refused {
+                        error: e.to_string(),
+                        upgrade_socket: socket,
+                    },
                 )
             }
         }
     }
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
-    let mut bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
+/// The reply as pretty JSON. Encoded through `serde_json::Value`, whose maps keep their
+/// keys sorted: the bytes stay what they were when replies were built with `json!`.
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Vec<u8>> {
+    let mut bytes = serde_json::to_value(body)
+        .and_then(|v| serde_json::to_vec_pretty(&v))
+        .unwrap_or_default();
     bytes.push(b'\n');
     Response::builder()
         .status(status)
@@ -165,7 +177,7 @@ impl BackgroundService for SighupReload {
         };
         // From here on tokio sees every SIGHUP; one that came before is in the flag.
         if self.early.swap(false, Ordering::AcqRel) {
-            self.control.reload(true, "SIGHUP").await;
+            self.control.reload("SIGHUP").await;
         }
         loop {
             tokio::select! {
@@ -174,7 +186,7 @@ impl BackgroundService for SighupReload {
                         return;
                     }
                     self.early.store(false, Ordering::Release);
-                    self.control.reload(true, "SIGHUP").await;
+                    self.control.reload("SIGHUP").await;
                 }
                 _ = shutdown.changed() => return,
             }

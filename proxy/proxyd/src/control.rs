@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use routes::{Diagnostic, TableDiff};
-use serde_json::{json, Value};
 
 use crate::state::Shared;
 
@@ -19,21 +18,14 @@ pub struct Listeners {
     pub admin: PathBuf,
 }
 
-/// What a reload (or a dry run) found.
+/// What a reload (or a dry run) found: the admin API's reply, with the phases kept
+/// typed for the log.
 #[derive(Debug, Clone)]
 pub struct ReloadOutcome {
-    /// The file was valid.
-    pub ok: bool,
-    /// The new table is in force (false for a dry run, an invalid file, or no change).
-    pub applied: bool,
+    /// Applied, valid (a dry run, or nothing to change), or rejected: see
+    /// [`admin_api::ReloadOutcome`].
+    pub outcome: admin_api::ReloadOutcome,
     pub generation: u64,
-    pub diff: TableDiff,
-    /// New names that no certificate covers yet.
-    pub certificates_needed: Vec<String>,
-    /// Certificates issued by the local CA for the new names.
-    pub certificates_issued: Vec<String>,
-    /// Every problem of an invalid file (file:line:col), or an I/O error.
-    pub errors: Vec<Diagnostic>,
     /// One line for logs.
     pub message: String,
     pub duration_ms: f64,
@@ -126,9 +118,51 @@ impl Control {
         })
     }
 
-    /// Re-read and validate the routes file; with `apply`, swap the new table in.
-    /// An invalid file changes nothing.
-    pub async fn reload(&self, apply: bool, trigger: &'static str) -> ReloadOutcome {
+    /// Re-read and validate the routes file, then swap the new table in (the admin
+    /// API's `POST /v1/reload`, SIGHUP). An invalid file changes nothing. Recorded for
+    /// `status`, logged and counted.
+    pub async fn reload(&self, trigger: &'static str) -> ReloadOutcome {
+        let outcome = self.run(Mode::Apply).await;
+        let record = ReloadRecord {
+            at: SystemTime::now(),
+            ok: outcome.outcome.is_ok(),
+            generation: outcome.generation,
+            message: outcome.message.clone(),
+            trigger,
+        };
+        match &outcome.outcome {
+            admin_api::ReloadOutcome::Rejected { errors } => {
+                tracing::error!(trigger, "reload: {}", outcome.message);
+                for e in errors {
+                    tracing::error!("{}", e.rendered);
+                }
+            }
+            _ => {
+                *lock(&self.last_success) = Some(record.at);
+                tracing::info!(
+                    trigger,
+                    generation = outcome.generation,
+                    duration_ms = outcome.duration_ms,
+                    phases = %phases_line(&outcome.phases),
+                    "reload: {}",
+                    outcome.message
+                );
+            }
+        }
+        *lock(&self.last_reload) = Some(record);
+        if let Some(m) = self.shared.metrics.get() {
+            m.reload_done(outcome.outcome.is_ok());
+        }
+        outcome
+    }
+
+    /// What a reload would change now (`GET /v1/diff`): validates the file and diffs
+    /// it against the table in force, applying, recording and logging nothing.
+    pub async fn diff(&self) -> ReloadOutcome {
+        self.run(Mode::DryRun).await
+    }
+
+    async fn run(&self, mode: Mode) -> ReloadOutcome {
         let _one_at_a_time = self.reloading.lock().await;
         let started = Instant::now();
         // All of it on one blocking thread: parsing and diffing a large table is tens of
@@ -136,7 +170,7 @@ impl Control {
         // worker of the admin runtime.
         let (shared, path) = (self.shared.clone(), self.routes_path.clone());
         let mut outcome =
-            tokio::task::spawn_blocking(move || reload_blocking(&shared, &path, apply))
+            tokio::task::spawn_blocking(move || reload_blocking(&shared, &path, mode))
                 .await
                 .unwrap_or_else(|e| {
                     let error = Diagnostic {
@@ -149,35 +183,6 @@ impl Control {
                     self.rejected(vec![error])
                 });
         outcome.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        if apply {
-            let record = ReloadRecord {
-                at: SystemTime::now(),
-                ok: outcome.ok,
-                generation: outcome.generation,
-                message: outcome.message.clone(),
-                trigger,
-            };
-            if outcome.ok {
-                *lock(&self.last_success) = Some(record.at);
-                tracing::info!(
-                    trigger,
-                    generation = outcome.generation,
-                    duration_ms = outcome.duration_ms,
-                    phases = %phases_line(&outcome.phases),
-                    "reload: {}",
-                    outcome.message
-                );
-            } else {
-                tracing::error!(trigger, "reload: {}", outcome.message);
-                for e in &outcome.errors {
-                    tracing::error!("{e}");
-                }
-            }
-            *lock(&self.last_reload) = Some(record);
-            if let Some(m) = self.shared.metrics.get() {
-                m.reload_done(outcome.ok);
-            }
-        }
         outcome
     }
 
@@ -185,8 +190,8 @@ impl Control {
         rejected(&self.shared, &self.routes_path, errors, Vec::new())
     }
 
-    /// Everything `proxyctl status` shows.
-    pub fn status(&self) -> Value {
+    /// Everything `proxyctl status` shows (`GET /v1/status`).
+    pub fn status(&self) -> admin_api::Status {
         let snapshot = self.shared.snapshot.load_full();
         let last = lock(&self.last_reload).clone();
         let last_success = *lock(&self.last_success);
@@ -196,88 +201,114 @@ impl Control {
             if let Some(pool) = snapshot.pools.get(&route.id) {
                 for b in pool.members().iter() {
                     healthy += usize::from(b.is_healthy());
-                    upstreams.push(json!({
-                        "route": route.id,
-                        "address": b.addr.to_string(),
-                        "healthy": b.is_healthy(),
-                    }));
+                    upstreams.push(admin_api::Upstream {
+                        route: route.id.clone(),
+                        address: b.addr.to_string(),
+                        healthy: b.is_healthy(),
+                    });
                 }
             }
         }
-        let certificates: Vec<Value> = self
+        let certificates = self
             .shared
             .certs
             .list()
             .into_iter()
-            .map(|c| json!({"id": c.id, "names": c.names, "issuer": c.issuer, "not_after": c.not_after}))
+            .map(|c| admin_api::HeldCertificate {
+                id: c.id,
+                names: c.names,
+                issuer: c.issuer,
+                not_after: c.not_after,
+            })
             .collect();
-        json!({
-            "pid": std::process::id(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "started_at": unix(self.started_at),
-            "routes_file": self.routes_path.display().to_string(),
-            "generation": snapshot.generation,
-            "last_reload": last.map(|r| json!({
-                "at": unix(r.at),
-                "ok": r.ok,
-                "generation": r.generation,
-                "trigger": r.trigger,
-                "message": r.message,
-            })),
-            "last_successful_reload": last_success.map(unix),
-            "listeners": {
-                "https": self.listeners.https.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                "http": self.listeners.http.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                "admin": self.listeners.admin.display().to_string(),
+        admin_api::Status {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: unix(self.started_at),
+            routes_file: self.routes_path.display().to_string(),
+            generation: snapshot.generation,
+            last_reload: last.map(|r| admin_api::LastReload {
+                at: unix(r.at),
+                ok: r.ok,
+                generation: r.generation,
+                trigger: r.trigger.into(),
+                message: r.message,
+            }),
+            last_successful_reload: last_success.map(unix),
+            listeners: admin_api::StatusListeners {
+                https: self.listeners.https.iter().map(|a| a.to_string()).collect(),
+                http: self.listeners.http.iter().map(|a| a.to_string()).collect(),
+                admin: self.listeners.admin.display().to_string(),
             },
-            "routes": snapshot.table.routes.len(),
-            "redirects": snapshot.table.redirects.len(),
-            "names": snapshot.table.names().len(),
-            "upstreams_healthy": healthy,
-            "upstreams_total": upstreams.len(),
-            "upstreams": upstreams,
-            "certificates": certificates,
-            "store": self.shared.store_health.to_json(),
-        })
+            routes: snapshot.table.routes.len(),
+            redirects: snapshot.table.redirects.len(),
+            names: snapshot.table.names().len(),
+            upstreams_healthy: healthy,
+            upstreams_total: upstreams.len(),
+            upstreams,
+            certificates,
+            store: self.shared.store_health.to_reply(),
+        }
     }
 }
 
+/// Reload for real, or only say what a reload would change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Apply,
+    DryRun,
+}
+
 impl ReloadOutcome {
-    pub fn to_json(&self) -> Value {
-        let d = &self.diff;
-        json!({
-            "ok": self.ok,
-            "applied": self.applied,
-            "generation": self.generation,
-            "message": self.message,
-            "duration_ms": self.duration_ms,
-            // Wall-clock and CPU ms of each step (see `Phase`).
-            "phases_ms": self.phases.iter().map(|p| (p.name.to_string(), json!(p.wall_ms))).collect::<serde_json::Map<_, _>>(),
-            "phases_cpu_ms": self.phases.iter().map(|p| (p.name.to_string(), json!(p.cpu_ms))).collect::<serde_json::Map<_, _>>(),
-            "changes": {
-                "routes_added": d.routes_added,
-                "routes_removed": d.routes_removed,
-                "routes_changed": d.routes_changed,
-                "redirects_added": d.redirects_added,
-                "redirects_removed": d.redirects_removed,
-                "redirects_changed": d.redirects_changed,
-                "names_added": d.names_added,
-                "names_removed": d.names_removed,
-            },
-            "certificates_needed": self.certificates_needed,
-            "certificates_issued": self.certificates_issued,
-            "errors": self.errors.iter().map(|e| json!({
-                "file": e.file, "line": e.line, "col": e.col,
-                "message": e.message, "context": e.context,
-                "rendered": e.to_string(),
-            })).collect::<Vec<_>>(),
-        })
+    /// The admin API's reply (`POST /v1/reload`, `GET /v1/diff`).
+    pub fn to_reply(&self) -> admin_api::ReloadReply {
+        admin_api::ReloadReply {
+            outcome: self.outcome.clone(),
+            generation: self.generation,
+            message: self.message.clone(),
+            duration_ms: self.duration_ms,
+            phases_ms: self
+                .phases
+                .iter()
+                .map(|p| (p.name.to_string(), p.wall_ms))
+                .collect(),
+            phases_cpu_ms: self
+                .phases
+                .iter()
+                .map(|p| (p.name.to_string(), p.cpu_ms))
+                .collect(),
+        }
+    }
+}
+
+/// The wire form of a diff (the same lists, by the same names).
+fn changes(d: TableDiff) -> admin_api::Changes {
+    admin_api::Changes {
+        routes_added: d.routes_added,
+        routes_removed: d.routes_removed,
+        routes_changed: d.routes_changed,
+        redirects_added: d.redirects_added,
+        redirects_removed: d.redirects_removed,
+        redirects_changed: d.redirects_changed,
+        names_added: d.names_added,
+        names_removed: d.names_removed,
+    }
+}
+
+fn error_report(e: Diagnostic) -> admin_api::ErrorReport {
+    admin_api::ErrorReport {
+        rendered: e.to_string(),
+        file: e.file,
+        line: e.line,
+        col: e.col,
+        message: e.message,
+        context: e.context,
     }
 }
 
 /// The whole of one reload, on the calling (blocking) thread: read, parse, diff, then
-/// with `apply` certificates and the swap. The caller holds the one-at-a-time lock.
-fn reload_blocking(shared: &Arc<Shared>, path: &Path, apply: bool) -> ReloadOutcome {
+/// (in [`Mode::Apply`]) certificates and the swap. The caller holds the one-at-a-time lock.
+fn reload_blocking(shared: &Arc<Shared>, path: &Path, mode: Mode) -> ReloadOutcome {
     let mut phases = Phases::start();
     let file = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
@@ -316,22 +347,19 @@ fn reload_blocking(shared: &Arc<Shared>, path: &Path, apply: bool) -> ReloadOutc
     let generation = old.generation;
     drop(old);
     phases.mark("diff");
-    if !apply || diff.is_empty() {
+    if mode == Mode::DryRun || diff.is_empty() {
         // Freeing a large table is no reason to keep the caller waiting either.
         drop_later(table);
-        let message = if apply {
-            "valid; nothing changed".into()
-        } else {
-            format!("valid; a reload would change: {summary}")
+        let message = match mode {
+            Mode::Apply => "valid; nothing changed".into(),
+            Mode::DryRun => format!("valid; a reload would change: {summary}"),
         };
         return ReloadOutcome {
-            ok: true,
-            applied: false,
+            outcome: admin_api::ReloadOutcome::Valid {
+                changes: changes(diff),
+                certificates_needed,
+            },
             generation,
-            diff,
-            certificates_needed,
-            certificates_issued: Vec::new(),
-            errors: Vec::new(),
             message,
             duration_ms: 0.0,
             phases: phases.done,
@@ -360,13 +388,12 @@ fn reload_blocking(shared: &Arc<Shared>, path: &Path, apply: bool) -> ReloadOutc
     let retiring = shared.clone();
     later(move || retiring.retire(replaced));
     ReloadOutcome {
-        ok: true,
-        applied: true,
+        outcome: admin_api::ReloadOutcome::Applied {
+            changes: changes(diff),
+            certificates_needed,
+            certificates_issued: report.issued,
+        },
         generation,
-        diff,
-        certificates_needed,
-        certificates_issued: report.issued,
-        errors: Vec::new(),
         message: format!("applied generation {generation}: {summary}"),
         duration_ms: 0.0,
         phases: phases.done,
@@ -381,19 +408,16 @@ fn rejected(
     phases: Vec<Phase>,
 ) -> ReloadOutcome {
     ReloadOutcome {
-        ok: false,
-        applied: false,
         generation: shared.snapshot.load().generation,
-        diff: TableDiff::default(),
-        certificates_needed: Vec::new(),
-        certificates_issued: Vec::new(),
         message: format!(
             "{} rejected: {} error{}; the running table is unchanged",
             path.display(),
             errors.len(),
             if errors.len() == 1 { "" } else { "s" }
         ),
-        errors,
+        outcome: admin_api::ReloadOutcome::Rejected {
+            errors: errors.into_iter().map(error_report).collect(),
+        },
         duration_ms: 0.0,
         phases,
     }

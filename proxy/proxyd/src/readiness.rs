@@ -12,8 +12,6 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use serde_json::{json, Value};
-
 use crate::control::Listeners;
 use crate::state::Shared;
 
@@ -29,17 +27,23 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "ready": self.ready,
-            "generation": self.generation,
-            "listeners": self.listeners.iter()
-                .map(|(a, up)| json!({"address": a.to_string(), "listening": up}))
-                .collect::<Vec<_>>(),
-            "certificates": self.certificates,
-            "names_without_certificate": self.names_without_certificate,
-            "problems": self.problems,
-        })
+    /// The admin API's reply (`GET /v1/health/ready`).
+    pub fn to_reply(&self) -> admin_api::Readiness {
+        admin_api::Readiness {
+            ready: self.ready,
+            generation: self.generation,
+            listeners: self
+                .listeners
+                .iter()
+                .map(|(a, up)| admin_api::ListenerState {
+                    address: a.to_string(),
+                    listening: *up,
+                })
+                .collect(),
+            certificates: self.certificates,
+            names_without_certificate: self.names_without_certificate.clone(),
+            problems: self.problems.clone(),
+        }
     }
 }
 

@@ -29,7 +29,6 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use serde_json::{json, Value};
 
 use crate::state::Shared;
 
@@ -47,15 +46,15 @@ impl StoreHealth {
         self.problems.load().as_ref().clone()
     }
 
-    /// `{"ok": bool, "problems": [..], "checked_at": unix|null}` for `status`.
-    pub fn to_json(&self) -> Value {
+    /// The `store` part of `status`.
+    pub fn to_reply(&self) -> admin_api::StoreHealth {
         let problems = self.problems();
         let at = self.checked_at.load(Ordering::Relaxed);
-        json!({
-            "ok": problems.is_empty(),
-            "problems": problems,
-            "checked_at": (at > 0).then_some(at),
-        })
+        admin_api::StoreHealth {
+            ok: problems.is_empty(),
+            problems,
+            checked_at: (at > 0).then_some(at),
+        }
     }
 
     fn record(&self, problems: Vec<String>) {
