@@ -135,6 +135,6 @@ pub fn renew(shared: &Shared, query: Option<&str>) -> (u16, Value) {
     };
     match m.renew_now(name) {
         Ok(id) => (202, json!({"renewing": id, "name": name})),
-        Err(e) => (404, json!({"error": e})),
+        Err(e) => (404, json!({"error": e.to_string()})),
     }
 }
