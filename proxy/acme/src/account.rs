@@ -116,10 +116,12 @@ pub(crate) async fn load_or_create(
                             path: path.clone(),
                             source,
                         })?;
-                        let mut again: StoredAccount = serde_json::from_slice(&bytes)
-                            .map_err(|source| Error::AccountFile {
-                                path: path.clone(),
-                                source,
+                        let mut again: StoredAccount =
+                            serde_json::from_slice(&bytes).map_err(|source| {
+                                Error::AccountFile {
+                                    path: path.clone(),
+                                    source,
+                                }
                             })?;
                         again.contact = config.contact.clone();
                         write(&path, &again)?;
@@ -148,9 +150,11 @@ pub(crate) async fn load_or_create(
                 )
                 .await
                 .map_err(|e| {
-                    Error::ca("creating an ACME account", e, |source| Error::AccountCreate {
-                        directory: config.directory.clone(),
-                        source,
+                    Error::ca("creating an ACME account", e, |source| {
+                        Error::AccountCreate {
+                            directory: config.directory.clone(),
+                            source,
+                        }
                     })
                 })?;
             let stored = StoredAccount {

@@ -82,7 +82,7 @@ pub enum Error {
         /// Encrypt writes it); instant-acme does not hand the Retry-After header on.
         retry_after: Option<SystemTime>,
         #[source]
-        source: instant_acme::Error,
+        source: Box<instant_acme::Error>,
     },
     /// An authorization of the order could not be fetched.
     #[error("authorization: {0}")]
@@ -181,7 +181,7 @@ impl Error {
                 step,
                 detail: p.detail.clone().unwrap_or_default(),
                 retry_after: p.detail.as_deref().and_then(retry_after_in),
-                source: e,
+                source: Box::new(e),
             },
             None => otherwise(e),
         }
@@ -238,7 +238,9 @@ mod tests {
         let want = time::macros::datetime!(2025-01-02 03:04:05 UTC);
         assert_eq!(*retry_after, Some(want.into()));
         assert_eq!(e.retry_after(), Some(want.into()));
-        assert!(e.to_string().starts_with("new order: rate limited by the CA: too many"));
+        assert!(e
+            .to_string()
+            .starts_with("new order: rate limited by the CA: too many"));
         assert!(!e.is_challenge_failure());
         // The cause is kept.
         let source = std::error::Error::source(&e).unwrap();
@@ -249,15 +251,19 @@ mod tests {
     fn rate_limited_without_a_time_has_none() {
         let e = api(r#"{"type": "urn:ietf:params:acme:error:rateLimited", "detail": "slow down"}"#);
         let e = Error::ca("finalize", e, Error::Finalize);
-        assert!(matches!(e, Error::RateLimited { retry_after: None, .. }));
+        assert!(matches!(
+            e,
+            Error::RateLimited {
+                retry_after: None,
+                ..
+            }
+        ));
         assert_eq!(e.to_string(), "finalize: rate limited by the CA: slow down");
     }
 
     #[test]
     fn other_problems_keep_their_step() {
-        let e = api(
-            r#"{"type": "urn:ietf:params:acme:error:rejectedIdentifier", "detail": "no"}"#,
-        );
+        let e = api(r#"{"type": "urn:ietf:params:acme:error:rejectedIdentifier", "detail": "no"}"#);
         let e = Error::ca("new order", e, Error::NewOrder);
         assert!(matches!(e, Error::NewOrder(_)), "{e:?}");
         assert_eq!(
@@ -306,8 +312,12 @@ mod tests {
             e.retry_after(),
             Some(time::macros::datetime!(2025-01-03 03:04:05 UTC).into())
         );
-        assert!(e.to_string().starts_with("http-01: new order: rate limited"));
-        assert!(e.to_string().contains("; tls-alpn-01: new order: rate limited"));
+        assert!(e
+            .to_string()
+            .starts_with("http-01: new order: rate limited"));
+        assert!(e
+            .to_string()
+            .contains("; tls-alpn-01: new order: rate limited"));
     }
 
     #[test]
@@ -317,7 +327,10 @@ mod tests {
             name: "a.test".into(),
         };
         assert!(e.is_challenge_failure());
-        assert_eq!(e.to_string(), "the CA offers no http-01 challenge for a.test");
+        assert_eq!(
+            e.to_string(),
+            "the CA offers no http-01 challenge for a.test"
+        );
         assert!(Error::Validation("a.test: refused".into()).is_challenge_failure());
         assert!(!Error::Timeout(Duration::from_secs(1)).is_challenge_failure());
     }

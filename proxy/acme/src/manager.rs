@@ -15,9 +15,9 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::challenge::{tls_alpn_certificate, Published};
+use crate::error::problem;
 use crate::lock::FileLock;
 use crate::schedule::{self, Window};
-use crate::error::problem;
 use crate::{account, ChallengeKind, Config, Error, Host};
 
 /// How often the loop looks at the route generation and at due entries.
@@ -683,11 +683,7 @@ impl Manager {
             key_pem,
             issuer: self.issuer().to_string(),
         };
-        self.host
-            .certs()
-            .store()
-            .save(&cert)
-            .map_err(Error::Save)
+        self.host.certs().store().save(&cert).map_err(Error::Save)
     }
 
     async fn new_order(
