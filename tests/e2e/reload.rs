@@ -417,6 +417,7 @@ async fn proxyctl_says_why_it_cannot_reach_the_daemon() {
         "admin socket must be 0600 by default"
     );
     let bin = tests::locate_bin("proxyctl", "PROXYCTL_BIN");
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let is_root = unsafe { libc::geteuid() } == 0;
     let mut cmd = if is_root {
         let mut c = std::process::Command::new("setpriv");
@@ -445,6 +446,7 @@ async fn proxyctl_says_why_it_cannot_reach_the_daemon() {
 fn socket_owned_by_us(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path)
+        // SAFETY: geteuid has no preconditions and cannot fail.
         .map(|m| m.uid() == unsafe { libc::geteuid() })
         .unwrap_or(false)
 }

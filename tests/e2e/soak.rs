@@ -198,7 +198,7 @@ async fn soak_mixed_traffic_across_reloads_restarts_and_dns_changes_loses_nothin
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let host = if n % 2 == 0 {
+                let host = if n.is_multiple_of(2) {
                     "app.soak.test"
                 } else {
                     "static.soak.test"

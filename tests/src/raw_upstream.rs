@@ -75,10 +75,13 @@ impl RawRequest {
     }
 }
 
+/// What each accepted connection sent, in order of arrival (shared with its task).
+type Recorded = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
 /// A recording, scriptable upstream on `127.0.0.1:0`. Stops when dropped.
 pub struct RawUpstream {
     addr: SocketAddr,
-    conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    conns: Recorded,
     task: JoinHandle<()>,
 }
 
@@ -95,7 +98,7 @@ impl RawUpstream {
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
-        let conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let conns: Recorded = Arc::default();
         let recorded = conns.clone();
         let script = Arc::new(script);
         let task = tokio::spawn(async move {

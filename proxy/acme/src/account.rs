@@ -14,7 +14,7 @@ use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 use crate::lock::FileLock;
-use crate::Config;
+use crate::{Config, Error};
 
 /// What `acme/accounts/<directory>.json` holds.
 #[derive(Serialize, Deserialize)]
@@ -44,9 +44,9 @@ pub(crate) fn account_path(acme_dir: &Path, directory: &str) -> PathBuf {
 
 /// An HTTP client for the directory: the platform's roots, or with `--acme-ca-root`
 /// the system roots plus that file's certificates. ring only.
-fn builder(config: &Config) -> Result<AccountBuilder, String> {
+fn builder(config: &Config) -> Result<AccountBuilder, Error> {
     let Some(root) = &config.ca_root else {
-        return Account::builder().map_err(|e| format!("ACME HTTP client: {e}"));
+        return Account::builder().map_err(Error::HttpClient);
     };
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_native_certs::load_native_certs().certs {
@@ -54,18 +54,22 @@ fn builder(config: &Config) -> Result<AccountBuilder, String> {
     }
     let extra = CertificateDer::pem_file_iter(root)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("--acme-ca-root {}: {e}", root.display()))?;
+        .map_err(|source| Error::CaRootRead {
+            path: root.clone(),
+            source,
+        })?;
     if extra.is_empty() {
-        return Err(format!("--acme-ca-root {}: no certificate", root.display()));
+        return Err(Error::CaRootEmpty { path: root.clone() });
     }
     for c in extra {
-        roots
-            .add(c)
-            .map_err(|e| format!("--acme-ca-root {}: {e}", root.display()))?;
+        roots.add(c).map_err(|source| Error::CaRootCert {
+            path: root.clone(),
+            source,
+        })?;
     }
     let tls = rustls::ClientConfig::builder_with_provider(certs::crypto_provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("ACME TLS client: {e}"))?
+        .map_err(Error::TlsClient)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -85,30 +89,40 @@ fn builder(config: &Config) -> Result<AccountBuilder, String> {
 pub(crate) async fn load_or_create(
     store: &certs::Store,
     config: &Config,
-) -> Result<Account, String> {
+) -> Result<Account, Error> {
     let path = account_path(&store.acme_dir(), &config.directory);
     let _lock = FileLock::acquire(&path.with_extension("lock"), Duration::from_secs(60))
         .await
-        .map_err(|e| format!("account lock: {e}"))?;
+        .map_err(Error::AccountLock)?;
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let stored: StoredAccount = serde_json::from_slice(&bytes).map_err(|e| {
-                format!(
-                    "{}: {e} (move it aside to create a new account)",
-                    path.display()
-                )
-            })?;
+            let stored: StoredAccount =
+                serde_json::from_slice(&bytes).map_err(|source| Error::AccountFile {
+                    path: path.clone(),
+                    source,
+                })?;
             let account = builder(config)?
                 .from_credentials(stored.credentials)
                 .await
-                .map_err(|e| format!("ACME directory {}: {e}", config.directory))?;
+                .map_err(|source| Error::Directory {
+                    directory: config.directory.clone(),
+                    source,
+                })?;
             if stored.contact != config.contact {
                 let refs: Vec<&str> = config.contact.iter().map(String::as_str).collect();
                 match account.update_contacts(&refs).await {
                     Ok(()) => {
-                        let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+                        let bytes = std::fs::read(&path).map_err(|source| Error::AccountStore {
+                            path: path.clone(),
+                            source,
+                        })?;
                         let mut again: StoredAccount =
-                            serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                            serde_json::from_slice(&bytes).map_err(|source| {
+                                Error::AccountFile {
+                                    path: path.clone(),
+                                    source,
+                                }
+                            })?;
                         again.contact = config.contact.clone();
                         write(&path, &again)?;
                         tracing::info!(contact = ?config.contact, "ACME account contact updated");
@@ -135,7 +149,14 @@ pub(crate) async fn load_or_create(
                     eab.as_ref(),
                 )
                 .await
-                .map_err(|e| format!("creating an ACME account at {}: {e}", config.directory))?;
+                .map_err(|e| {
+                    Error::ca("creating an ACME account", e, |source| {
+                        Error::AccountCreate {
+                            directory: config.directory.clone(),
+                            source,
+                        }
+                    })
+                })?;
             let stored = StoredAccount {
                 directory: config.directory.clone(),
                 contact: config.contact.clone(),
@@ -146,7 +167,7 @@ pub(crate) async fn load_or_create(
             tracing::info!(directory = %config.directory, id = %account.id(), "ACME account created");
             Ok(account)
         }
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(source) => Err(Error::AccountStore { path, source }),
     }
 }
 
@@ -160,13 +181,16 @@ pub(crate) fn forget(store: &certs::Store, config: &Config) {
     }
 }
 
-fn write(path: &Path, account: &StoredAccount) -> Result<(), String> {
-    let json = serde_json::to_string_pretty(account).map_err(|e| e.to_string())? + "\n";
+fn write(path: &Path, account: &StoredAccount) -> Result<(), Error> {
+    let json = serde_json::to_string_pretty(account).map_err(|source| Error::AccountFile {
+        path: path.to_path_buf(),
+        source,
+    })? + "\n";
     if let Some(dir) = path.parent() {
-        certs::fsutil::create_dir(dir).map_err(|e| e.to_string())?;
+        certs::fsutil::create_dir(dir).map_err(Error::AccountWrite)?;
     }
     certs::fsutil::write_atomic(path, json.as_bytes(), certs::fsutil::KEY_MODE)
-        .map_err(|e| e.to_string())
+        .map_err(Error::AccountWrite)
 }
 
 pub(crate) fn unix_now() -> i64 {

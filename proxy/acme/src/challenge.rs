@@ -7,22 +7,27 @@ use rcgen::{CertificateParams, CustomExtension, KeyPair, PKCS_ECDSA_P256_SHA256}
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 
-use crate::Host;
+use crate::{Error, Host};
 
 /// The TLS-ALPN-01 certificate for `name` (RFC 8737 section 3): self-signed, the name
 /// as its only SAN, and the critical acmeIdentifier extension holding the SHA-256 of
 /// the key authorization.
-pub fn tls_alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
-    let mut params = CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
+pub fn tls_alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, Error> {
+    let failed = |e: Box<dyn std::error::Error + Send + Sync>| Error::ChallengeCertificate {
+        name: name.to_string(),
+        source: e,
+    };
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| failed(e.into()))?;
+    let mut params =
+        CertificateParams::new(vec![name.to_string()]).map_err(|e| failed(e.into()))?;
     params.custom_extensions = vec![CustomExtension::new_acme_identifier(digest)];
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| failed(e.into()))?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     // `CertifiedKey::from_der` refuses the critical extension; `new` does not look.
     let signing = certs::crypto_provider()
         .key_provider
         .load_private_key(der)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(e.into()))?;
     Ok(Arc::new(CertifiedKey::new(
         vec![cert.der().clone()],
         signing,

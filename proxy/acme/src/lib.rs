@@ -25,6 +25,7 @@
 mod account;
 mod challenge;
 mod config;
+mod error;
 mod lock;
 mod manager;
 pub mod schedule;
@@ -34,6 +35,7 @@ pub use config::{
     contact_uri, directory_url, eab, ChallengeKind, Config, ConfigError, Eab, LETSENCRYPT,
     LETSENCRYPT_STAGING,
 };
+pub use error::Error;
 pub use lock::FileLock;
 pub use manager::{CertStatus, Manager};
 

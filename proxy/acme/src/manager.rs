@@ -15,9 +15,10 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::challenge::{tls_alpn_certificate, Published};
+use crate::error::problem;
 use crate::lock::FileLock;
 use crate::schedule::{self, Window};
-use crate::{account, ChallengeKind, Config, Host};
+use crate::{account, ChallengeKind, Config, Error, Host};
 
 /// How often the loop looks at the route generation and at due entries.
 const TICK: Duration = Duration::from_millis(250);
@@ -96,21 +97,6 @@ pub struct Manager {
     orders_failed: AtomicU64,
     /// Bumped after each finished attempt (success or failure), for waiters.
     attempts: watch::Sender<u64>,
-}
-
-enum OrderError {
-    /// The CA did not accept our answer to a challenge: the other type may work.
-    Challenge(String),
-    /// Anything else (network, account, store).
-    Other(String),
-}
-
-impl OrderError {
-    fn text(&self) -> &str {
-        match self {
-            OrderError::Challenge(s) | OrderError::Other(s) => s,
-        }
-    }
 }
 
 impl Manager {
@@ -236,13 +222,11 @@ impl Manager {
 
     /// Orders a new certificate for the group of `name` now, whatever its renewal time
     /// and backoff. Returns the group's id.
-    pub fn renew_now(&self, name: &str) -> Result<String, String> {
+    pub fn renew_now(&self, name: &str) -> Result<String, Error> {
         let n = certs::normalize_name(name);
         let mut entries = self.lock();
         let Some((id, e)) = entries.iter_mut().find(|(_, e)| e.names.contains(&n)) else {
-            return Err(format!(
-                "{n}: not a name this proxy orders certificates for"
-            ));
+            return Err(Error::NotOrdered(n));
         };
         e.force = true;
         e.next_check = SystemTime::now();
@@ -417,7 +401,7 @@ impl Manager {
         let started = std::time::Instant::now();
         let result = match tokio::time::timeout(ORDER_TIMEOUT, self.order(names, replaces)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no certificate after {ORDER_TIMEOUT:?}")),
+            Err(_) => Err(Error::Timeout(ORDER_TIMEOUT)),
         };
         match result {
             Ok(cert) => {
@@ -470,9 +454,11 @@ impl Manager {
             Err(e) => {
                 self.orders_failed.fetch_add(1, Ordering::Relaxed);
                 meta.failures = failures_if_failed;
-                meta.last_error = Some(e.clone());
-                let wait = schedule::backoff(meta.failures, schedule::random01());
-                let at = now + wait;
+                meta.last_error = Some(e.to_string());
+                // The CA's rate limit, when it says until when, outlasts the backoff.
+                let backoff = now + schedule::backoff(meta.failures, schedule::random01());
+                let at = e.retry_after().map_or(backoff, |t| t.max(backoff));
+                let wait = at.duration_since(now).unwrap_or_default();
                 meta.next_attempt = Some(unix(at));
                 if let Err(we) = store.write_meta(id, &meta) {
                     tracing::warn!(cert = %id, "ACME: {we}");
@@ -556,7 +542,7 @@ impl Manager {
         }
     }
 
-    async fn account(&self) -> Result<Account, String> {
+    async fn account(&self) -> Result<Account, Error> {
         let mut cached = self.account.lock().await;
         if let Some(a) = cached.as_ref() {
             return Ok(a.clone());
@@ -572,18 +558,22 @@ impl Manager {
         &self,
         names: &[String],
         replaces: Option<CertificateIdentifier<'static>>,
-    ) -> Result<Arc<StoredCert>, String> {
+    ) -> Result<Arc<StoredCert>, Error> {
         let first = self.config.challenge;
         match self.order_with(names, first, replaces.clone()).await {
-            Ok(c) => Ok(c),
-            Err(OrderError::Challenge(e1)) => {
+            Err(e1) if e1.is_challenge_failure() => {
                 let other = first.other();
                 tracing::warn!(names = ?names, "ACME: {first} failed ({e1}); trying {other}");
                 self.order_with(names, other, replaces)
                     .await
-                    .map_err(|e2| format!("{first}: {e1}; {other}: {}", e2.text()))
+                    .map_err(|e2| Error::BothChallenges {
+                        first,
+                        first_error: Box::new(e1),
+                        other,
+                        other_error: Box::new(e2),
+                    })
             }
-            Err(OrderError::Other(e)) => Err(e),
+            r => r,
         }
     }
 
@@ -592,60 +582,54 @@ impl Manager {
         names: &[String],
         kind: ChallengeKind,
         replaces: Option<CertificateIdentifier<'static>>,
-    ) -> Result<Arc<StoredCert>, OrderError> {
+    ) -> Result<Arc<StoredCert>, Error> {
         let identifiers: Vec<Identifier> =
             names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-        let account = self.account().await.map_err(OrderError::Other)?;
+        let account = self.account().await?;
         let mut order = match self
             .new_order(&account, &identifiers, replaces.clone())
             .await
         {
             Ok(o) => o,
-            Err(e) if is_problem(&e, "accountDoesNotExist") => {
+            Err(e) if problem(&e, "accountDoesNotExist").is_some() => {
                 tracing::warn!("ACME: the CA no longer knows our account; creating a new one");
                 account::forget(self.host.certs().store(), &self.config);
                 *self.account.lock().await = None;
-                let account = self.account().await.map_err(OrderError::Other)?;
+                let account = self.account().await?;
                 self.new_order(&account, &identifiers, replaces)
                     .await
-                    .map_err(|e| OrderError::Other(format!("new order: {e}")))?
+                    .map_err(|e| Error::ca("new order", e, Error::NewOrder))?
             }
-            Err(e) => return Err(OrderError::Other(format!("new order: {e}"))),
+            Err(e) => return Err(Error::ca("new order", e, Error::NewOrder)),
         };
 
         let host: &dyn Host = &*self.host;
         let mut published = Published::new(host);
         let mut authorizations = order.authorizations();
         while let Some(result) = authorizations.next().await {
-            let mut authz = result.map_err(|e| OrderError::Other(format!("authorization: {e}")))?;
+            let mut authz =
+                result.map_err(|e| Error::ca("authorization", e, Error::Authorization))?;
             let name = authz.identifier().to_string();
             match authz.status {
                 AuthorizationStatus::Valid => continue,
                 AuthorizationStatus::Pending => {}
-                other => {
-                    return Err(OrderError::Challenge(format!(
-                        "authorization for {name} is {other:?}"
-                    )))
-                }
+                status => return Err(Error::AuthorizationState { name, status }),
             }
             let Some(mut challenge) = authz.challenge(kind.acme()) else {
-                return Err(OrderError::Challenge(format!(
-                    "the CA offers no {kind} challenge for {name}"
-                )));
+                return Err(Error::NoChallenge { kind, name });
             };
             let key_auth = challenge.key_authorization();
             match kind {
                 ChallengeKind::Http01 => published.http01(&challenge.token, key_auth.as_str()),
                 ChallengeKind::TlsAlpn01 => {
-                    let key = tls_alpn_certificate(&name, key_auth.digest().as_ref())
-                        .map_err(OrderError::Other)?;
+                    let key = tls_alpn_certificate(&name, key_auth.digest().as_ref())?;
                     published.tls_alpn01(&name, key);
                 }
             }
             challenge
                 .set_ready()
                 .await
-                .map_err(|e| OrderError::Challenge(format!("{name}: {e}")))?;
+                .map_err(|source| Error::ChallengeReady { name, source })?;
         }
 
         // First look after 100 ms, then 1.5 times longer each time (the CA's Retry-After
@@ -681,29 +665,25 @@ impl Manager {
             } else {
                 details.join("; ")
             };
-            return Err(OrderError::Challenge(details));
+            return Err(Error::Validation(details));
         }
         drop(published);
 
         let key_pem = order
             .finalize()
             .await
-            .map_err(|e| OrderError::Other(format!("finalize: {e}")))?;
+            .map_err(|e| Error::ca("finalize", e, Error::Finalize))?;
         let chain_pem = order
             .poll_certificate(&retry)
             .await
-            .map_err(|e| OrderError::Other(format!("certificate: {e}")))?;
+            .map_err(|e| Error::ca("certificate", e, Error::Download))?;
         let cert = IssuedCert {
             names: names.to_vec(),
             chain_pem,
             key_pem,
             issuer: self.issuer().to_string(),
         };
-        self.host
-            .certs()
-            .store()
-            .save(&cert)
-            .map_err(|e| OrderError::Other(format!("saving: {e}")))
+        self.host.certs().store().save(&cert).map_err(Error::Save)
     }
 
     async fn new_order(
@@ -720,7 +700,7 @@ impl Manager {
             {
                 Ok(o) => return Ok(o),
                 // e.g. alreadyReplaced: an order without `replaces` is still fine.
-                Err(e) if !is_problem(&e, "accountDoesNotExist") => {
+                Err(e) if problem(&e, "accountDoesNotExist").is_none() => {
                     tracing::debug!("ACME: order with `replaces` refused ({e}); ordering without");
                     self.orders_placed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -773,10 +753,6 @@ fn best_cover<'a>(
         .filter(|c| issuer.is_none_or(|i| c.issuer == i))
         .filter(|c| names.iter().all(|n| c.covers(n)))
         .max_by_key(|c| (c.valid_at(now), c.not_after))
-}
-
-fn is_problem(e: &instant_acme::Error, kind: &str) -> bool {
-    matches!(e, instant_acme::Error::Api(p) if p.r#type.as_deref().is_some_and(|t| t.ends_with(kind)))
 }
 
 fn unix(t: SystemTime) -> i64 {

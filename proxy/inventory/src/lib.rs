@@ -18,6 +18,9 @@
 //! tree with offsets, `load` walks it and collects diagnostics, `expand` writes
 //! routes.toml.
 
+// No unsafe in this crate; the workspace lints (Cargo.toml) say why others have some.
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};

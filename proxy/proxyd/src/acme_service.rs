@@ -171,6 +171,6 @@ pub fn renew(
             renewing: id,
             name: name.to_owned(),
         }),
-        Err(e) => refuse(404, e),
+        Err(e) => refuse(404, e.to_string()),
     }
 }

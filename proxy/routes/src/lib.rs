@@ -15,6 +15,9 @@
 //! `host` (request hosts), `path` (request paths) and `target` (methods and request
 //! targets), all pure.
 
+// No unsafe in this crate; the workspace lints (Cargo.toml) say why others have some.
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

@@ -208,7 +208,9 @@ async fn h2_host_header_disagreeing_with_authority_or_hostile_is_refused() {
     let upstream = RawUpstream::start().await;
     let proxy = Proxy::start(&plain_route("*.wild.test", upstream.addr(), "")).await;
     let base = [(":method", "GET"), (":scheme", "https")];
-    let cases: Vec<(&str, Vec<(&str, &str)>, Option<u16>)> = vec![
+    /// What the case is, its header block, the status expected (`None`: a reset).
+    type Case = (&'static str, Vec<(&'static str, &'static str)>, Option<u16>);
+    let cases: Vec<Case> = vec![
         (
             ":authority and host differ",
             vec![

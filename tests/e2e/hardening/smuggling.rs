@@ -265,7 +265,7 @@ fn assert_nothing_ambiguous(upstream: &RawUpstream) {
         let cl = r.header("content-length");
         let te = r.header("transfer-encoding");
         assert!(
-            cl.len() <= 1 && !(cl.len() == 1 && !te.is_empty()),
+            cl.len() <= 1 && (cl.is_empty() || te.is_empty()),
             "ambiguous framing reached the upstream ({cl:?}, {te:?}):\n{}",
             upstream.dump()
         );
@@ -369,7 +369,13 @@ async fn h2_requests_with_conflicting_framing_never_reach_the_upstream_as_two() 
         (":scheme", "https"),
         (":authority", "a.test"),
     ];
-    let shapes: Vec<(&str, Vec<(&str, &str)>, &[u8])> = vec![
+    /// What the shape is, its header block, its body.
+    type Shape = (
+        &'static str,
+        Vec<(&'static str, &'static str)>,
+        &'static [u8],
+    );
+    let shapes: Vec<Shape> = vec![
         (
             "transfer-encoding in h2",
             vec![(":path", "/h2-te"), ("transfer-encoding", "chunked")],
