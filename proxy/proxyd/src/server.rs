@@ -17,14 +17,14 @@ use routes::RouteTable;
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::admin::{AdminApp, SighupReload};
+use crate::control::admin::{AdminApp, SighupReload};
 use crate::cli::{AcmeFallback, Args, OnOff};
-use crate::control::{Control, Listeners};
-use crate::guard::{ConnCap, HeadGuard};
-use crate::proxy::Proxy;
-use crate::state::Shared;
-use crate::tls::TlsApp;
-use crate::upstream;
+use crate::control::reload::{Control, Listeners};
+use crate::data::guard::{ConnCap, HeadGuard};
+use crate::data::proxy::Proxy;
+use crate::data::state::Shared;
+use crate::data::tls::TlsApp;
+use crate::data::upstream;
 
 /// Read and validate a routes file. Every problem is in the error, one per line.
 pub fn load_routes(path: &Path) -> anyhow::Result<RouteTable> {
@@ -61,7 +61,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         }
     }
     let table = load_routes(&args.routes)?;
-    let acme_config = crate::acme_service::config(&args)?;
+    let acme_config = crate::control::acme_service::config(&args)?;
     if args.check {
         println!(
             "{}: OK: {} routes, {} redirects, {} names",
@@ -121,7 +121,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let shared = Shared::new(table, manager, redirect_port);
     // Observability (metrics.rs, access_log.rs): in place before any service runs; the
     // access log file is opened here, before any port is bound.
-    let metrics = args.metrics.map(|_| crate::metrics::Metrics::new());
+    let metrics = args.metrics.map(|_| crate::observe::metrics::Metrics::new());
     if let Some(m) = &metrics {
         m.sync_routes(&shared.snapshot.load().table);
         let _ = shared.metrics.set(m.clone());
@@ -135,10 +135,10 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         }
         format => {
             let format = match format {
-                crate::cli::AccessLogFormat::Combined => crate::access_log::Format::Combined,
-                _ => crate::access_log::Format::Json,
+                crate::cli::AccessLogFormat::Combined => crate::observe::access_log::Format::Combined,
+                _ => crate::observe::access_log::Format::Json,
             };
-            let (log, writer) = crate::access_log::AccessLog::start(
+            let (log, writer) = crate::observe::access_log::AccessLog::start(
                 format,
                 args.access_log.clone(),
                 args.access_log_queue,
@@ -150,10 +150,10 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let acme_service = acme_config.map(|config| {
         let manager = acme::Manager::new(
             config,
-            Arc::new(crate::acme_service::AcmeHost(shared.clone())),
+            Arc::new(crate::control::acme_service::AcmeHost(shared.clone())),
         );
         let _ = shared.acme.set(manager.clone());
-        background_service("acme", crate::acme_service::AcmeService(manager))
+        background_service("acme", crate::control::acme_service::AcmeService(manager))
     });
 
     let conf = ServerConf {
@@ -195,8 +195,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let tls_config = certs::server_config(resolver, alpn).context("TLS configuration")?;
     // Client limits (guard.rs): connections per address on both listeners, HTTP/1.x
     // head deadline and size inside TLS, hardened HTTP/2 and keep-alive settings.
-    let limits = crate::guard::ClientLimits::from_args(&args);
-    let conns = crate::guard::ConnCounter::new(limits.max_conns_per_ip);
+    let limits = crate::data::guard::ClientLimits::from_args(&args);
+    let conns = crate::data::guard::ConnCounter::new(limits.max_conns_per_ip);
     let mut https_proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy {
@@ -204,8 +204,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             tls: true,
         },
     );
-    https_proxy.server_options = Some(crate::guard::server_options());
-    https_proxy.h2_options = Some(crate::guard::h2_options(&limits));
+    https_proxy.server_options = Some(crate::data::guard::server_options());
+    https_proxy.h2_options = Some(crate::data::guard::h2_options(&limits));
     let errors = &shared.client_errors;
     let https_app = ConnCap::new(
         TlsApp::new(
@@ -216,7 +216,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         .with_metrics(metrics.clone()),
         conns.clone(),
     );
-    let https_app = crate::metrics::Counted::new(https_app, metrics.clone(), "https");
+    let https_app = crate::observe::metrics::Counted::new(https_app, metrics.clone(), "https");
     let mut https = Service::new("https".to_string(), https_app);
     for addr in &args.https {
         https.add_listener(public_listener(addr));
@@ -228,10 +228,10 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             tls: false,
         },
     );
-    http_proxy.server_options = Some(crate::guard::server_options());
+    http_proxy.server_options = Some(crate::data::guard::server_options());
     let mut http = Service::new(
         "http".to_string(),
-        crate::metrics::Counted::new(
+        crate::observe::metrics::Counted::new(
             ConnCap::new(HeadGuard::new(http_proxy, limits, errors.clone()), conns),
             metrics.clone(),
             "http",
@@ -248,7 +248,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     );
     // Upstream names: never resolved here (a name that does not resolve must not fail a
     // start); the DNS service resolves them in the background.
-    let resolver = match crate::dns::resolver(&args.dns_server) {
+    let resolver = match crate::control::dns::resolver(&args.dns_server) {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::error!("DNS: {e:#}: upstream names use their fallback addresses");
@@ -257,7 +257,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let dns = background_service(
         "upstream DNS",
-        crate::dns::DnsService {
+        crate::control::dns::DnsService {
             shared: shared.clone(),
             resolver,
         },
@@ -286,7 +286,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             )
         })?;
     }
-    let handover = crate::handover::Handover::new(args.upgrade_socket.clone());
+    let handover = crate::control::handover::Handover::new(args.upgrade_socket.clone());
     let mut admin = Service::new(
         "admin".to_string(),
         pingora::apps::http_app::HttpServer::new_app(AdminApp {
@@ -298,7 +298,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         &admin_path.display().to_string(),
         Some(std::fs::Permissions::from_mode(args.admin_socket_mode)),
     );
-    let admin = crate::handover::WithListenFds {
+    let admin = crate::control::handover::WithListenFds {
         inner: admin,
         handover,
     };
@@ -321,7 +321,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     if let (Some(addr), Some(m)) = (args.metrics, &metrics) {
         let mut service = Service::new(
             "metrics".to_string(),
-            pingora::apps::http_app::HttpServer::new_app(crate::metrics::MetricsApp {
+            pingora::apps::http_app::HttpServer::new_app(crate::observe::metrics::MetricsApp {
                 metrics: m.clone(),
                 shared: shared.clone(),
                 listeners: listeners.clone(),
@@ -335,10 +335,10 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
     if args.daemon {
         // Still the launching process: pingora forks in run_forever.
-        let launcher = crate::daemon::Launcher::before_fork()?;
+        let launcher = crate::control::daemon::Launcher::before_fork()?;
         server.add_service(background_service(
             "daemon ready",
-            crate::daemon::NotifyLauncher {
+            crate::control::daemon::NotifyLauncher {
                 launcher,
                 shared: shared.clone(),
                 listeners: listeners.clone(),
@@ -347,7 +347,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
     server.add_service(background_service(
         "log summaries",
-        crate::logging::Summaries {
+        crate::observe::logging::Summaries {
             shared: shared.clone(),
             interval: args.log_summary_interval,
         },
@@ -355,14 +355,14 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     // Certificates age while the daemon runs (renewal.rs).
     server.add_service(background_service(
         "certificate timer",
-        crate::renewal::CertTimer {
+        crate::control::renewal::CertTimer {
             shared: shared.clone(),
             interval: args.cert_check_interval.max(Duration::from_millis(100)),
         },
     ));
     server.add_service(background_service(
         "certificate store check",
-        crate::store_watch::StoreWatch {
+        crate::control::store_watch::StoreWatch {
             shared: shared.clone(),
             interval: args.store_check_interval,
         },

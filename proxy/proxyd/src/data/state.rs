@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use routes::RouteTable;
 
-use crate::upstream::{Pool, Registry};
+use crate::data::upstream::{Pool, Registry};
 
 /// One generation of the routing table with its upstream pools. Immutable: a reload
 /// builds a new one and stores it with one atomic swap; requests that already loaded
@@ -32,16 +32,16 @@ pub struct Shared {
     /// The ACME client, when `--acme-directory` is given (set once at start).
     pub acme: std::sync::OnceLock<Arc<acme::Manager>>,
     /// Metrics, with `--metrics` (set once at start; see `metrics.rs`).
-    pub metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
+    pub metrics: std::sync::OnceLock<Arc<crate::observe::metrics::Metrics>>,
     /// The access log, unless `--access-log-format off` (set once at start).
-    pub access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
+    pub access_log: std::sync::OnceLock<crate::observe::access_log::AccessLog>,
     /// What the last certificate-store check found (`store_watch.rs`).
-    pub store_health: crate::store_watch::StoreHealth,
+    pub store_health: crate::control::store_watch::StoreHealth,
     /// Client-caused failures, counted instead of logged (`client_errors.rs`).
-    pub client_errors: Arc<crate::client_errors::ClientErrors>,
+    pub client_errors: Arc<crate::data::client_errors::ClientErrors>,
     /// Upstream failures by (route id, upstream address): the first logged at once,
     /// the others summed up once per interval (`logging.rs`).
-    pub upstream_failures: crate::logging::Repeats<(String, String)>,
+    pub upstream_failures: crate::observe::logging::Repeats<(String, String)>,
 }
 
 impl Shared {

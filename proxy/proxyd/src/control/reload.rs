@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use routes::{Diagnostic, TableDiff};
 use serde_json::{json, Value};
 
-use crate::state::Shared;
+use crate::data::state::Shared;
 
 /// Where the daemon listens (for `status`).
 #[derive(Debug, Clone, Default)]

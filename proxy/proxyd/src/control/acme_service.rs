@@ -10,7 +10,7 @@ use pingora::services::background::BackgroundService;
 use serde_json::{json, Value};
 
 use crate::cli::{AcmeChallenge, Args};
-use crate::state::Shared;
+use crate::data::state::Shared;
 
 /// The ACME configuration from the flags; `None` without `--acme-directory`. Checked
 /// before any port is bound.

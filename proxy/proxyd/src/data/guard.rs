@@ -49,7 +49,7 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::client_errors::{ClientError, ClientErrors};
+use crate::data::client_errors::{ClientError, ClientErrors};
 
 /// What one client may hold or make the proxy wait for (from the command line).
 #[derive(Debug, Clone, Copy)]

@@ -14,8 +14,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde_json::{json, Value};
 
-use crate::control::Listeners;
-use crate::state::Shared;
+use crate::control::reload::Listeners;
+use crate::data::state::Shared;
 
 pub struct Readiness {
     pub ready: bool,

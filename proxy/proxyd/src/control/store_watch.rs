@@ -31,7 +31,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::{json, Value};
 
-use crate::state::Shared;
+use crate::data::state::Shared;
 
 /// The last check's findings (read by `status`).
 #[derive(Default)]
@@ -160,7 +160,7 @@ pub fn check(shared: &Shared) -> Vec<String> {
         if !uncovered.is_empty() {
             if writable {
                 let full = certs.maintain();
-                crate::renewal::log_events(&full);
+                crate::control::renewal::log_events(&full);
                 let report = full.ensure;
                 for e in &report.errors {
                     problems.push(format!("issuing: {e}"));

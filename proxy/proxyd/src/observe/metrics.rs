@@ -33,10 +33,10 @@ use prometheus::{
 };
 use routes::RouteTable;
 
-use crate::access_log::DropReason;
-use crate::client_errors::ClientError;
-use crate::control::Listeners;
-use crate::state::Shared;
+use crate::observe::access_log::DropReason;
+use crate::data::client_errors::ClientError;
+use crate::control::reload::Listeners;
+use crate::data::state::Shared;
 
 /// Latency buckets (seconds): from a cached static file on the LAN to a slow upload.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -756,7 +756,7 @@ impl ServeHttp for MetricsApp {
                 self.metrics.render(&self.shared),
             ),
             (&Method::GET | &Method::HEAD, "/health") => {
-                let r = crate::readiness::check(&self.shared, &self.listeners);
+                let r = crate::observe::readiness::check(&self.shared, &self.listeners);
                 if r.ready {
                     (
                         StatusCode::OK,

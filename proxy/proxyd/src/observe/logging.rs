@@ -31,8 +31,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{filter::FilterExt, EnvFilter, Registry};
 
 use crate::cli::LogFormat;
-use crate::client_errors::{self, ClientError};
-use crate::state::Shared;
+use crate::data::client_errors::{self, ClientError};
+use crate::data::state::Shared;
 
 /// Lines one library call site (warn or error) may write per interval.
 pub const LIBRARY_BURST: u64 = 10;

@@ -23,11 +23,11 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::{json, Value};
 
-use crate::control::Control;
+use crate::control::reload::Control;
 
 pub struct AdminApp {
     pub control: Arc<Control>,
-    pub handover: Arc<crate::handover::Handover>,
+    pub handover: Arc<crate::control::handover::Handover>,
 }
 
 #[async_trait]
@@ -57,12 +57,12 @@ impl ServeHttp for AdminApp {
             }
             (Method::GET, "/v1/certs") => (
                 StatusCode::OK,
-                crate::acme_service::certs_json(&self.control.shared),
+                crate::control::acme_service::certs_json(&self.control.shared),
             ),
             (Method::POST, "/v1/certs/renew") => {
                 let query = session.req_header().uri.query().map(str::to_owned);
                 let (code, body) =
-                    crate::acme_service::renew(&self.control.shared, query.as_deref());
+                    crate::control::acme_service::renew(&self.control.shared, query.as_deref());
                 (
                     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                     body,
@@ -71,7 +71,7 @@ impl ServeHttp for AdminApp {
             (Method::POST, "/v1/upgrade/handover") => self.handover().await,
             (Method::GET, "/v1/health/live") => (StatusCode::OK, json!({"live": true})),
             (Method::GET, "/v1/health/ready") => {
-                let r = crate::readiness::check(&self.control.shared, &self.control.listeners);
+                let r = crate::observe::readiness::check(&self.control.shared, &self.control.listeners);
                 let status = if r.ready {
                     StatusCode::OK
                 } else {
@@ -90,7 +90,7 @@ impl ServeHttp for AdminApp {
 
 impl AdminApp {
     async fn handover(&self) -> (StatusCode, Value) {
-        use crate::handover::HandoverError;
+        use crate::control::handover::HandoverError;
         let handover = self.handover.clone();
         let result = tokio::task::spawn_blocking(move || handover.hand_over())
             .await
