@@ -17,8 +17,8 @@ use routes::RouteTable;
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::control::admin::{AdminApp, SighupReload};
 use crate::cli::{AcmeFallback, Args, OnOff};
+use crate::control::admin::{AdminApp, SighupReload};
 use crate::control::reload::{Control, Listeners};
 use crate::data::guard::{ConnCap, HeadGuard};
 use crate::data::proxy::Proxy;
@@ -121,7 +121,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let shared = Shared::new(table, manager, redirect_port);
     // Observability (metrics.rs, access_log.rs): in place before any service runs; the
     // access log file is opened here, before any port is bound.
-    let metrics = args.metrics.map(|_| crate::observe::metrics::Metrics::new());
+    let metrics = args
+        .metrics
+        .map(|_| crate::observe::metrics::Metrics::new());
     if let Some(m) = &metrics {
         m.sync_routes(&shared.snapshot.load().table);
         let _ = shared.metrics.set(m.clone());
@@ -135,7 +137,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         }
         format => {
             let format = match format {
-                crate::cli::AccessLogFormat::Combined => crate::observe::access_log::Format::Combined,
+                crate::cli::AccessLogFormat::Combined => {
+                    crate::observe::access_log::Format::Combined
+                }
                 _ => crate::observe::access_log::Format::Json,
             };
             let (log, writer) = crate::observe::access_log::AccessLog::start(

@@ -71,7 +71,8 @@ impl ServeHttp for AdminApp {
             (Method::POST, "/v1/upgrade/handover") => self.handover().await,
             (Method::GET, "/v1/health/live") => (StatusCode::OK, json!({"live": true})),
             (Method::GET, "/v1/health/ready") => {
-                let r = crate::observe::readiness::check(&self.control.shared, &self.control.listeners);
+                let r =
+                    crate::observe::readiness::check(&self.control.shared, &self.control.listeners);
                 let status = if r.ready {
                     StatusCode::OK
                 } else {

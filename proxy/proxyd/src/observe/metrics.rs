@@ -33,10 +33,10 @@ use prometheus::{
 };
 use routes::RouteTable;
 
-use crate::observe::access_log::DropReason;
-use crate::data::client_errors::ClientError;
 use crate::control::reload::Listeners;
+use crate::data::client_errors::ClientError;
 use crate::data::state::Shared;
+use crate::observe::access_log::DropReason;
 
 /// Latency buckets (seconds): from a cached static file on the LAN to a slow upload.
 const LATENCY_BUCKETS: &[f64] = &[
