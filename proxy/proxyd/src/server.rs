@@ -19,12 +19,13 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::cli::{AcmeFallback, Args, OnOff};
 use crate::control::admin::{AdminApp, SighupReload};
-use crate::control::reload::{Control, Listeners};
+use crate::control::reload::Control;
 use crate::data::guard::{ConnCap, HeadGuard};
 use crate::data::proxy::Proxy;
 use crate::data::state::Shared;
 use crate::data::tls::TlsApp;
 use crate::data::upstream;
+use crate::observe::readiness::Listeners;
 
 /// Read and validate a routes file. Every problem is in the error, one per line.
 pub fn load_routes(path: &Path) -> anyhow::Result<RouteTable> {
@@ -126,8 +127,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         .map(|_| crate::observe::metrics::Metrics::new());
     if let Some(m) = &metrics {
         m.sync_routes(&shared.snapshot.load().table);
-        let _ = shared.metrics.set(m.clone());
     }
+    let mut access_log = None;
     let access_log_writer = match args.access_log_format {
         crate::cli::AccessLogFormat::Off => {
             if args.access_log.is_some() {
@@ -147,7 +148,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
                 args.access_log.clone(),
                 args.access_log_queue,
             )?;
-            let _ = shared.access_log.set(log);
+            access_log = Some(Arc::new(log));
             Some(background_service("access log", writer))
         }
     };
@@ -206,6 +207,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         Proxy {
             shared: shared.clone(),
             tls: true,
+            metrics: metrics.clone(),
+            access_log: access_log.clone(),
         },
     );
     https_proxy.server_options = Some(crate::data::guard::server_options());
@@ -230,6 +233,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         Proxy {
             shared: shared.clone(),
             tls: false,
+            metrics: metrics.clone(),
+            access_log: access_log.clone(),
         },
     );
     http_proxy.server_options = Some(crate::data::guard::server_options());
@@ -267,6 +272,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         },
     );
 
+    let store_health = Arc::new(crate::control::store_watch::StoreHealth::default());
     let control = Control::new(
         shared.clone(),
         args.routes.clone(),
@@ -275,6 +281,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             http: args.http.clone(),
             admin: args.admin_socket.clone(),
         },
+        metrics.clone(),
+        store_health.clone(),
     );
     // During an upgrade the old process still owns --admin-socket: this one answers on
     // the staging path until `proxyctl upgrade` moves it into place (handover.rs).
@@ -329,6 +337,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
                 metrics: m.clone(),
                 shared: shared.clone(),
                 listeners: listeners.clone(),
+                access_log: access_log.clone(),
             }),
         );
         service.add_tcp_with_settings(&addr.to_string(), socket_options(&addr));
@@ -352,7 +361,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     server.add_service(background_service(
         "log summaries",
         crate::observe::logging::Summaries {
-            shared: shared.clone(),
+            client_errors: shared.client_errors.clone(),
+            upstream_failures: shared.upstream_failures.clone(),
+            access_log: access_log.clone(),
             interval: args.log_summary_interval,
         },
     ));
@@ -368,6 +379,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         "certificate store check",
         crate::control::store_watch::StoreWatch {
             shared: shared.clone(),
+            health: store_health,
             interval: args.store_check_interval,
         },
     ));

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::control::reload::Listeners;
 use crate::data::state::Shared;
+use crate::observe::readiness::Listeners;
 
 /// The process that ran `proxyd --daemon`, recorded before the fork.
 #[derive(Debug, Clone, Copy)]

@@ -77,6 +77,8 @@ impl StoreHealth {
 /// Background service: [`check`] every `interval`.
 pub struct StoreWatch {
     pub shared: Arc<Shared>,
+    /// Where the findings go (read by `status`, see `reload.rs`).
+    pub health: Arc<StoreHealth>,
     pub interval: Duration,
 }
 
@@ -95,7 +97,7 @@ impl BackgroundService for StoreWatch {
             let problems = tokio::task::spawn_blocking(move || check(&shared))
                 .await
                 .unwrap_or_else(|e| vec![format!("the store check failed: {e}")]);
-            self.shared.store_health.record(problems);
+            self.health.record(problems);
         }
     }
 }

@@ -45,6 +45,10 @@ const FORWARDING_HEADERS: [&str; 6] = [
 pub struct Proxy {
     pub shared: Arc<Shared>,
     pub tls: bool,
+    /// With `--metrics`.
+    pub metrics: Option<Arc<crate::observe::metrics::Metrics>>,
+    /// Unless `--access-log-format off`.
+    pub access_log: Option<Arc<crate::observe::access_log::AccessLog>>,
 }
 
 /// Per-request state.
@@ -177,7 +181,7 @@ impl ProxyHttp for Proxy {
             pages::send(session, status, page, &[]).await?;
             return Ok(true);
         };
-        if let Some(m) = self.shared.metrics.get() {
+        if let Some(m) = &self.metrics {
             ctx.route_metrics = Some(m.route(target.id()));
         }
         ctx.target = Some(target.clone());
@@ -459,8 +463,8 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         crate::data::guard::request_finished(session);
         // Metrics and the access log (metrics.rs, access_log.rs): no lock, no I/O here.
-        let metrics = self.shared.metrics.get();
-        let access_log = self.shared.access_log.get();
+        let metrics = self.metrics.as_deref();
+        let access_log = self.access_log.as_deref();
         // A websocket's tunnel is over.
         ctx.websocket = None;
         if metrics.is_none() && access_log.is_none() {
