@@ -64,17 +64,6 @@ pub struct ClientLimits {
     pub max_conns_per_ip: u32,
 }
 
-impl ClientLimits {
-    pub fn from_args(args: &crate::cli::Args) -> ClientLimits {
-        ClientLimits {
-            header_timeout: args.client_header_timeout,
-            body_timeout: args.client_body_timeout,
-            max_header_size: args.client_max_header_size,
-            max_conns_per_ip: args.max_conns_per_ip,
-        }
-    }
-}
-
 /// Requests served on one keep-alive HTTP/1.1 connection before it is closed (nginx's
 /// `keepalive_requests` default).
 pub const KEEPALIVE_REQUESTS: u32 = 1000;
