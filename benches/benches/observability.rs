@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use benches::{routes_toml, sample};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use proxyd::access_log::{AccessLog, Entry, Format};
-use proxyd::metrics::{Metrics, RequestSample};
+use proxyd::observe::access_log::{AccessLog, Entry, Format};
+use proxyd::observe::metrics::{Metrics, RequestSample};
 
 /// Route ids walked in turn, so the handle map is not one hot cache line.
 const QUERIES: usize = 4096;
@@ -85,7 +85,7 @@ fn access_log(c: &mut Criterion) {
         let (log, writer) = AccessLog::start(
             format,
             Some("/dev/null".into()),
-            proxyd::access_log::DEFAULT_QUEUE_BYTES,
+            proxyd::observe::access_log::DEFAULT_QUEUE_BYTES,
         )
         .expect("access log to /dev/null");
         writer.spawn();

@@ -60,9 +60,15 @@ fn run(bin: &Path, args: &[&std::ffi::OsStr]) -> Output {
 
 fn proxyd_check(routes: &Path) -> Output {
     let store = tempfile::tempdir().unwrap();
+    proxyd_check_with(routes, store.path(), &[])
+}
+
+/// `proxyd --check` on `store`, with `extra` flags.
+fn proxyd_check_with(routes: &Path, store: &Path, extra: &[&str]) -> Output {
     let sock_dir = tempfile::tempdir().unwrap();
     let admin = sock_dir.path().join("admin.sock");
     let upgrade = sock_dir.path().join("upgrade.sock");
+    let extra = extra.iter().map(|a| a.as_ref());
     run(
         &locate_bin("proxyd", "PROXYD_BIN"),
         &[
@@ -70,7 +76,7 @@ fn proxyd_check(routes: &Path) -> Output {
             "--routes".as_ref(),
             routes.as_os_str(),
             "--certs-store".as_ref(),
-            store.path().as_os_str(),
+            store.as_os_str(),
             // Loopback only, should --check ever start listening.
             "--http".as_ref(),
             "127.0.0.1:0".as_ref(),
@@ -80,7 +86,10 @@ fn proxyd_check(routes: &Path) -> Output {
             admin.as_os_str(),
             "--upgrade-socket".as_ref(),
             upgrade.as_os_str(),
-        ],
+        ]
+        .into_iter()
+        .chain(extra)
+        .collect::<Vec<_>>(),
     )
 }
 
@@ -154,6 +163,73 @@ fn proxyd_check_accepts_a_valid_file() {
         out.status,
         all_output(&out)
     );
+}
+
+#[test]
+fn proxyd_check_lists_every_bad_flag_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = proxyd_check_with(
+        &write_routes(&dir, VALID),
+        &dir.path().join("store"),
+        &[
+            "--access-log-format",
+            "off",
+            "--access-log",
+            "/nonexistent/access.log",
+            "--local-cert-lifetime",
+            "1s",
+            "--acme-contact",
+            "admin@example.org",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "bad flags passed --check:\n{stderr}");
+    for flag in ["--access-log", "--local-cert-lifetime", "--acme-contact"] {
+        assert!(
+            stderr.contains(&format!("error: {flag}: ")),
+            "{flag} not reported:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("flags: 3 errors"), "{stderr}");
+}
+
+#[test]
+fn proxyd_check_fails_on_an_unreadable_or_corrupt_certificate_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = write_routes(&dir, VALID);
+    // A file where the store's directory should be.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let out = proxyd_check_with(&routes, &file, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a file as store passed --check:\n{stderr}"
+    );
+    assert!(stderr.contains("not a directory"), "{stderr}");
+
+    // A certificate whose files do not parse.
+    let store = dir.path().join("store");
+    let entry = store.join("certs").join("a.test");
+    std::fs::create_dir_all(&entry).unwrap();
+    std::fs::write(entry.join("fullchain.pem"), "not a certificate").unwrap();
+    std::fs::write(entry.join("key.pem"), "not a key").unwrap();
+    let out = proxyd_check_with(&routes, &store, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a corrupt store passed --check:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("error: certificate a.test: ") && stderr.contains("fullchain.pem"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 problem in the certificate store"),
+        "{stderr}"
+    );
+    // --check changes nothing: the entry is not moved aside.
+    assert!(entry.join("fullchain.pem").is_file());
 }
 
 #[test]

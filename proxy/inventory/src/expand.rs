@@ -172,7 +172,7 @@ fn service_entries(inv: &Inventory, host: &Host, s: &Service, out: &mut String) 
     for from in &s.redirect_paths {
         out.push('\n');
         redirect(
-            &crate::load::redirect_path_id(&s.id, from),
+            &redirect_path_id(&s.id, from),
             &names,
             from,
             &s.path,
@@ -330,6 +330,11 @@ fn quote(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// The id of the redirect of one of a service's `redirect_paths`: `<id>-redirect<path>`.
+pub(crate) fn redirect_path_id(id: &str, path: &str) -> String {
+    format!("{id}-redirect{path}")
 }
 
 /// A path under a prefix: `join("/", "/api")` = `/api`, `join("/chat", "/api")` =

@@ -961,7 +961,11 @@ impl<'a> Cx<'a> {
             if !s.redirect_from.is_empty() {
                 own.push(format!("{}-redirect", s.id));
             }
-            own.extend(s.redirect_paths.iter().map(|p| redirect_path_id(&s.id, p)));
+            own.extend(
+                s.redirect_paths
+                    .iter()
+                    .map(|p| crate::expand::redirect_path_id(&s.id, p)),
+            );
             let explicit = s.id != default_id(&s.name, &s.path);
             for id in own {
                 if let Some((_, first, first_explicit)) = ids.iter().find(|(i, ..)| *i == id) {
@@ -988,11 +992,6 @@ fn default_id(name: &str, path: &str) -> String {
         "/" => name.to_string(),
         p => format!("{name}{p}"),
     }
-}
-
-/// The id of the redirect of one of a service's `redirect_paths`: `<id>-redirect<path>`.
-pub(crate) fn redirect_path_id(id: &str, path: &str) -> String {
-    format!("{id}-redirect{path}")
 }
 
 /// Host names, sites and hypervisors: they end up in comments and ids.

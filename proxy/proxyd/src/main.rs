@@ -7,9 +7,16 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use clap::Parser;
 
 fn main() {
-    let args = proxyd::cli::Args::parse();
-    proxyd::logging::init(args.log_format);
-    if let Err(e) = proxyd::server::run(args) {
+    let config = match proxyd::config::Config::from_args(proxyd::cli::Args::parse()) {
+        Ok(config) => config,
+        Err(errors) => {
+            // `error: --flag: what`, one per line, then the count.
+            eprintln!("{errors}");
+            std::process::exit(1);
+        }
+    };
+    proxyd::observe::logging::init(config.log_format);
+    if let Err(e) = proxyd::server::run(config) {
         // Routes-file problems already read `error: file:line:col: ...`, one per line.
         let msg = format!("{e:#}");
         if msg.starts_with("error: ") {

@@ -17,14 +17,15 @@ use routes::RouteTable;
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::admin::{AdminApp, SighupReload};
-use crate::cli::{AcmeFallback, Args, OnOff};
-use crate::control::{Control, Listeners};
-use crate::guard::{ConnCap, HeadGuard};
-use crate::proxy::Proxy;
-use crate::state::Shared;
-use crate::tls::TlsApp;
-use crate::upstream;
+use crate::config::Config;
+use crate::control::admin::{AdminApp, SighupReload};
+use crate::control::reload::Control;
+use crate::data::guard::{ConnCap, HeadGuard};
+use crate::data::proxy::Proxy;
+use crate::data::state::Shared;
+use crate::data::tls::TlsApp;
+use crate::data::upstream;
+use crate::observe::readiness::Listeners;
 
 /// Read and validate a routes file. Every problem is in the error, one per line.
 pub fn load_routes(path: &Path) -> anyhow::Result<RouteTable> {
@@ -42,62 +43,50 @@ pub fn load_routes(path: &Path) -> anyhow::Result<RouteTable> {
 
 /// The daemon. Returns only on a start-up error (or after `--check`); otherwise pingora
 /// runs until a signal ends the process.
-pub fn run(mut args: Args) -> anyhow::Result<()> {
-    // A daemon changes its working directory: keep every path as the admin meant it.
-    for path in [
-        &mut args.routes,
-        &mut args.certs_store,
-        &mut args.admin_socket,
-        &mut args.upgrade_socket,
-        &mut args.pid_file,
-    ]
-    .into_iter()
-    .chain(args.staging_admin_socket.as_mut())
-    {
-        if path.is_relative() {
-            *path = std::env::current_dir()
-                .context("current directory")?
-                .join(&*path);
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let table = load_routes(&config.routes)?;
+    if config.check {
+        let problems = crate::config::check_store(&config.certs_store);
+        if !problems.is_empty() {
+            let n = problems.len();
+            bail!(
+                "{}\n{}: {n} problem{} in the certificate store",
+                problems
+                    .iter()
+                    .map(|p| format!("error: {p}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                config.certs_store.display(),
+                if n == 1 { "" } else { "s" }
+            );
         }
-    }
-    let table = load_routes(&args.routes)?;
-    let acme_config = crate::acme_service::config(&args)?;
-    if args.check {
         println!(
             "{}: OK: {} routes, {} redirects, {} names",
-            args.routes.display(),
+            config.routes.display(),
             table.routes.len(),
             table.redirects.len(),
             table.names().len()
         );
+        println!("{}: OK", config.certs_store.display());
         return Ok(());
     }
-    if args.https.is_empty() && args.http.is_empty() {
-        bail!("no listener: give at least one --http or --https address");
-    }
 
-    let store = certs::Store::open(&args.certs_store).with_context(|| {
+    let store = certs::Store::open(&config.certs_store).with_context(|| {
         format!(
             "cannot open certificate store {}",
-            args.certs_store.display()
+            config.certs_store.display()
         )
     })?;
-    // With ACME and `--acme-fallback none`, names wait for their ACME certificate.
-    let acme_only = acme_config.is_some() && args.acme_fallback == AcmeFallback::None;
-    if let Some(life) = args.local_cert_lifetime {
-        if life < Duration::from_secs(5) {
-            bail!("--local-cert-lifetime: at least 5s");
-        }
-    }
-    let issuer = match args.local_issuer {
-        OnOff::On if !acme_only => {
-            let issuer = certs::LocalIssuer::load_or_create(&store).context("local issuer")?;
-            Some(match args.local_cert_lifetime {
-                Some(life) => issuer.with_leaf_lifetime(life),
-                None => issuer,
-            })
-        }
-        _ => None,
+    // Without the local issuer (`--local-issuer off`, or ACME with `--acme-fallback
+    // none`), names wait for their ACME certificate.
+    let issuer = if config.local_issuer {
+        let issuer = certs::LocalIssuer::load_or_create(&store).context("local issuer")?;
+        Some(match config.local_cert_lifetime {
+            Some(life) => issuer.with_leaf_lifetime(life),
+            None => issuer,
+        })
+    } else {
+        None
     };
     let resolver = Arc::new(certs::CertResolver::new());
     let manager = certs::CertManager::new(store, issuer, resolver.clone());
@@ -114,55 +103,44 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         tracing::warn!(names = ?report.missing, "no certificate for these names: TLS handshakes for them will fail");
     }
 
-    let redirect_port = args
-        .public_https_port
-        .or_else(|| args.https.first().map(|a| a.port()))
-        .filter(|p| *p != 443);
-    let shared = Shared::new(table, manager, redirect_port);
+    let shared = Shared::new(table, manager, config.redirect_port);
     // Observability (metrics.rs, access_log.rs): in place before any service runs; the
     // access log file is opened here, before any port is bound.
-    let metrics = args.metrics.map(|_| crate::metrics::Metrics::new());
+    let metrics = config
+        .metrics
+        .map(|_| crate::observe::metrics::Metrics::new());
     if let Some(m) = &metrics {
         m.sync_routes(&shared.snapshot.load().table);
-        let _ = shared.metrics.set(m.clone());
     }
-    let access_log_writer = match args.access_log_format {
-        crate::cli::AccessLogFormat::Off => {
-            if args.access_log.is_some() {
-                bail!("--access-log needs --access-log-format json or combined, not off");
-            }
-            None
-        }
-        format => {
-            let format = match format {
-                crate::cli::AccessLogFormat::Combined => crate::access_log::Format::Combined,
-                _ => crate::access_log::Format::Json,
-            };
-            let (log, writer) = crate::access_log::AccessLog::start(
-                format,
-                args.access_log.clone(),
-                args.access_log_queue,
+    let mut access_log = None;
+    let access_log_writer = match &config.access_log {
+        None => None,
+        Some(c) => {
+            let (log, writer) = crate::observe::access_log::AccessLog::start(
+                c.format,
+                c.path.clone(),
+                c.queue_bytes,
             )?;
-            let _ = shared.access_log.set(log);
+            access_log = Some(Arc::new(log));
             Some(background_service("access log", writer))
         }
     };
-    let acme_service = acme_config.map(|config| {
+    let acme_service = config.acme.clone().map(|acme_config| {
         let manager = acme::Manager::new(
-            config,
-            Arc::new(crate::acme_service::AcmeHost(shared.clone())),
+            acme_config,
+            Arc::new(crate::control::acme_service::AcmeHost(shared.clone())),
         );
         let _ = shared.acme.set(manager.clone());
-        background_service("acme", crate::acme_service::AcmeService(manager))
+        background_service("acme", crate::control::acme_service::AcmeService(manager))
     });
 
     let conf = ServerConf {
-        threads: args.threads.max(1),
-        grace_period_seconds: Some(args.grace_period),
+        threads: config.threads,
+        grace_period_seconds: Some(config.grace_period),
         graceful_shutdown_timeout_seconds: Some(5),
-        upgrade_sock: args.upgrade_socket.display().to_string(),
-        daemon: args.daemon,
-        pid_file: args.pid_file.display().to_string(),
+        upgrade_sock: config.upgrade_socket.display().to_string(),
+        daemon: config.daemon,
+        pid_file: config.pid_file.display().to_string(),
         // `proxyd -d` returns once the daemon serves (systemd Type=forking): the daemon
         // signals its launcher when ready (daemon.rs), else the launcher exits 1.
         daemon_wait_for_ready: true,
@@ -172,16 +150,16 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     // pingora retries a busy port for a long while (and meanwhile whoever holds it
     // answers): fail at once with the address instead. Not on upgrade, where the old
     // process holds the ports and hands them over.
-    if !args.upgrade {
-        for addr in args.https.iter().chain(&args.http) {
+    if !config.upgrade {
+        for addr in config.https.iter().chain(&config.http) {
             std::net::TcpListener::bind(addr).with_context(|| {
                 format!("cannot listen on {addr} (in use by another process, or not permitted)")
             })?;
         }
     }
     let opt = Opt {
-        upgrade: args.upgrade,
-        daemon: args.daemon,
+        upgrade: config.upgrade,
+        daemon: config.daemon,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
@@ -195,17 +173,19 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let tls_config = certs::server_config(resolver, alpn).context("TLS configuration")?;
     // Client limits (guard.rs): connections per address on both listeners, HTTP/1.x
     // head deadline and size inside TLS, hardened HTTP/2 and keep-alive settings.
-    let limits = crate::guard::ClientLimits::from_args(&args);
-    let conns = crate::guard::ConnCounter::new(limits.max_conns_per_ip);
+    let limits = config.limits;
+    let conns = crate::data::guard::ConnCounter::new(limits.max_conns_per_ip);
     let mut https_proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy {
             shared: shared.clone(),
             tls: true,
+            metrics: metrics.clone(),
+            access_log: access_log.clone(),
         },
     );
-    https_proxy.server_options = Some(crate::guard::server_options());
-    https_proxy.h2_options = Some(crate::guard::h2_options(&limits));
+    https_proxy.server_options = Some(crate::data::guard::server_options());
+    https_proxy.h2_options = Some(crate::data::guard::h2_options(&limits));
     let errors = &shared.client_errors;
     let https_app = ConnCap::new(
         TlsApp::new(
@@ -216,9 +196,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         .with_metrics(metrics.clone()),
         conns.clone(),
     );
-    let https_app = crate::metrics::Counted::new(https_app, metrics.clone(), "https");
+    let https_app = crate::observe::metrics::Counted::new(https_app, metrics.clone(), "https");
     let mut https = Service::new("https".to_string(), https_app);
-    for addr in &args.https {
+    for addr in &config.https {
         https.add_listener(public_listener(addr));
     }
     let mut http_proxy = pingora::proxy::http_proxy(
@@ -226,18 +206,20 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         Proxy {
             shared: shared.clone(),
             tls: false,
+            metrics: metrics.clone(),
+            access_log: access_log.clone(),
         },
     );
-    http_proxy.server_options = Some(crate::guard::server_options());
+    http_proxy.server_options = Some(crate::data::guard::server_options());
     let mut http = Service::new(
         "http".to_string(),
-        crate::metrics::Counted::new(
+        crate::observe::metrics::Counted::new(
             ConnCap::new(HeadGuard::new(http_proxy, limits, errors.clone()), conns),
             metrics.clone(),
             "http",
         ),
     );
-    for addr in &args.http {
+    for addr in &config.http {
         http.add_listener(public_listener(addr));
     }
     let health = background_service(
@@ -248,7 +230,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     );
     // Upstream names: never resolved here (a name that does not resolve must not fail a
     // start); the DNS service resolves them in the background.
-    let resolver = match crate::dns::resolver(&args.dns_server) {
+    let resolver = match crate::control::dns::resolver(&config.dns_server) {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::error!("DNS: {e:#}: upstream names use their fallback addresses");
@@ -257,27 +239,30 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let dns = background_service(
         "upstream DNS",
-        crate::dns::DnsService {
+        crate::control::dns::DnsService {
             shared: shared.clone(),
             resolver,
         },
     );
 
+    let store_health = Arc::new(crate::control::store_watch::StoreHealth::default());
     let control = Control::new(
         shared.clone(),
-        args.routes.clone(),
+        config.routes.clone(),
         Listeners {
-            https: args.https.clone(),
-            http: args.http.clone(),
-            admin: args.admin_socket.clone(),
+            https: config.https.clone(),
+            http: config.http.clone(),
+            admin: config.admin_socket.clone(),
         },
+        metrics.clone(),
+        store_health.clone(),
     );
     // During an upgrade the old process still owns --admin-socket: this one answers on
     // the staging path until `proxyctl upgrade` moves it into place (handover.rs).
-    let admin_path = args
+    let admin_path = config
         .staging_admin_socket
         .clone()
-        .unwrap_or_else(|| args.admin_socket.clone());
+        .unwrap_or_else(|| config.admin_socket.clone());
     if let Some(dir) = admin_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| {
             format!(
@@ -286,7 +271,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             )
         })?;
     }
-    let handover = crate::handover::Handover::new(args.upgrade_socket.clone());
+    let handover = crate::control::handover::Handover::new(config.upgrade_socket.clone());
     let mut admin = Service::new(
         "admin".to_string(),
         pingora::apps::http_app::HttpServer::new_app(AdminApp {
@@ -296,19 +281,19 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     );
     admin.add_uds(
         &admin_path.display().to_string(),
-        Some(std::fs::Permissions::from_mode(args.admin_socket_mode)),
+        Some(std::fs::Permissions::from_mode(config.admin_socket_mode)),
     );
-    let admin = crate::handover::WithListenFds {
+    let admin = crate::control::handover::WithListenFds {
         inner: admin,
         handover,
     };
     let listeners = control.listeners.clone();
     let sighup = background_service("SIGHUP reload", SighupReload::new(control)?);
 
-    if !args.https.is_empty() {
+    if !config.https.is_empty() {
         server.add_service(https);
     }
-    if !args.http.is_empty() {
+    if !config.http.is_empty() {
         server.add_service(http);
     }
     server.add_service(health);
@@ -318,13 +303,14 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
     server.add_service(admin);
     server.add_service(sighup);
-    if let (Some(addr), Some(m)) = (args.metrics, &metrics) {
+    if let (Some(addr), Some(m)) = (config.metrics, &metrics) {
         let mut service = Service::new(
             "metrics".to_string(),
-            pingora::apps::http_app::HttpServer::new_app(crate::metrics::MetricsApp {
+            pingora::apps::http_app::HttpServer::new_app(crate::observe::metrics::MetricsApp {
                 metrics: m.clone(),
                 shared: shared.clone(),
                 listeners: listeners.clone(),
+                access_log: access_log.clone(),
             }),
         );
         service.add_tcp_with_settings(&addr.to_string(), socket_options(&addr));
@@ -333,12 +319,12 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     if let Some(writer) = access_log_writer {
         server.add_service(writer);
     }
-    if args.daemon {
+    if config.daemon {
         // Still the launching process: pingora forks in run_forever.
-        let launcher = crate::daemon::Launcher::before_fork()?;
+        let launcher = crate::control::daemon::Launcher::before_fork()?;
         server.add_service(background_service(
             "daemon ready",
-            crate::daemon::NotifyLauncher {
+            crate::control::daemon::NotifyLauncher {
                 launcher,
                 shared: shared.clone(),
                 listeners: listeners.clone(),
@@ -347,29 +333,32 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
     server.add_service(background_service(
         "log summaries",
-        crate::logging::Summaries {
-            shared: shared.clone(),
-            interval: args.log_summary_interval,
+        crate::observe::logging::Summaries {
+            client_errors: shared.client_errors.clone(),
+            upstream_failures: shared.upstream_failures.clone(),
+            access_log: access_log.clone(),
+            interval: config.log_summary_interval,
         },
     ));
     // Certificates age while the daemon runs (renewal.rs).
     server.add_service(background_service(
         "certificate timer",
-        crate::renewal::CertTimer {
+        crate::control::renewal::CertTimer {
             shared: shared.clone(),
-            interval: args.cert_check_interval.max(Duration::from_millis(100)),
+            interval: config.cert_check_interval.max(Duration::from_millis(100)),
         },
     ));
     server.add_service(background_service(
         "certificate store check",
-        crate::store_watch::StoreWatch {
+        crate::control::store_watch::StoreWatch {
             shared: shared.clone(),
-            interval: args.store_check_interval,
+            health: store_health,
+            interval: config.store_check_interval,
         },
     ));
     tracing::info!(
-        https = ?args.https,
-        http = ?args.http,
+        https = ?config.https,
+        http = ?config.http,
         routes = shared.snapshot.load().table.routes.len(),
         "proxyd starting"
     );

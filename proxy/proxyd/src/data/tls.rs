@@ -25,16 +25,16 @@ pub struct TlsApp<A> {
     inner: Arc<A>,
     acceptor: Acceptor,
     /// Handshakes and failures by reason, with `--metrics`.
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    metrics: Option<Arc<crate::observe::metrics::Metrics>>,
     /// Failed handshakes are the client's business: counted, logged at debug.
-    errors: Arc<crate::client_errors::ClientErrors>,
+    errors: Arc<crate::data::client_errors::ClientErrors>,
 }
 
 impl<A> TlsApp<A> {
     pub fn new(
         inner: A,
         config: Arc<rustls::ServerConfig>,
-        errors: Arc<crate::client_errors::ClientErrors>,
+        errors: Arc<crate::data::client_errors::ClientErrors>,
     ) -> Self {
         TlsApp {
             inner: Arc::new(inner),
@@ -44,7 +44,7 @@ impl<A> TlsApp<A> {
         }
     }
 
-    pub fn with_metrics(mut self, metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
+    pub fn with_metrics(mut self, metrics: Option<Arc<crate::observe::metrics::Metrics>>) -> Self {
         self.metrics = metrics;
         self
     }
@@ -69,7 +69,7 @@ impl<A> TlsApp<A> {
         }
         if !matches!(handshake, Ok(Ok(_))) {
             self.errors
-                .record(crate::client_errors::ClientError::TlsHandshake);
+                .record(crate::data::client_errors::ClientError::TlsHandshake);
         }
         let mut tls = match handshake {
             Ok(Ok(tls)) => tls,

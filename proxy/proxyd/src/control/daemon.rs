@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::control::Listeners;
-use crate::state::Shared;
+use crate::data::state::Shared;
+use crate::observe::readiness::Listeners;
 
 /// The process that ran `proxyd --daemon`, recorded before the fork.
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +79,7 @@ impl BackgroundService for NotifyLauncher {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            if crate::readiness::check(&self.shared, &self.listeners).ready {
+            if crate::observe::readiness::check(&self.shared, &self.listeners).ready {
                 break;
             }
         }

@@ -12,8 +12,15 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::control::Listeners;
-use crate::state::Shared;
+use crate::data::state::Shared;
+
+/// Where the daemon listens (for `status` and readiness).
+#[derive(Debug, Clone, Default)]
+pub struct Listeners {
+    pub https: Vec<SocketAddr>,
+    pub http: Vec<SocketAddr>,
+    pub admin: std::path::PathBuf,
+}
 
 pub struct Readiness {
     pub ready: bool,

@@ -1,4 +1,4 @@
-//! The daemon's side of ACME: flags -> `acme::Config`, the [`acme::Host`] over
+//! The daemon's side of ACME (the flags -> `acme::Config` are in `config.rs`): the [`acme::Host`] over
 //! [`Shared`], the background service that runs the manager, and the certificate views of
 //! the admin API. Everything that talks to the CA is in the `acme` crate.
 
@@ -8,43 +8,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::cli::{AcmeChallenge, Args};
-use crate::state::Shared;
-
-/// The ACME configuration from the flags; `None` without `--acme-directory`. Checked
-/// before any port is bound.
-pub fn config(args: &Args) -> anyhow::Result<Option<acme::Config>> {
-    let Some(dir) = &args.acme_directory else {
-        let stray = args.acme_ca_root.is_some()
-            || !args.acme_contact.is_empty()
-            || args.acme_eab_kid.is_some();
-        if stray {
-            anyhow::bail!("--acme-ca-root, --acme-contact and --acme-eab-* need --acme-directory");
-        }
-        return Ok(None);
-    };
-    let directory = acme::directory_url(dir)?;
-    if let Some(root) = &args.acme_ca_root {
-        std::fs::metadata(root)
-            .map_err(|e| anyhow::anyhow!("--acme-ca-root {}: {e}", root.display()))?;
-    }
-    let contact = args
-        .acme_contact
-        .iter()
-        .map(|c| acme::contact_uri(c))
-        .collect::<Result<Vec<_>, _>>()?;
-    let eab = acme::eab(args.acme_eab_kid.as_deref(), args.acme_eab_hmac.as_deref())?;
-    Ok(Some(acme::Config {
-        directory,
-        ca_root: args.acme_ca_root.clone(),
-        contact,
-        challenge: match args.acme_challenge {
-            AcmeChallenge::Http01 => acme::ChallengeKind::Http01,
-            AcmeChallenge::TlsAlpn01 => acme::ChallengeKind::TlsAlpn01,
-        },
-        eab,
-    }))
-}
+use crate::data::state::Shared;
 
 /// [`acme::Host`] over the daemon's shared state. (Shared holds the manager and the
 /// manager holds this: a cycle, on purpose, for objects that live as long as the process.)

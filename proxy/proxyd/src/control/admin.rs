@@ -24,11 +24,11 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
 
-use crate::control::Control;
+use crate::control::reload::Control;
 
 pub struct AdminApp {
     pub control: Arc<Control>,
-    pub handover: Arc<crate::handover::Handover>,
+    pub handover: Arc<crate::control::handover::Handover>,
 }
 
 #[async_trait]
@@ -50,10 +50,10 @@ impl ServeHttp for AdminApp {
             Request::Diff => reload_response(&self.control.diff().await),
             Request::Certs => json_response(
                 StatusCode::OK,
-                &crate::acme_service::certs_reply(&self.control.shared),
+                &crate::control::acme_service::certs_reply(&self.control.shared),
             ),
             Request::Renew { name } => {
-                match crate::acme_service::renew(&self.control.shared, &name) {
+                match crate::control::acme_service::renew(&self.control.shared, &name) {
                     Ok(renewing) => json_response(StatusCode::ACCEPTED, &renewing),
                     Err((code, error)) => json_response(
                         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -67,7 +67,8 @@ impl ServeHttp for AdminApp {
             }
             Request::Live => json_response(StatusCode::OK, &admin_api::Live { live: true }),
             Request::Ready => {
-                let r = crate::readiness::check(&self.control.shared, &self.control.listeners);
+                let r =
+                    crate::observe::readiness::check(&self.control.shared, &self.control.listeners);
                 let status = if r.ready {
                     StatusCode::OK
                 } else {
@@ -80,7 +81,7 @@ impl ServeHttp for AdminApp {
 }
 
 /// 200 for a valid file (applied or not), 422 for a rejected one.
-fn reload_response(outcome: &crate::control::ReloadOutcome) -> Response<Vec<u8>> {
+fn reload_response(outcome: &crate::control::reload::ReloadOutcome) -> Response<Vec<u8>> {
     let status = if outcome.outcome.is_ok() {
         StatusCode::OK
     } else {
@@ -91,7 +92,7 @@ fn reload_response(outcome: &crate::control::ReloadOutcome) -> Response<Vec<u8>>
 
 impl AdminApp {
     async fn handover(&self) -> (StatusCode, admin_api::HandoverReply) {
-        use crate::handover::HandoverError;
+        use crate::control::handover::HandoverError;
         let handover = self.handover.clone();
         let result = tokio::task::spawn_blocking(move || handover.hand_over())
             .await

@@ -33,10 +33,10 @@ use prometheus::{
 };
 use routes::RouteTable;
 
-use crate::access_log::DropReason;
-use crate::client_errors::ClientError;
-use crate::control::Listeners;
-use crate::state::Shared;
+use crate::data::client_errors::ClientError;
+use crate::data::state::Shared;
+use crate::observe::access_log::{AccessLog, DropReason};
+use crate::observe::readiness::Listeners;
 
 /// Latency buckets (seconds): from a cached static file on the LAN to a slow upload.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -605,7 +605,7 @@ impl Metrics {
 
     /// Refreshes the scrape-time gauges from `shared` and renders everything in the
     /// Prometheus text format.
-    pub fn render(&self, shared: &Shared) -> String {
+    pub fn render(&self, shared: &Shared, access_log: Option<&AccessLog>) -> String {
         let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         let snapshot = shared.snapshot.load_full();
         self.generation.set(snapshot.generation as i64);
@@ -613,7 +613,7 @@ impl Metrics {
         for (c, total) in self.client_errors.iter().zip(shared.client_errors.totals()) {
             catch_up(c, total);
         }
-        if let Some(log) = shared.access_log.get() {
+        if let Some(log) = access_log {
             let drops = log.drops();
             catch_up(&self.access_log_dropped[0], drops.queue_full);
             catch_up(&self.access_log_dropped[1], drops.write_error);
@@ -743,6 +743,7 @@ pub struct MetricsApp {
     pub metrics: Arc<Metrics>,
     pub shared: Arc<Shared>,
     pub listeners: Listeners,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 #[async_trait]
@@ -753,10 +754,11 @@ impl ServeHttp for MetricsApp {
             (&Method::GET | &Method::HEAD, "/metrics") => (
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.render(&self.shared),
+                self.metrics
+                    .render(&self.shared, self.access_log.as_deref()),
             ),
             (&Method::GET | &Method::HEAD, "/health") => {
-                let r = crate::readiness::check(&self.shared, &self.listeners);
+                let r = crate::observe::readiness::check(&self.shared, &self.listeners);
                 if r.ready {
                     (
                         StatusCode::OK,

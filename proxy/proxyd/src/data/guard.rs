@@ -49,7 +49,7 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::client_errors::{ClientError, ClientErrors};
+use crate::data::client_errors::{ClientError, ClientErrors};
 
 /// What one client may hold or make the proxy wait for (from the command line).
 #[derive(Debug, Clone, Copy)]
@@ -62,17 +62,6 @@ pub struct ClientLimits {
     pub max_header_size: usize,
     /// Open connections per client address (IPv6: per /64); 0: no limit.
     pub max_conns_per_ip: u32,
-}
-
-impl ClientLimits {
-    pub fn from_args(args: &crate::cli::Args) -> ClientLimits {
-        ClientLimits {
-            header_timeout: args.client_header_timeout,
-            body_timeout: args.client_body_timeout,
-            max_header_size: args.client_max_header_size,
-            max_conns_per_ip: args.max_conns_per_ip,
-        }
-    }
 }
 
 /// Requests served on one keep-alive HTTP/1.1 connection before it is closed (nginx's

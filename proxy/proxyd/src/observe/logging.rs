@@ -31,8 +31,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{filter::FilterExt, EnvFilter, Registry};
 
 use crate::cli::LogFormat;
-use crate::client_errors::{self, ClientError};
-use crate::state::Shared;
+use crate::data::client_errors::{self, ClientError};
 
 /// Lines one library call site (warn or error) may write per interval.
 pub const LIBRARY_BURST: u64 = 10;
@@ -249,14 +248,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// logged (client errors, repeated upstream failures, access-log lines dropped,
 /// libraries' lines over their burst). Nothing is written for a quiet interval.
 pub struct Summaries {
-    pub shared: Arc<Shared>,
+    pub client_errors: Arc<client_errors::ClientErrors>,
+    pub upstream_failures: Arc<Repeats<(String, String)>>,
+    pub access_log: Option<Arc<crate::observe::access_log::AccessLog>>,
     pub interval: Duration,
 }
 
 impl Summaries {
     fn write(&self, state: &mut SummaryState) {
         let secs = self.interval.as_secs_f64();
-        let now = self.shared.client_errors.totals();
+        let now = self.client_errors.totals();
         if let Some((total, by_reason)) = client_errors::summary(&state.client_errors, &now) {
             tracing::info!(
                 "{total} client errors in the last {secs} s: {by_reason} \
@@ -265,7 +266,7 @@ impl Summaries {
         }
         state.client_errors = now;
 
-        for r in self.shared.upstream_failures.drain() {
+        for r in self.upstream_failures.drain() {
             let (route, upstream) = &r.key;
             tracing::warn!(
                 route = %route,
@@ -278,7 +279,7 @@ impl Summaries {
             );
         }
 
-        if let Some(log) = self.shared.access_log.get() {
+        if let Some(log) = &self.access_log {
             let drops = log.drops();
             let queue_full = drops.queue_full - state.access_queue_full;
             let write_error = drops.write_error - state.access_write_error;

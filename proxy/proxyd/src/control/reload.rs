@@ -1,22 +1,16 @@
 //! The control plane: reload the routes file (validate all, then swap once), and the
 //! state `proxyctl status` reports. Used by the admin API and by SIGHUP.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use routes::{Diagnostic, TableDiff};
 
-use crate::state::Shared;
-
-/// Where the daemon listens (for `status`).
-#[derive(Debug, Clone, Default)]
-pub struct Listeners {
-    pub https: Vec<SocketAddr>,
-    pub http: Vec<SocketAddr>,
-    pub admin: PathBuf,
-}
+use crate::control::store_watch::StoreHealth;
+use crate::data::state::Shared;
+use crate::observe::metrics::Metrics;
+use crate::observe::readiness::Listeners;
 
 /// What a reload (or a dry run) found: the admin API's reply, with the phases kept
 /// typed for the log.
@@ -98,6 +92,10 @@ pub struct Control {
     pub shared: Arc<Shared>,
     pub routes_path: PathBuf,
     pub listeners: Listeners,
+    /// With `--metrics`: reloads counted, route handles made before a table goes live.
+    pub metrics: Option<Arc<Metrics>>,
+    /// What the last certificate-store check found (written by `store_watch.rs`).
+    pub store_health: Arc<StoreHealth>,
     started_at: SystemTime,
     last_reload: Mutex<Option<ReloadRecord>>,
     last_success: Mutex<Option<SystemTime>>,
@@ -106,11 +104,19 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(shared: Arc<Shared>, routes_path: PathBuf, listeners: Listeners) -> Arc<Control> {
+    pub fn new(
+        shared: Arc<Shared>,
+        routes_path: PathBuf,
+        listeners: Listeners,
+        metrics: Option<Arc<Metrics>>,
+        store_health: Arc<StoreHealth>,
+    ) -> Arc<Control> {
         Arc::new(Control {
             shared,
             routes_path,
             listeners,
+            metrics,
+            store_health,
             started_at: SystemTime::now(),
             last_reload: Mutex::new(None),
             last_success: Mutex::new(None),
@@ -150,7 +156,7 @@ impl Control {
             }
         }
         *lock(&self.last_reload) = Some(record);
-        if let Some(m) = self.shared.metrics.get() {
+        if let Some(m) = &self.metrics {
             m.reload_done(outcome.outcome.is_ok());
         }
         outcome
@@ -169,19 +175,21 @@ impl Control {
         // ms of CPU (and issuing certificates more), which would otherwise hold up a
         // worker of the admin runtime.
         let (shared, path) = (self.shared.clone(), self.routes_path.clone());
-        let mut outcome =
-            tokio::task::spawn_blocking(move || reload_blocking(&shared, &path, mode))
-                .await
-                .unwrap_or_else(|e| {
-                    let error = Diagnostic {
-                        file: self.routes_path.display().to_string(),
-                        line: 0,
-                        col: 0,
-                        message: format!("the reload failed: {e}"),
-                        context: None,
-                    };
-                    self.rejected(vec![error])
-                });
+        let metrics = self.metrics.clone();
+        let mut outcome = tokio::task::spawn_blocking(move || {
+            reload_blocking(&shared, metrics.as_deref(), &path, mode)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            let error = Diagnostic {
+                file: self.routes_path.display().to_string(),
+                line: 0,
+                col: 0,
+                message: format!("the reload failed: {e}"),
+                context: None,
+            };
+            self.rejected(vec![error])
+        });
         outcome.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         outcome
     }
@@ -247,7 +255,7 @@ impl Control {
             upstreams_total: upstreams.len(),
             upstreams,
             certificates,
-            store: self.shared.store_health.to_reply(),
+            store: self.store_health.to_reply(),
         }
     }
 }
@@ -308,7 +316,12 @@ fn error_report(e: Diagnostic) -> admin_api::ErrorReport {
 
 /// The whole of one reload, on the calling (blocking) thread: read, parse, diff, then
 /// (in [`Mode::Apply`]) certificates and the swap. The caller holds the one-at-a-time lock.
-fn reload_blocking(shared: &Arc<Shared>, path: &Path, mode: Mode) -> ReloadOutcome {
+fn reload_blocking(
+    shared: &Arc<Shared>,
+    metrics: Option<&Metrics>,
+    path: &Path,
+    mode: Mode,
+) -> ReloadOutcome {
     let mut phases = Phases::start();
     let file = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
@@ -380,6 +393,10 @@ fn reload_blocking(shared: &Arc<Shared>, path: &Path, mode: Mode) -> ReloadOutco
         );
     }
     phases.mark("certificates");
+    if let Some(m) = metrics {
+        // Handles for the new ids before requests can route to them.
+        m.sync_routes(&table);
+    }
     let (generation, replaced) = shared.install(table);
     phases.mark("install");
     // The new table is in force. The old one goes once the last request that still

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use routes::RouteTable;
 
-use crate::upstream::{Pool, Registry};
+use crate::data::upstream::{Pool, Registry};
 
 /// One generation of the routing table with its upstream pools. Immutable: a reload
 /// builds a new one and stores it with one atomic swap; requests that already loaded
@@ -31,17 +31,11 @@ pub struct Shared {
     pub redirect_port: Option<u16>,
     /// The ACME client, when `--acme-directory` is given (set once at start).
     pub acme: std::sync::OnceLock<Arc<acme::Manager>>,
-    /// Metrics, with `--metrics` (set once at start; see `metrics.rs`).
-    pub metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
-    /// The access log, unless `--access-log-format off` (set once at start).
-    pub access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
-    /// What the last certificate-store check found (`store_watch.rs`).
-    pub store_health: crate::store_watch::StoreHealth,
     /// Client-caused failures, counted instead of logged (`client_errors.rs`).
-    pub client_errors: Arc<crate::client_errors::ClientErrors>,
+    pub client_errors: Arc<crate::data::client_errors::ClientErrors>,
     /// Upstream failures by (route id, upstream address): the first logged at once,
     /// the others summed up once per interval (`logging.rs`).
-    pub upstream_failures: crate::logging::Repeats<(String, String)>,
+    pub upstream_failures: Arc<crate::observe::logging::Repeats<(String, String)>>,
 }
 
 impl Shared {
@@ -59,15 +53,13 @@ impl Shared {
             http01: ArcSwap::from_pointee(HashMap::new()),
             redirect_port,
             acme: std::sync::OnceLock::new(),
-            metrics: std::sync::OnceLock::new(),
-            access_log: std::sync::OnceLock::new(),
-            store_health: Default::default(),
             client_errors: Default::default(),
             upstream_failures: Default::default(),
         })
     }
 
-    /// Install a new validated table: pools of unchanged routes are kept (with their
+    /// Install a new validated table (metrics' handles for new route ids are made by the
+    /// caller before, see `control/reload.rs`): pools of unchanged routes are kept (with their
     /// members and health), then the whole snapshot is swapped at once. Returns the new
     /// generation and the snapshot it replaced (for the caller to free where it suits).
     pub fn install(&self, table: RouteTable) -> (u64, Arc<Snapshot>) {
@@ -75,10 +67,6 @@ impl Shared {
         let generation = old.generation + 1;
         let snapshot = build_snapshot(table, generation, &self.registry, Some(&old));
         drop(old);
-        if let Some(m) = self.metrics.get() {
-            // Handles for the new ids before requests can route to them.
-            m.sync_routes(&snapshot.table);
-        }
         let replaced = self.snapshot.swap(Arc::new(snapshot));
         (generation, replaced)
     }

@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::state::Shared;
+use crate::data::state::Shared;
 
 /// The last check's findings (read by `status`).
 #[derive(Default)]
@@ -76,6 +76,8 @@ impl StoreHealth {
 /// Background service: [`check`] every `interval`.
 pub struct StoreWatch {
     pub shared: Arc<Shared>,
+    /// Where the findings go (read by `status`, see `reload.rs`).
+    pub health: Arc<StoreHealth>,
     pub interval: Duration,
 }
 
@@ -94,7 +96,7 @@ impl BackgroundService for StoreWatch {
             let problems = tokio::task::spawn_blocking(move || check(&shared))
                 .await
                 .unwrap_or_else(|e| vec![format!("the store check failed: {e}")]);
-            self.shared.store_health.record(problems);
+            self.health.record(problems);
         }
     }
 }
@@ -159,7 +161,7 @@ pub fn check(shared: &Shared) -> Vec<String> {
         if !uncovered.is_empty() {
             if writable {
                 let full = certs.maintain();
-                crate::renewal::log_events(&full);
+                crate::control::renewal::log_events(&full);
                 let report = full.ensure;
                 for e in &report.errors {
                     problems.push(format!("issuing: {e}"));

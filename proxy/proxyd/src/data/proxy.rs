@@ -23,10 +23,10 @@ use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 use pingora::{Error, ErrorSource, ErrorType};
 use routes::{Redirect, Route, Target, TargetForm};
 
-use crate::client_errors::ClientError;
-use crate::pages;
-use crate::state::Shared;
-use crate::upstream::{Backend, Pool};
+use crate::data::client_errors::ClientError;
+use crate::data::pages;
+use crate::data::state::Shared;
+use crate::data::upstream::{Backend, Pool};
 
 const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
@@ -45,6 +45,10 @@ const FORWARDING_HEADERS: [&str; 6] = [
 pub struct Proxy {
     pub shared: Arc<Shared>,
     pub tls: bool,
+    /// With `--metrics`.
+    pub metrics: Option<Arc<crate::observe::metrics::Metrics>>,
+    /// Unless `--access-log-format off`.
+    pub access_log: Option<Arc<crate::observe::access_log::AccessLog>>,
 }
 
 /// Per-request state.
@@ -68,11 +72,11 @@ pub struct Ctx {
     /// What the request matched (route or redirect), for the access log's `route`.
     target: Option<Target>,
     /// The matched id's metric handles (with `--metrics`; `None`: no match).
-    route_metrics: Option<Arc<crate::metrics::RouteMetrics>>,
+    route_metrics: Option<Arc<crate::observe::metrics::RouteMetrics>>,
     /// Counts an open websocket until the request ends.
-    websocket: Option<crate::metrics::GaugeGuard>,
+    websocket: Option<crate::observe::metrics::GaugeGuard>,
     /// HTTP/2: the request body's progress, against --client-body-timeout (guard.rs).
-    body_watch: Option<crate::guard::BodyWatch>,
+    body_watch: Option<crate::data::guard::BodyWatch>,
 }
 
 #[async_trait]
@@ -102,8 +106,8 @@ impl ProxyHttp for Proxy {
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         // The head is in: from now on the body's reads are timed, not the head.
-        ctx.body_watch = crate::guard::request_started(session);
-        if crate::guard::has_te_and_cl(session) {
+        ctx.body_watch = crate::data::guard::request_started(session);
+        if crate::data::guard::has_te_and_cl(session) {
             // pingora would drop the Content-Length and go on (RFC 9112 6.3 allows it);
             // at the edge this is a smuggling attempt until proven otherwise.
             return Err(Error::explain(
@@ -111,7 +115,7 @@ impl ProxyHttp for Proxy {
                 "request with both Transfer-Encoding and Content-Length",
             ));
         }
-        crate::guard::collapse_content_length(session)?;
+        crate::data::guard::collapse_content_length(session)?;
         Ok(())
     }
 
@@ -177,7 +181,7 @@ impl ProxyHttp for Proxy {
             pages::send(session, status, page, &[]).await?;
             return Ok(true);
         };
-        if let Some(m) = self.shared.metrics.get() {
+        if let Some(m) = &self.metrics {
             ctx.route_metrics = Some(m.route(target.id()));
         }
         ctx.target = Some(target.clone());
@@ -457,10 +461,10 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        crate::guard::request_finished(session);
+        crate::data::guard::request_finished(session);
         // Metrics and the access log (metrics.rs, access_log.rs): no lock, no I/O here.
-        let metrics = self.shared.metrics.get();
-        let access_log = self.shared.access_log.get();
+        let metrics = self.metrics.as_deref();
+        let access_log = self.access_log.as_deref();
         // A websocket's tunnel is over.
         ctx.websocket = None;
         if metrics.is_none() && access_log.is_none() {
@@ -472,7 +476,7 @@ impl ProxyHttp for Proxy {
         let bytes_out = session.body_bytes_sent() as u64;
         if let Some(m) = metrics {
             let route = ctx.route_metrics.as_ref().unwrap_or(m.unrouted());
-            route.observe(&crate::metrics::RequestSample {
+            route.observe(&crate::observe::metrics::RequestSample {
                 status,
                 duration,
                 upstream: ctx.upstream_ttfb,
@@ -495,7 +499,7 @@ impl ProxyHttp for Proxy {
                 "TLSv1_2" => "TLSv1.2",
                 other => other,
             });
-        log.log(&crate::access_log::Entry {
+        log.log(&crate::observe::access_log::Entry {
             client: ctx.client_ip,
             host: &ctx.host,
             method: req.method.as_str(),

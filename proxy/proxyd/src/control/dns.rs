@@ -4,7 +4,7 @@
 //! One background service for all pools: each name of the current snapshot is looked
 //! up when its last answer's TTL runs out (at least [`MIN_TTL`], at most [`MAX_TTL`]
 //! later), [`RETRY`] after a failure, and at once when a reload brings a new name. The
-//! answers go into the [`Registry`](crate::upstream::Registry), and every pool with names
+//! answers go into the [`Registry`](crate::data::upstream::Registry), and every pool with names
 //! republishes its members when they change: new connections go to the new addresses
 //! with no reload. While a name does not resolve, its pools use its `fallback` addresses
 //! (or, without fallback, its last answer). Nothing here is on the request path, and
@@ -24,7 +24,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
-use crate::state::Shared;
+use crate::data::state::Shared;
 
 /// Shortest time an answer is used before it is asked again (TTL 0 included).
 pub const MIN_TTL: Duration = Duration::from_secs(1);

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::state::Shared;
+use crate::data::state::Shared;
 
 /// Woken this much after the time the manager named, so that it is past (certificate
 /// dates are whole seconds, clocks differ in their last digits).
