@@ -171,6 +171,9 @@ pub struct BodyReader {
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
+    // Chunked framing: the parser keeps offsets into `body_buf` between reads, so its bytes
+    // are never handed out by `take_body`.
+    chunked: bool,
 }
 
 impl BodyReader {
@@ -182,6 +185,7 @@ impl BodyReader {
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
+            chunked: false,
         }
     }
 
@@ -191,6 +195,7 @@ impl BodyReader {
 
     pub fn reinit(&mut self) {
         self.body_state = PS::ToStart;
+        self.chunked = false;
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
@@ -241,6 +246,7 @@ impl BodyReader {
 
     pub fn init_chunked(&mut self, buf_to_rewind: &[u8]) {
         self.body_state = PS::Chunked(0, 0, 0, 0);
+        self.chunked = true;
         self.prepare_buf(buf_to_rewind);
     }
 
@@ -251,10 +257,12 @@ impl BodyReader {
     /// possibly of following pipelined requests) keep their original allocation.
     pub fn init_chunked_owned(&mut self, buf_to_rewind: BytesMut) {
         self.body_state = PS::Chunked(0, 0, 0, 0);
+        self.chunked = true;
         self.prepare_owned_buf(buf_to_rewind);
     }
 
     pub fn init_content_length(&mut self, cl: usize, buf_to_rewind: &[u8]) {
+        self.chunked = false;
         match cl {
             0 => {
                 self.body_state = PS::Complete(0);
@@ -277,6 +285,7 @@ impl BodyReader {
     /// `buf_to_rewind` is adopted as the body buffer (or, when `cl` is 0, as the overread buffer)
     /// rather than copied into a fresh one. See [`Self::init_chunked_owned`].
     pub fn init_content_length_owned(&mut self, cl: usize, buf_to_rewind: BytesMut) {
+        self.chunked = false;
         match cl {
             0 => {
                 self.body_state = PS::Complete(0);
@@ -290,6 +299,7 @@ impl BodyReader {
     }
 
     pub fn init_close_delimited(&mut self, buf_to_rewind: &[u8]) {
+        self.chunked = false;
         self.prepare_buf(buf_to_rewind);
         self.body_state = PS::UntilClose(0);
     }
@@ -299,6 +309,7 @@ impl BodyReader {
     /// `buf_to_rewind` is adopted as the body buffer rather than copied into a fresh one. See
     /// [`Self::init_chunked_owned`].
     pub fn init_close_delimited_owned(&mut self, buf_to_rewind: BytesMut) {
+        self.chunked = false;
         self.prepare_owned_buf(buf_to_rewind);
         self.body_state = PS::UntilClose(0);
     }
@@ -320,11 +331,36 @@ impl BodyReader {
             self.prepare_owned_buf(extra);
         } // if rewind_buf_len is not 0, body read has not yet been polled
         self.body_state = PS::UntilClose(0);
+        self.chunked = false;
     }
 
     pub fn get_body(&self, buf_ref: &BufRef) -> &[u8] {
         // TODO: these get_*() could panic. handle them better
         buf_ref.get(self.body_buf.as_ref().unwrap())
+    }
+
+    /// The bytes of `buf_ref` (just returned by [`Self::read_body`]) as `Bytes`, without
+    /// copying them when that is safe: a sized or close-delimited body whose read filled the
+    /// body buffer with exactly these bytes (anything read past the body was already moved
+    /// to the overread buffer). The bytes are split off the buffer, which keeps the rest of
+    /// its allocation for the next read (or gets a new one while these bytes are still in
+    /// use). Handed-out bytes keep their whole allocation alive until dropped, so a read of
+    /// less than a quarter of `body_buf_size` is copied instead: an upstream trickling
+    /// small reads cannot make each queued chunk pin a whole body buffer. Chunked bodies,
+    /// whose parser keeps offsets into the buffer between reads, and any other layout get a
+    /// copy too, as [`Self::get_body`] + `Bytes::copy_from_slice` would.
+    pub fn take_body(&mut self, buf_ref: &BufRef) -> Bytes {
+        match self.body_buf.as_mut() {
+            Some(buf)
+                if !self.chunked
+                    && buf_ref.0 == 0
+                    && buf_ref.1 == buf.len()
+                    && buf.len() >= self.body_buf_size / 4 =>
+            {
+                buf.split().freeze()
+            }
+            _ => Bytes::copy_from_slice(self.get_body(buf_ref)),
+        }
     }
 
     #[allow(dead_code)]

@@ -495,9 +495,22 @@ impl HttpSession {
     }
 
     /// Similar to [`Self::read_body_ref`] but return `Bytes` instead of a slice reference.
+    ///
+    /// Sized and close-delimited bodies are handed out from the buffer they were read into
+    /// (no copy, see [`BodyReader::take_body`]); chunked bodies are copied.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
-        let read = self.read_body_ref().await?;
-        Ok(read.map(Bytes::copy_from_slice))
+        let result = match self.read_timeout {
+            Some(t) => match timeout(t, self.do_read_body()).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(ReadTimedout, format!("reading body, timeout: {t:?}")),
+            },
+            None => self.do_read_body().await,
+        };
+        Ok(result?.map(|body_ref| {
+            let bytes = self.body_reader.take_body(&body_ref);
+            self.body_recv = self.body_recv.saturating_add(bytes.len());
+            bytes
+        }))
     }
 
     /// Upstream response body bytes received (payload only; excludes headers/framing).
@@ -1069,6 +1082,136 @@ mod tests_stream {
         let _ = http.read_body_ref().await.unwrap();
         let _ = http.read_body_ref().await.unwrap();
         assert_eq!(http.body_bytes_received(), 3);
+    }
+
+    /// Where the body buffer starts right after `read_body_bytes`: where the bytes handed
+    /// out end when they were split off it, where they began when they were copied.
+    fn body_buf_start(http: &HttpSession) -> *const u8 {
+        http.body_reader.body_buf.as_ref().unwrap().as_ptr()
+    }
+
+    #[tokio::test]
+    async fn read_body_bytes_hands_out_the_read_buffer_without_copy() {
+        init_log();
+        let header = b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n";
+        let mock = Builder::new()
+            .read(&header[..])
+            .read(b"012345")
+            .read(b"6789a")
+            .read(b"bcde")
+            .build();
+        let mut http = HttpSession::new(Box::new(mock));
+        http.read_response().await.unwrap();
+        // reads of a quarter of body_buf_size or more are handed out as they are
+        http.body_reader.body_buf_size = 16;
+        let mut held = vec![];
+        while let Some(bytes) = http.read_body_bytes().await.unwrap() {
+            // split off the buffer the socket read filled: what is left of it starts right
+            // after these bytes (a copy would live elsewhere, the buffer still at its start)
+            assert_eq!(bytes.as_ptr().wrapping_add(bytes.len()), body_buf_start(&http));
+            held.push(bytes);
+        }
+        // every earlier chunk is still intact: later reads did not write over them
+        assert_eq!(held, [&b"012345"[..], b"6789a", b"bcde"]);
+        assert_eq!(http.body_bytes_received(), 15);
+        assert!(http.body_reader.body_complete());
+    }
+
+    #[tokio::test]
+    async fn read_body_bytes_copies_small_reads_instead_of_pinning_the_buffer() {
+        init_log();
+        // an upstream trickling a byte at a time into the default (64 KiB) body buffer
+        let mock = Builder::new()
+            .read(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n")
+            .read(b"a")
+            .read(b"b")
+            .read(b"c")
+            .build();
+        let mut http = HttpSession::new(Box::new(mock));
+        http.read_response().await.unwrap();
+        let mut held = vec![];
+        while let Some(bytes) = http.read_body_bytes().await.unwrap() {
+            // a copy of its own: the buffer is left whole (it still starts at these bytes)
+            assert_eq!(bytes.len(), 1);
+            assert_ne!(bytes.as_ptr(), body_buf_start(&http));
+            held.push(bytes);
+        }
+        assert_eq!(held.concat(), b"abc");
+    }
+
+    #[tokio::test]
+    async fn read_body_bytes_without_copy_keeps_bytes_past_the_body_apart() {
+        init_log();
+        // body start in the header read, the rest and 5 bytes too many in the next one
+        let mock = Builder::new()
+            .read(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
+            .read(b"defEXTRA")
+            .build();
+        let mut http = HttpSession::new(Box::new(mock));
+        http.read_response().await.unwrap();
+        http.respect_keepalive();
+        // small enough a buffer that every read here is split off, not copied
+        http.body_reader.body_buf_size = 8;
+        let first = http.read_body_bytes().await.unwrap().unwrap();
+        let second = http.read_body_bytes().await.unwrap().unwrap();
+        assert_eq!((&first[..], &second[..]), (&b"abc"[..], &b"def"[..]));
+        assert!(http.read_body_bytes().await.unwrap().is_none());
+        assert_eq!(http.body_reader.get_body_overread(), Some(&b"EXTRA"[..]));
+        // an upstream that sent more than its Content-Length is not reused
+        assert!(http.reuse().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn read_body_bytes_without_copy_close_delimited_and_premature_close() {
+        init_log();
+        // close-delimited: everything until EOF, each read handed out as it came
+        let mock = Builder::new()
+            .read(b"HTTP/1.1 200 OK\r\n\r\nab")
+            .read(b"cd")
+            .read(b"e")
+            .build();
+        let mut http = HttpSession::new(Box::new(mock));
+        http.read_response().await.unwrap();
+        http.body_reader.body_buf_size = 4;
+        let mut held = vec![];
+        while let Some(bytes) = http.read_body_bytes().await.unwrap() {
+            held.push(bytes);
+        }
+        assert_eq!(held, [&b"ab"[..], b"cd", b"e"]);
+
+        // sized body cut short by the upstream: what came is intact, then an error
+        let mock = Builder::new()
+            .read(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+            .read(b"0123")
+            .build();
+        let mut http = HttpSession::new(Box::new(mock));
+        http.read_response().await.unwrap();
+        http.body_reader.body_buf_size = 16;
+        let first = http.read_body_bytes().await.unwrap().unwrap();
+        assert!(http.read_body_bytes().await.is_err());
+        assert_eq!(&first[..], b"0123");
+        assert!(!http.body_reader.body_complete());
+    }
+
+    #[tokio::test]
+    async fn read_body_bytes_chunked_bodies_are_still_parsed_from_one_buffer() {
+        init_log();
+        // several chunks in one read: the parser walks the buffer between calls, so the
+        // chunks are copied out and the buffer left as it is
+        let mock = Builder::new()
+            .read(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .read(b"3\r\nabc\r\n2\r\nde\r\n1\r\nf")
+            .read(b"\r\n0\r\n\r\n")
+            .build();
+        let mut http = HttpSession::new(Box::new(mock));
+        http.read_response().await.unwrap();
+        let mut held = vec![];
+        while let Some(bytes) = http.read_body_bytes().await.unwrap() {
+            held.push(bytes);
+        }
+        assert_eq!(held.concat(), b"abcdef");
+        assert!(http.body_reader.body_complete());
+        assert_eq!(http.body_bytes_received(), 6);
     }
 
     #[tokio::test]
