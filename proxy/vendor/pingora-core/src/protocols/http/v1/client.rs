@@ -1108,7 +1108,10 @@ mod tests_stream {
         while let Some(bytes) = http.read_body_bytes().await.unwrap() {
             // split off the buffer the socket read filled: what is left of it starts right
             // after these bytes (a copy would live elsewhere, the buffer still at its start)
-            assert_eq!(bytes.as_ptr().wrapping_add(bytes.len()), body_buf_start(&http));
+            assert_eq!(
+                bytes.as_ptr().wrapping_add(bytes.len()),
+                body_buf_start(&http)
+            );
             held.push(bytes);
         }
         // every earlier chunk is still intact: later reads did not write over them
