@@ -7,6 +7,9 @@
 #   bash benches/callgrind.sh                 # 128 B responses over HTTP/1.1 keep-alive
 #   PROXYD=/path/to/proxyd bash benches/callgrind.sh
 #   PATHS="/small /100k" bash benches/callgrind.sh
+#   SERVERS=proxyd bash benches/callgrind.sh  # proxyd only (nginx: SERVERS=nginx)
+#   KEEP=/tmp/cg bash benches/callgrind.sh    # keep the callgrind outputs there, for
+#                                             # callgrind_annotate --inclusive=yes FILE
 #
 # Each server runs twice under callgrind, serving N1 and then N2 requests (ab -k, 16
 # connections); (total(N2) - total(N1)) / (N2 - N1) is the cost of one request with the
@@ -97,13 +100,14 @@ run() {
     ab -q -k -n "$n" -c 16 "$url" >"$work/ab.$name.$n" 2>&1
     if [ "$name" = nginx ]; then kill -QUIT "$pid"; else kill -TERM "$pid"; fi
     wait "$pid" 2>/dev/null || true
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/cg.$name.${3##*/}.$n.out"; fi
     grep -h '^summary:\|^totals:' "$out" | head -1 | awk '{ print $2 }'
 }
 
 echo "| server | path | instructions per request |"
 echo "|---|---|---:|"
 for path in $PATHS; do
-    for name in proxyd nginx; do
+    for name in ${SERVERS:-proxyd nginx}; do
         port=$([ "$name" = proxyd ] && echo "$HTTP" || echo "$NGINX")
         url="http://localhost:$port$path"
         a=$(run "$name" "$N1" "$url")
