@@ -1236,6 +1236,77 @@ impl<C: Buf> Buf for WriteBuf<C> {
     }
 }
 
+/// Cut `pieces` (no empty ones) to their first `len` bytes.
+fn truncate_pieces(pieces: &mut Vec<Bytes>, len: usize) {
+    let mut left = len;
+    let mut keep = 0;
+    for piece in pieces.iter_mut() {
+        if left == 0 {
+            break;
+        }
+        piece.truncate(left);
+        left -= piece.len();
+        keep += 1;
+    }
+    pieces.truncate(keep);
+}
+
+/// Several `Bytes` read as one [`Buf`] whose [`Buf::chunks_vectored`] gives each piece
+/// its own `IoSlice`, so that tokio's `write_all_buf` sends them with one vectored write.
+struct Pieces<'a> {
+    /// The pieces not written in full yet; none of them empty.
+    pieces: &'a [Bytes],
+    /// What of `pieces[0]` is already written.
+    offset: usize,
+    remaining: usize,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(pieces: &'a [Bytes]) -> Self {
+        debug_assert!(pieces.iter().all(|p| !p.is_empty()));
+        Pieces {
+            pieces,
+            offset: 0,
+            remaining: pieces.iter().map(Bytes::len).sum(),
+        }
+    }
+}
+
+impl Buf for Pieces<'_> {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.pieces.first().map_or(&[], |p| &p[self.offset..])
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advance past the end of the pieces");
+        self.remaining -= cnt;
+        while cnt > 0 {
+            let left = self.pieces[0].len() - self.offset;
+            if cnt < left {
+                self.offset += cnt;
+                return;
+            }
+            cnt -= left;
+            self.pieces = &self.pieces[1..];
+            self.offset = 0;
+        }
+    }
+
+    fn chunks_vectored<'b>(&'b self, dst: &mut [std::io::IoSlice<'b>]) -> usize {
+        let mut n = 0;
+        for (i, piece) in self.pieces.iter().enumerate().take(dst.len()) {
+            let start = if i == 0 { self.offset } else { 0 };
+            dst[i] = std::io::IoSlice::new(&piece[start..]);
+            n += 1;
+        }
+        n
+    }
+}
+
 enum WriteState {
     /// No write in progress
     Idle,
@@ -1442,6 +1513,71 @@ impl BodyWriter {
                 }
             }
             _ => panic!("wrong body mode: {:?}", self.body_mode),
+        }
+    }
+
+    /// Write `pieces` as if they were one buffer given to [`Self::write_body`] (one chunk
+    /// in chunked encoding; cut to what `Content-Length` has left), with vectored writes
+    /// from the pieces themselves instead of a copy of them into one buffer. Empty pieces
+    /// are skipped; nothing to write is `Ok(None)` (in chunked encoding an empty chunk
+    /// would end the body). `pieces` may be left cut short; the caller clears it.
+    pub async fn write_body_pieces<S>(
+        &mut self,
+        stream: &mut S,
+        pieces: &mut Vec<Bytes>,
+    ) -> Result<Option<usize>>
+    where
+        S: AsyncWrite + Unpin + Send,
+    {
+        pieces.retain(|p| !p.is_empty());
+        let len: usize = pieces.iter().map(Bytes::len).sum();
+        if len == 0 {
+            return Ok(None);
+        }
+        trace!("Writing Body, size: {len} in {} pieces", pieces.len());
+        match self.body_mode {
+            BM::Complete(_) | BM::ToSelect => Ok(None),
+            BM::ContentLength(total, written) => {
+                if written >= total {
+                    return Ok(None);
+                }
+                let mut to_write = len;
+                if total - written < len {
+                    warn!("Trying to write data over content-length: {total}");
+                    to_write = total - written;
+                    truncate_pieces(pieces, to_write);
+                }
+                stream
+                    .write_all_buf(&mut Pieces::new(pieces))
+                    .await
+                    .or_err(WriteError, "while writing body")?;
+                self.body_mode = BM::ContentLength(total, written + to_write);
+                if self.finished() {
+                    stream.flush().await.or_err(WriteError, "flushing body")?;
+                }
+                Ok(Some(to_write))
+            }
+            BM::ChunkedEncoding(written) => {
+                let mut output_buf = Bytes::from(format!("{len:X}\r\n"))
+                    .chain(Pieces::new(pieces))
+                    .chain(&b"\r\n"[..]);
+                stream
+                    .write_all_buf(&mut output_buf)
+                    .await
+                    .or_err(WriteError, "while writing body")?;
+                stream.flush().await.or_err(WriteError, "flushing body")?;
+                self.body_mode = BM::ChunkedEncoding(written + len);
+                Ok(Some(len))
+            }
+            BM::UntilClose(written) => {
+                stream
+                    .write_all_buf(&mut Pieces::new(pieces))
+                    .await
+                    .or_err(WriteError, "while writing body")?;
+                self.body_mode = BM::UntilClose(written + len);
+                stream.flush().await.or_err(WriteError, "flushing body")?;
+                Ok(Some(len))
+            }
         }
     }
 
