@@ -10,6 +10,7 @@ mod hosts;
 mod log_flood;
 mod path_confusion;
 mod request_lines;
+mod response_bodies;
 mod resumption;
 mod slow_clients;
 mod smuggling;
