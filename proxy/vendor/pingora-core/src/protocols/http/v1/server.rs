@@ -29,6 +29,13 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
+
+/// Room for headers beyond those a request came with, reserved in its header maps when
+/// it is parsed. A proxy adds some to each request (`X-Forwarded-For`, `-Proto`,
+/// `-Host`, `Forwarded`, ...): sized to the request's own headers only, both maps (values
+/// and case-preserving names) were grown and rehashed on the first of them, on every
+/// request.
+const REQUEST_HEADER_HEADROOM: usize = 8;
 use super::common::*;
 use super::header::HeaderWriter;
 use crate::protocols::http::{
@@ -351,7 +358,7 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            Some(req.headers.len() + REQUEST_HEADER_HEADROOM),
                         )?);
 
                         request_header.set_version(match req.version {
@@ -3082,6 +3089,29 @@ mod tests_stream {
             in_a_piece || !bytes.contains(&b'#')
         });
         (String::from_utf8(wire.bytes.clone()).unwrap(), from_pieces)
+    }
+
+    #[tokio::test]
+    async fn request_header_maps_have_room_for_the_headers_a_proxy_adds() {
+        init_log();
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http = HttpSession::new(Box::new(mock_io));
+        http.read_request().await.unwrap();
+        let req = http.req_header_mut();
+        // room for 8 more without growing (and rehashing) the map
+        assert!(req.headers.capacity() >= 2 + 8, "{}", req.headers.capacity());
+        for name in ["x-forwarded-for", "x-real-ip", "forwarded", "x-forwarded-proto"] {
+            req.insert_header(name, "v").unwrap();
+        }
+        // the case-preserving names stay in step with the values, as sent
+        let mut wire = vec![];
+        req.header_to_h1_wire(&mut wire);
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            "Host: a\r\nAccept: */*\r\nx-forwarded-for: v\r\nx-real-ip: v\r\n\
+             forwarded: v\r\nx-forwarded-proto: v\r\n"
+        );
     }
 
     #[tokio::test]
