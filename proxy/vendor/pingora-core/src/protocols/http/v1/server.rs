@@ -3077,7 +3077,11 @@ mod tests_stream {
         }
         let pieces: Vec<Bytes> = bodies.iter().map(|b| Bytes::from_static(b)).collect();
         let mut tasks = vec![HttpTask::Header(Box::new(resp), false)];
-        tasks.extend(pieces.iter().map(|b| HttpTask::Body(Some(b.clone()), false)));
+        tasks.extend(
+            pieces
+                .iter()
+                .map(|b| HttpTask::Body(Some(b.clone()), false)),
+        );
         tasks.push(HttpTask::Done);
         assert!(http.response_duplex_vec(tasks).await.unwrap());
         let wire = wire.lock().unwrap();
@@ -3100,8 +3104,17 @@ mod tests_stream {
         http.read_request().await.unwrap();
         let req = http.req_header_mut();
         // room for 8 more without growing (and rehashing) the map
-        assert!(req.headers.capacity() >= 2 + 8, "{}", req.headers.capacity());
-        for name in ["x-forwarded-for", "x-real-ip", "forwarded", "x-forwarded-proto"] {
+        assert!(
+            req.headers.capacity() >= 2 + 8,
+            "{}",
+            req.headers.capacity()
+        );
+        for name in [
+            "x-forwarded-for",
+            "x-real-ip",
+            "forwarded",
+            "x-forwarded-proto",
+        ] {
             req.insert_header(name, "v").unwrap();
         }
         // the case-preserving names stay in step with the values, as sent
@@ -3120,11 +3133,18 @@ mod tests_stream {
         // sized: both pieces in one vectored write, not copied into one buffer first
         let (wire, from_pieces) =
             duplex_bodies(&[("Content-Length", "9")], &[b"####", b"#####"], 1 << 20).await;
-        assert_eq!(wire, "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n#########");
+        assert_eq!(
+            wire,
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n#########"
+        );
         assert!(from_pieces, "body bytes were copied before the write");
         // chunked: still one chunk for the tasks together, its framing around the pieces
-        let (wire, from_pieces) =
-            duplex_bodies(&[("Transfer-Encoding", "chunked")], &[b"###", b"##"], 1 << 20).await;
+        let (wire, from_pieces) = duplex_bodies(
+            &[("Transfer-Encoding", "chunked")],
+            &[b"###", b"##"],
+            1 << 20,
+        )
+        .await;
         assert_eq!(
             wire,
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n#####\r\n0\r\n\r\n"
@@ -3137,10 +3157,16 @@ mod tests_stream {
         init_log();
         // a client taking 3 bytes per write: every partial write resumes where it stopped
         for max_write in [1, 3, 7] {
-            let (wire, _) =
-                duplex_bodies(&[("Content-Length", "9")], &[b"####", b"", b"#####"], max_write)
-                    .await;
-            assert_eq!(wire, "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n#########");
+            let (wire, _) = duplex_bodies(
+                &[("Content-Length", "9")],
+                &[b"####", b"", b"#####"],
+                max_write,
+            )
+            .await;
+            assert_eq!(
+                wire,
+                "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n#########"
+            );
             let (wire, _) = duplex_bodies(
                 &[("Transfer-Encoding", "chunked")],
                 &[b"#", b"##", b"###"],
