@@ -9,6 +9,11 @@ use std::process::Command;
 const README: &str = include_str!("../../../README.md");
 const HEADER: &str = "| command | what |";
 
+/// An option as (long, short).
+type Opt = (String, Option<String>);
+/// README rows: command path -> (line, flags named in the row).
+type Rows = BTreeMap<String, (usize, BTreeSet<String>)>;
+
 /// What `proxyctl <path> -h` lists.
 struct Help {
     /// Subcommands (without clap's `help`).
@@ -16,7 +21,7 @@ struct Help {
     /// `<COMMAND>` in the usage line: the command does nothing on its own.
     needs_command: bool,
     /// Options as (long, short), without `--help`/`--version`.
-    options: Vec<(String, Option<String>)>,
+    options: Vec<Opt>,
 }
 
 fn help(path: &[String]) -> Help {
@@ -62,7 +67,7 @@ fn help(path: &[String]) -> Help {
 
 /// Every command path that runs on its own ("check", "certs", "certs renew", ...), with
 /// its own options (the global ones taken out).
-fn commands() -> (BTreeMap<String, Vec<(String, Option<String>)>>, Vec<String>) {
+fn commands() -> (BTreeMap<String, Vec<Opt>>, Vec<String>) {
     let top = help(&[]);
     let global: Vec<String> = top.options.iter().map(|(l, _)| l.clone()).collect();
     let mut out = BTreeMap::new();
@@ -87,7 +92,7 @@ fn commands() -> (BTreeMap<String, Vec<(String, Option<String>)>>, Vec<String>) 
 }
 
 /// The table's rows: command path -> (line, flags named in the first cell).
-fn readme_rows(readme: &str) -> (BTreeMap<String, (usize, BTreeSet<String>)>, Vec<String>) {
+fn readme_rows(readme: &str) -> (Rows, Vec<String>) {
     let mut rows = BTreeMap::new();
     let mut errors = Vec::new();
     let mut lines = readme.lines().enumerate();
