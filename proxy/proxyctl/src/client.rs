@@ -136,8 +136,46 @@ fn parse_response(raw: &[u8]) -> Result<(u16, serde_json::Value), String> {
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or("no status line")?;
     let body = &raw[split + 4..];
-    let json = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let mut json = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    defang(&mut json);
     Ok((status, json))
+}
+
+/// Every string of a reply (keys too) with its control characters but `\n` and `\t`
+/// written out as `\u{..}`: the strings are text for an admin's terminal (messages,
+/// names, a CA's error detail), where ESC, CSI, BEL or CR would clear the screen, set
+/// the title or overwrite a line. Decode errors quote values, so this comes first.
+fn defang(v: &mut serde_json::Value) {
+    fn text(s: &str) -> Option<String> {
+        let bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+        s.contains(bad).then(|| {
+            s.chars()
+                .map(|c| {
+                    if bad(c) {
+                        c.escape_unicode().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        })
+    }
+    match v {
+        serde_json::Value::String(s) => {
+            if let Some(t) = text(s) {
+                *s = t;
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(defang),
+        serde_json::Value::Object(o) => {
+            let old = std::mem::take(o);
+            for (k, mut v) in old {
+                defang(&mut v);
+                o.insert(text(&k).unwrap_or(k), v);
+            }
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +209,15 @@ mod tests {
         let (status, body) = parse_response(raw).unwrap();
         let reply = decode::<admin_api::Live>(&Request::Live, status, body).unwrap();
         assert_eq!(reply.unwrap_err().error, "no such admin endpoint");
+    }
+
+    /// Review (issue 14): control characters in reply strings never reach a terminal.
+    #[test]
+    fn control_characters_in_replies_are_written_out() {
+        let raw = "HTTP/1.1 500 x\r\n\r\n{\"error\": \"a\\u001b[2J\\r\\u0007\\u009b\\nb\\tc\", \"k\\u001b\": [\"\\u001b\"]}";
+        let (_, v) = parse_response(raw.as_bytes()).unwrap();
+        assert_eq!(v["error"], "a\\u{1b}[2J\\u{d}\\u{7}\\u{9b}\nb\tc");
+        assert_eq!(v["k\\u{1b}"][0], "\\u{1b}");
     }
 
     #[test]
