@@ -530,3 +530,60 @@ fn proxyd_check_rejects_an_address_given_twice() {
         "--check created the store"
     );
 }
+
+/// Review (issue 14, "a test keeps README's flags in step with `--help`"): no such test
+/// was merged, and the README's flag table lacked eight flags. Every flag `proxyd --help`
+/// shows has a row in the table (`` | `--flag``), and every row names a real flag.
+#[test]
+fn readme_flag_table_matches_proxyd_help() {
+    let help = run(&locate_bin("proxyd", "PROXYD_BIN"), &["--help".as_ref()]);
+    assert!(help.status.success(), "{}", all_output(&help));
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let flag = |s: &str| -> Option<String> {
+        let rest = s.strip_prefix("--")?;
+        let n = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .unwrap_or(rest.len());
+        (n > 0).then(|| format!("--{}", &rest[..n]))
+    };
+    let shown: std::collections::BTreeSet<String> = help
+        .lines()
+        .map(str::trim_start)
+        .map(|l| {
+            l.strip_prefix("-u, ")
+                .or(l.strip_prefix("-d, "))
+                .or(l.strip_prefix("-h, "))
+                .or(l.strip_prefix("-V, "))
+                .unwrap_or(l)
+        })
+        .filter_map(flag)
+        .filter(|f| f != "--help" && f != "--version")
+        .collect();
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let (_, table) = readme
+        .split_once("| flag | default | meaning |")
+        .expect("README has the flag table");
+    let rows: Vec<&str> = table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    let documented: std::collections::BTreeSet<String> = rows
+        .iter()
+        .map(|r| r.split(" | ").next().unwrap())
+        .flat_map(|cell| {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .filter_map(flag)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let missing: Vec<_> = shown.difference(&documented).collect();
+    let unknown: Vec<_> = documented.difference(&shown).collect();
+    assert!(shown.len() > 20, "--help not parsed: {shown:?}");
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "README flag table out of step with proxyd --help: missing {missing:?}, unknown {unknown:?}"
+    );
+}
