@@ -640,6 +640,30 @@ async fn proxyctl_survives_broken_and_hostile_replies() {
     assert!(err.contains("did not answer within 1s"), "{err}");
     server.abort();
 
+    // Answers, but one byte at a time, slower than the whole answer may take.
+    let socket = dir.path().join("trickle.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let trickle = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        for b in b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"live\": true}"
+            .iter()
+            .cycle()
+        {
+            if s.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let out = proxyctl_at(&socket, &["--timeout", "2", "status"]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("did not answer within 2s"), "{err}");
+    trickle.abort();
+
     // Control bytes in the daemon's error message, printed for the admin.
     let socket = dir.path().join("escapes.sock");
     let body = r#"{"error": "boom\u001b[2J\u001b]0;owned\u0007\rfake: all fine\u009b31m"}"#;

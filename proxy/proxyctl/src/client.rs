@@ -82,6 +82,10 @@ fn decode<T: DeserializeOwned>(
     }
 }
 
+/// The largest answer read (the biggest real one, `certs` of a large table, is far
+/// smaller).
+const MAX_ANSWER: usize = 64 << 20;
+
 /// One request; returns the status code and the JSON body.
 fn call(
     socket: &Path,
@@ -118,8 +122,30 @@ fn call(
         env!("CARGO_PKG_VERSION")
     );
     stream.write_all(request.as_bytes()).map_err(io_err)?;
+    // `timeout` bounds the whole answer, not each read (a daemon trickling a byte a
+    // second would otherwise hold proxyctl for ever), and the answer's size is bounded.
+    let deadline = std::time::Instant::now() + timeout;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(io_err)?;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io_err(std::io::ErrorKind::TimedOut.into()));
+        }
+        stream.set_read_timeout(Some(left)).map_err(io_err)?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        if raw.len() > MAX_ANSWER {
+            return Err(CallError::Protocol(format!(
+                "bad answer from proxyd on {shown}: longer than {} MiB",
+                MAX_ANSWER >> 20
+            )));
+        }
+    }
     parse_response(&raw)
         .map_err(|m| CallError::Protocol(format!("bad answer from proxyd on {shown}: {m}")))
 }
