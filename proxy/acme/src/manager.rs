@@ -353,7 +353,14 @@ impl Manager {
         // What another process may have done meanwhile: its backoff, its certificate.
         let mut meta = store.read_meta(id).unwrap_or_default();
         if !force {
-            if let Some(at) = meta.next_attempt.map(from_unix).filter(|t| *t > now) {
+            // Capped as when written (schedule::retry_at): a wait persisted before the
+            // cap, or written by hand, ends too.
+            let cap = now + schedule::RATE_LIMIT_MAX.max(schedule::BACKOFF_MAX * 2);
+            if let Some(at) = meta
+                .next_attempt
+                .map(|t| from_unix(t).min(cap))
+                .filter(|t| *t > now)
+            {
                 tracing::info!(cert = %id, until = unix(at), "ACME: backing off after {} failed attempt(s)", meta.failures);
                 return Outcome {
                     next_check: at,
@@ -456,8 +463,8 @@ impl Manager {
                 meta.failures = failures_if_failed;
                 meta.last_error = Some(e.to_string());
                 // The CA's rate limit, when it says until when, outlasts the backoff.
-                let backoff = now + schedule::backoff(meta.failures, schedule::random01());
-                let at = e.retry_after().map_or(backoff, |t| t.max(backoff));
+                let backoff = schedule::backoff(meta.failures, schedule::random01());
+                let at = schedule::retry_at(now, backoff, e.retry_after());
                 let wait = at.duration_since(now).unwrap_or_default();
                 meta.next_attempt = Some(unix(at));
                 if let Err(we) = store.write_meta(id, &meta) {

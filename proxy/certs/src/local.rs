@@ -87,6 +87,29 @@ impl LocalIssuer {
         }
     }
 
+    /// What [`LocalIssuer::load_or_create`] would find in `store`, writing nothing: `Ok`
+    /// when the CA is usable or absent (it would be created), else the error that would
+    /// stop the daemon at start (`proxyd --check`).
+    pub fn check(store: &Store) -> Result<(), StoreError> {
+        let dir = store.local_ca_dir();
+        let key_path = dir.join("ca.key");
+        let pem_path = dir.join("ca.pem");
+        let key_pem = read_optional(&key_path)?;
+        let cert_pem = read_optional(&pem_path)?;
+        match (key_pem, cert_pem) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(StoreError::bad_file(
+                &key_path,
+                format!("missing, but {} exists", pem_path.display()),
+            )),
+            (Some(key_pem), None) => load_key(&key_path, &key_pem).map(drop),
+            (Some(key_pem), Some(cert_pem)) => {
+                let key = load_key(&key_path, &key_pem)?;
+                Self::from_files(key, cert_pem, &pem_path).map(drop)
+            }
+        }
+    }
+
     fn self_sign(key: KeyPair, pem_path: &Path) -> Result<LocalIssuer, StoreError> {
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();

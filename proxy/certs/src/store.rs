@@ -189,6 +189,16 @@ impl Store {
         })
     }
 
+    /// The store at `dir` as it is, creating nothing (for a look that must change
+    /// nothing, e.g. `proxyd --check`): reads work, writes fail where directories are
+    /// missing.
+    pub fn existing(dir: impl Into<PathBuf>) -> Store {
+        Store {
+            root: dir.into(),
+            lock: Mutex::new(()),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

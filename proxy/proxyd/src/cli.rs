@@ -38,8 +38,8 @@ pub struct Args {
     pub admin_socket_mode: u32,
 
     /// Validate the flags, the routes file and the certificate store (readable, or
-    /// creatable when missing; every stored certificate parses), print the result, and
-    /// exit before binding any port.
+    /// absent; every stored certificate and the local CA parse), change nothing, print
+    /// the result, and exit before binding any port.
     #[arg(long)]
     pub check: bool,
 

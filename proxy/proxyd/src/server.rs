@@ -46,7 +46,7 @@ pub fn load_routes(path: &Path) -> anyhow::Result<RouteTable> {
 pub fn run(config: Config) -> anyhow::Result<()> {
     let table = load_routes(&config.routes)?;
     if config.check {
-        let problems = crate::config::check_store(&config.certs_store);
+        let problems = crate::config::check_store(&config.certs_store, config.local_issuer);
         if !problems.is_empty() {
             let n = problems.len();
             bail!(
