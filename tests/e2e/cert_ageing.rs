@@ -525,7 +525,11 @@ async fn new_handshakes_never_fail_across_renewals_reloads_and_store_checks() {
     let mut reloads = 0u32;
     wait_until("two renewals of a.test's certificate", WITHIN, POLL, || {
         reloads += 1;
-        let other = if reloads % 2 == 0 { "b.test" } else { "c.test" };
+        let other = if reloads.is_multiple_of(2) {
+            "b.test"
+        } else {
+            "c.test"
+        };
         let (proxy, serials, routes) = (&proxy, serials.clone(), routes(other));
         async move {
             reload(proxy, &routes).await;
