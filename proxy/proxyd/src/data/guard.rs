@@ -35,9 +35,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use certs::util::lock;
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
@@ -149,9 +150,7 @@ impl ConnCounter {
 
     fn refused(&self, key: IpAddr) {
         let total = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = certs::util::unix_now().max(0) as u64;
         let last = self.last_warning.load(Ordering::Relaxed);
         if now >= last + 10
             && self
@@ -649,10 +648,6 @@ fn watch_h2_body(session: &pingora::proxy::Session) -> Option<BodyWatch> {
         }
     });
     Some(BodyWatch(state))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl AsyncRead for GuardedStream {

@@ -88,7 +88,7 @@ pub struct NameState {
 
 impl Registry {
     pub fn get_or_create(&self, addr: SocketAddr) -> Arc<Backend> {
-        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = certs::util::lock(&self.backends);
         map.entry(addr)
             .or_insert_with(|| Arc::new(Backend::new(addr)))
             .clone()
@@ -98,12 +98,12 @@ impl Registry {
     /// and, after a reload, those only the replaced table used (`Shared::retire`).
     /// Safe against a concurrent reload: a pool takes its backends under the same lock.
     pub fn prune_unused(&self) {
-        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = certs::util::lock(&self.backends);
         map.retain(|_, b| Arc::strong_count(b) > 1);
     }
 
     fn names(&self) -> std::sync::MutexGuard<'_, HashMap<String, NameState>> {
-        self.names.lock().unwrap_or_else(|e| e.into_inner())
+        certs::util::lock(&self.names)
     }
 
     pub fn name_state(&self, name: &str) -> Option<NameState> {

@@ -17,7 +17,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use certs::util::unix_now;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -606,7 +608,7 @@ impl Metrics {
     /// Refreshes the scrape-time gauges from `shared` and renders everything in the
     /// Prometheus text format.
     pub fn render(&self, shared: &Shared, access_log: Option<&AccessLog>) -> String {
-        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = certs::util::lock(&self.scrape);
         let snapshot = shared.snapshot.load_full();
         self.generation.set(snapshot.generation as i64);
 
@@ -686,12 +688,6 @@ fn catch_up(c: &IntCounter, total: u64) {
     if total > seen {
         c.inc_by(total - seen);
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A listener's app wrapped to count its connections (`proxyd_connections_*`). pingora
