@@ -22,9 +22,10 @@ use crate::config::Config;
 use crate::control::admin::{AdminApp, SighupReload};
 use crate::control::reload::Control;
 use crate::data::guard::{ConnCap, HeadGuard};
+use crate::data::layer::Layer;
 use crate::data::proxy::Proxy;
 use crate::data::state::Shared;
-use crate::data::tls::TlsApp;
+use crate::data::tls::TlsHandshake;
 use crate::data::upstream;
 use crate::observe::access_log::{AccessLog, WriterService};
 use crate::observe::metrics::{Counted, Metrics};
@@ -255,7 +256,7 @@ fn public_services(
     let metrics = &observe.metrics;
     let mut alpn = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if acme {
-        // TLS-ALPN-01 validations (answered by the resolver, closed by TlsApp).
+        // TLS-ALPN-01 validations (answered by the resolver, closed by TlsHandshake).
         alpn.push(certs::ACME_TLS_ALPN.to_vec());
     }
     let tls_config = certs::server_config(resolver, alpn).context("TLS configuration")?;
@@ -279,25 +280,20 @@ fn public_services(
     let mut https_proxy = proxy(true);
     https_proxy.h2_options = Some(crate::data::guard::h2_options(&limits));
     let errors = &shared.client_errors;
-    let https_app = ConnCap::new(
-        TlsApp::new(
-            HeadGuard::new(https_proxy, limits, errors.clone()),
-            tls_config,
-            errors.clone(),
-        )
-        .with_metrics(metrics.clone()),
-        conns.clone(),
+    // Each listener: a stack of layers (data/layer.rs) over its proxy, outermost first.
+    let https_app = Counted::new(metrics.clone(), "https").over(
+        ConnCap::new(conns.clone()).over(
+            TlsHandshake::new(tls_config, errors.clone())
+                .with_metrics(metrics.clone())
+                .over(HeadGuard::new(limits, errors.clone()).over(https_proxy)),
+        ),
     );
-    let https_app = Counted::new(https_app, metrics.clone(), "https");
     let mut https = Service::new("https".to_string(), https_app);
     for addr in &config.https {
         https.add_listener(public_listener(addr));
     }
-    let http_app = Counted::new(
-        ConnCap::new(HeadGuard::new(proxy(false), limits, errors.clone()), conns),
-        metrics.clone(),
-        "http",
-    );
+    let http_app = Counted::new(metrics.clone(), "http")
+        .over(ConnCap::new(conns).over(HeadGuard::new(limits, errors.clone()).over(proxy(false))));
     let mut http = Service::new("http".to_string(), http_app);
     for addr in &config.http {
         http.add_listener(public_listener(addr));

@@ -3,6 +3,7 @@
 
 pub mod client_errors;
 pub mod guard;
+pub mod layer;
 mod pages;
 pub mod proxy;
 pub mod state;
