@@ -49,11 +49,16 @@ pub fn random_fill(buf: &mut [u8]) {
     }
 }
 
-/// A random number in `[0, 1)`.
-pub fn random01() -> f64 {
+/// A random `u64` (seeds, e.g. the load balancer's random sequence in proxyd).
+pub fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     random_fill(&mut b);
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+    u64::from_le_bytes(b)
+}
+
+/// A random number in `[0, 1)`.
+pub fn random01() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Locks `m`, also when a thread panicked while holding it: every mutex of the workspace
