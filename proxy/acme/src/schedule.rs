@@ -75,18 +75,6 @@ fn clamp01(x: f64) -> f64 {
     }
 }
 
-/// A random number in `[0, 1)` from rustls' ring random source (no extra dependency).
-pub fn random01() -> f64 {
-    let mut b = [0u8; 8];
-    if certs::crypto_provider().secure_random.fill(&mut b).is_err() {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        return f64::from(nanos % 1_000_000) / 1_000_000.0;
-    }
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,14 +203,6 @@ mod tests {
             let b = backoff(n, 0.0);
             assert!(b >= prev);
             prev = b;
-        }
-    }
-
-    #[test]
-    fn random01_is_in_range() {
-        for _ in 0..1000 {
-            let r = random01();
-            assert!((0.0..1.0).contains(&r), "{r}");
         }
     }
 }

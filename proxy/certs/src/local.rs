@@ -268,12 +268,7 @@ fn load_key(path: &Path, pem: &str) -> Result<KeyPair, StoreError> {
 /// 16 random bytes, positive.
 fn random_serial() -> SerialNumber {
     let mut b = [0u8; 16];
-    if crate::crypto_provider().secure_random.fill(&mut b).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        b = nanos.to_be_bytes();
-    }
+    crate::util::random_fill(&mut b);
     b[0] &= 0x7f;
     b[0] |= 0x01;
     SerialNumber::from_slice(&b)
