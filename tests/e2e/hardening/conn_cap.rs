@@ -191,9 +191,12 @@ async fn tls_eventually(
     proxy: &Proxy,
     alpn: Alpn,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    wait_until("a TLS handshake", Duration::from_secs(5), Duration::from_millis(50), || async {
-        tls_from(ip, proxy, alpn).await.ok()
-    })
+    wait_until(
+        "a TLS handshake",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async { tls_from(ip, proxy, alpn).await.ok() },
+    )
     .await
 }
 
@@ -274,23 +277,34 @@ async fn slots_come_back_from_connections_ending_at_every_stage() {
         }
         // Completed HTTP/1.1 requests, plain and TLS.
         for _ in 0..SMALL {
-            wait_until("a plain GET", Duration::from_secs(5), Duration::from_millis(50), || async {
-                (plain_get_from(ip, &proxy).await == Some(200)).then_some(())
-            })
+            wait_until(
+                "a plain GET",
+                Duration::from_secs(5),
+                Duration::from_millis(50),
+                || async { (plain_get_from(ip, &proxy).await == Some(200)).then_some(()) },
+            )
             .await;
-            wait_until("a TLS GET", Duration::from_secs(5), Duration::from_millis(50), || async {
-                tls_get_from(ip, &proxy).await.ok().filter(|s| *s == 200)
-            })
+            wait_until(
+                "a TLS GET",
+                Duration::from_secs(5),
+                Duration::from_millis(50),
+                || async { tls_get_from(ip, &proxy).await.ok().filter(|s| *s == 200) },
+            )
             .await;
         }
         // HTTP/2 connections with a request each, closed by the client.
         for _ in 0..SMALL {
-            wait_until("an HTTP/2 GET", Duration::from_secs(5), Duration::from_millis(50), || async {
-                let tls = tls_from(ip, &proxy, Alpn::H2).await.ok()?;
-                let mut conn = Conn::handshake(tls, true).await.ok()?;
-                conn.timeout = Duration::from_secs(3);
-                (conn.get("a.test", "/h2").await.ok()?.status == 200).then_some(())
-            })
+            wait_until(
+                "an HTTP/2 GET",
+                Duration::from_secs(5),
+                Duration::from_millis(50),
+                || async {
+                    let tls = tls_from(ip, &proxy, Alpn::H2).await.ok()?;
+                    let mut conn = Conn::handshake(tls, true).await.ok()?;
+                    conn.timeout = Duration::from_secs(3);
+                    (conn.get("a.test", "/h2").await.ok()?.status == 200).then_some(())
+                },
+            )
             .await;
         }
     }
