@@ -224,10 +224,16 @@ fn bootstrap(config: &Config) -> anyhow::Result<Server> {
         ..ServerConf::default()
     };
     // pingora retries a busy port for a long while (and meanwhile whoever holds it
-    // answers): fail at once with the address instead. Not on upgrade, where the old
-    // process holds the ports and hands them over.
+    // answers; a busy --metrics address then panicked its thread and the daemon ran on
+    // without metrics): fail at once with the address instead. Not on upgrade, where
+    // the old process holds the ports and hands them over.
     if !config.upgrade {
-        for addr in config.https.iter().chain(&config.http) {
+        for addr in config
+            .https
+            .iter()
+            .chain(&config.http)
+            .chain(&config.metrics)
+        {
             std::net::TcpListener::bind(addr).with_context(|| {
                 format!("cannot listen on {addr} (in use by another process, or not permitted)")
             })?;
