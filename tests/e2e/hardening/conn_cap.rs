@@ -223,7 +223,7 @@ async fn slots_come_back_from_connections_ending_at_every_stage() {
             drop(tcp_from(ip, proxy.http_addr()).await.unwrap());
             drop(tcp_from(ip, proxy.https_addr()).await.unwrap());
             let s = tcp_from(ip, proxy.https_addr()).await.unwrap();
-            s.set_linger(Some(Duration::ZERO)).unwrap();
+            s.set_zero_linger().unwrap();
             drop(s);
         }
         // Garbage instead of a ClientHello: the handshake fails, the proxy closes.
@@ -244,14 +244,14 @@ async fn slots_come_back_from_connections_ending_at_every_stage() {
             s.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
                 .await
                 .unwrap();
-            s.set_linger(Some(Duration::ZERO)).unwrap();
+            s.set_zero_linger().unwrap();
             drop(s);
         }
         // A whole TLS handshake, then a reset (h1 and h2 negotiated).
         for alpn in [Alpn::H1, Alpn::H2] {
             for _ in 0..SMALL / 2 {
                 let tls = tls_eventually(ip, &proxy, alpn).await;
-                tls.get_ref().0.set_linger(Some(Duration::ZERO)).unwrap();
+                tls.get_ref().0.set_zero_linger().unwrap();
                 drop(tls);
             }
         }
