@@ -19,6 +19,7 @@ mod policy;
 mod reload;
 mod routing;
 mod soak;
+mod startup;
 mod tls;
 mod upgrade;
 mod upstream_errors;

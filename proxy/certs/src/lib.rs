@@ -76,6 +76,7 @@ pub mod renewal;
 mod resolver;
 mod store;
 mod tls;
+pub mod util;
 
 use std::path::PathBuf;
 
