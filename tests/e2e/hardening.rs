@@ -11,6 +11,7 @@ mod log_flood;
 mod path_confusion;
 mod request_lines;
 mod response_bodies;
+mod response_framing;
 mod resumption;
 mod slow_clients;
 mod smuggling;
