@@ -4683,3 +4683,188 @@ mod test_poll_body_writer {
         assert!(mock.next.is_empty());
     }
 }
+
+#[cfg(test)]
+mod test_write_body_pieces {
+    //! Review attacks on [`BodyWriter::write_body_pieces`]: a client socket that takes
+    //! a few bytes per write (so every vectored write is partial and resumes in the
+    //! middle of a piece), is not ready every other time, and sometimes takes only
+    //! the first slice (a non-vectored socket); more pieces than one `writev` carries;
+    //! empty pieces among them; a batch that straddles `Content-Length`.
+    use super::*;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::AsyncWrite;
+
+    struct StingyWriter {
+        written: Vec<u8>,
+        calls: usize,
+        vectored: bool,
+        /// The most bytes one write takes.
+        max: usize,
+    }
+
+    impl StingyWriter {
+        fn new(vectored: bool, max: usize) -> Self {
+            StingyWriter {
+                written: vec![],
+                calls: 0,
+                vectored,
+                max,
+            }
+        }
+
+        fn take(
+            &mut self,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.calls += 1;
+            if self.calls % 2 == 0 {
+                // not ready: the next poll resumes from the Buf's own state
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let mut left = 1 + self.calls % self.max;
+            let mut n = 0;
+            for b in bufs {
+                let k = b.len().min(left);
+                self.written.extend_from_slice(&b[..k]);
+                left -= k;
+                n += k;
+                if left == 0 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for StingyWriter {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.take(cx, &[io::IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.take(cx, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// 300 pieces (more than one `writev` takes), every fifth empty, sizes 0 to 40.
+    fn pieces(seed: usize) -> Vec<Bytes> {
+        (0..300)
+            .map(|i| {
+                let len = if i % 5 == 0 { 0 } else { (i * 7 + seed) % 41 };
+                Bytes::from(
+                    (0..len)
+                        .map(|j| (i * 31 + j + seed) as u8)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect()
+    }
+
+    /// Parse a chunked body strictly: the chunk sizes and the data.
+    fn dechunk(mut wire: &[u8]) -> (Vec<usize>, Vec<u8>) {
+        let (mut sizes, mut data) = (vec![], vec![]);
+        while !wire.is_empty() {
+            let end = wire
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("size line");
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&wire[..end]).unwrap(), 16).unwrap();
+            sizes.push(size);
+            wire = &wire[end + 2..];
+            data.extend_from_slice(&wire[..size]);
+            assert_eq!(
+                &wire[size..size + 2],
+                b"\r\n",
+                "chunk data not followed by CRLF"
+            );
+            wire = &wire[size + 2..];
+        }
+        (sizes, data)
+    }
+
+    #[tokio::test]
+    async fn write_body_pieces_partial_writes_never_skip_or_resend() {
+        for vectored in [true, false] {
+            for max in [1, 2, 13, 97] {
+                // chunked: each batch one chunk, never a 0-size one
+                let mut w = BodyWriter::new();
+                w.init_chunked();
+                let mut io = StingyWriter::new(vectored, max);
+                let mut want = vec![];
+                for batch in 0..3 {
+                    let mut p = pieces(batch);
+                    want.extend(p.iter().flat_map(|b| b.to_vec()));
+                    let n = w.write_body_pieces(&mut io, &mut p).await.unwrap();
+                    assert!(n.is_some());
+                }
+                // a batch of nothing but empty pieces writes nothing (no 0 chunk)
+                let mut empties = vec![Bytes::new(), Bytes::new()];
+                assert_eq!(
+                    w.write_body_pieces(&mut io, &mut empties).await.unwrap(),
+                    None
+                );
+                let (sizes, data) = dechunk(&io.written);
+                assert_eq!(sizes.len(), 3, "vectored {vectored} max {max}");
+                assert!(!sizes.contains(&0), "a 0-size chunk mid-body");
+                assert!(data == want, "chunked, vectored {vectored} max {max}");
+
+                // Content-Length that ends inside the second batch, inside a piece
+                let p1 = pieces(5);
+                let p2 = pieces(6);
+                let all: Vec<u8> = p1.iter().chain(&p2).flat_map(|b| b.to_vec()).collect();
+                let total = p1.iter().map(Bytes::len).sum::<usize>() + 1_001;
+                let mut w = BodyWriter::new();
+                w.init_content_length(total);
+                let mut io = StingyWriter::new(vectored, max);
+                let a = w.write_body_pieces(&mut io, &mut p1.clone()).await.unwrap();
+                let b = w.write_body_pieces(&mut io, &mut p2.clone()).await.unwrap();
+                assert_eq!(a.unwrap() + b.unwrap(), total);
+                assert!(w.finished());
+                let mut p3 = pieces(7);
+                assert_eq!(w.write_body_pieces(&mut io, &mut p3).await.unwrap(), None);
+                assert!(
+                    io.written == all[..total],
+                    "CL, vectored {vectored} max {max}"
+                );
+
+                // close-delimited
+                let p = pieces(8);
+                let want: Vec<u8> = p.iter().flat_map(|b| b.to_vec()).collect();
+                let mut w = BodyWriter::new();
+                w.init_close_delimited();
+                let mut io = StingyWriter::new(vectored, max);
+                w.write_body_pieces(&mut io, &mut p.clone()).await.unwrap();
+                assert!(
+                    io.written == want,
+                    "close-delimited, vectored {vectored} max {max}"
+                );
+            }
+        }
+    }
+}
