@@ -7,6 +7,7 @@
 mod conn_cap;
 mod h2_abuse;
 mod hosts;
+mod log_bridge;
 mod log_flood;
 mod path_confusion;
 mod request_lines;
