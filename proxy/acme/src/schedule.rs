@@ -271,8 +271,15 @@ mod tests {
                 );
                 now += wait;
             }
-            let want = if lifetime < Duration::from_secs(1000) { 4 } else { 10 };
-            assert!(tries >= want, "{lifetime:?}: only {tries} tries before expiry");
+            let want = if lifetime < Duration::from_secs(1000) {
+                4
+            } else {
+                10
+            };
+            assert!(
+                tries >= want,
+                "{lifetime:?}: only {tries} tries before expiry"
+            );
         }
         // 160 hours: the first failures wait the plain backoff (minutes), not longer.
         assert_eq!(retry_delay(1, 0.0, Some(HOUR * 80)), BACKOFF_MIN);
@@ -291,7 +298,7 @@ mod tests {
         let na = nb + Duration::from_secs(100);
         let w = Window { start: nb, end: na };
         let latest = na - Duration::from_secs(100) / ARI_TAIL_SHARE;
-        assert_eq!(ari_renewal_time(w, nb, 0.999_999_9, nb, na), latest);
+        assert_eq!(ari_renewal_time(w, nb, 1.0, nb, na), latest);
         assert_eq!(ari_renewal_time(w, nb, 0.0, nb, na), nb);
         // Let's Encrypt's window for 90 days (around day 60) is left as it is.
         let w = Window {

@@ -197,7 +197,8 @@ mod tests {
         assert_eq!(store.read_ledger("acct").unwrap(), Ledger::default());
         store
             .update_ledger("acct", now, |l| {
-                l.orders.push(order(now - LEDGER_KEEP_SECS - 1, OrderOutcome::Issued));
+                l.orders
+                    .push(order(now - LEDGER_KEEP_SECS - 1, OrderOutcome::Issued));
                 l.orders.push(order(now - 10, OrderOutcome::Placed));
                 l.holds.push(Hold {
                     scope: HoldScope::Account,

@@ -547,6 +547,18 @@ fn certs(cli: &Cli) -> Result<Outcome> {
             },
             json_text(&g.names)
         ))?;
+        if g.profile.is_some() || g.issued_profile.is_some() {
+            let issued = match (&g.issued_profile, &g.profile) {
+                (Some(i), Some(p)) if i == p => String::new(),
+                (Some(i), _) => format!(" (served certificate ordered with {i})"),
+                (None, _) => String::new(),
+            };
+            output(writeln!(
+                out,
+                "  profile {}{issued}",
+                g.profile.as_deref().unwrap_or("(CA default)")
+            ))?;
+        }
         if let Some(e) = &g.last_error {
             output(writeln!(
                 out,

@@ -133,6 +133,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let _ = shared.acme.set(manager.clone());
         background_service("acme", crate::control::acme_service::AcmeService(manager))
     });
+    if let Some(m) = shared.acme.get() {
+        crate::control::acme_service::check_profiles_at_start(m, &shared.snapshot.load().table)?;
+    }
 
     let conf = ServerConf {
         threads: config.threads,

@@ -1258,5 +1258,8 @@ fn acme_profile_is_a_route_key_checked_for_syntax() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("r.toml:4:16") && e.contains("invalid acme_profile"), "{e}");
+    assert!(
+        e.contains("r.toml:4:16") && e.contains("invalid acme_profile"),
+        "{e}"
+    );
 }
