@@ -183,3 +183,94 @@ async fn an_unknown_profile_is_refused_at_start_and_at_reload() {
     let cert = wait_served(b.https, &root, "new.test").await;
     assert_eq!(lifetime(&cert), DAY90 as i64 - 1);
 }
+
+/// A certificate of `life` seconds per renewal, renewed twice while a client makes one
+/// new TLS connection per request (verifying against pebble's root, so an expired or
+/// local certificate fails it) all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_certificates_renew_on_schedule_without_restart() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    if Pebble::current("acme_lifetimes::short_lived_certificates_renew_on_schedule_without_restart")
+        .is_none()
+    {
+        return;
+    }
+    const LIFE: u64 = 60;
+    let b = bench(Validate::Both, profiles(&[("minute", LIFE)])).await;
+    let a = Backend::start("a").await;
+    let proxy = b
+        .proxy(&one_route(&["a.test"], &a, "acme_profile = \"minute\"\n"), "http-01")
+        .start()
+        .await;
+    let root = b.pebble.root_pem().await;
+    let first = wait_served(b.https, &root, "a.test").await;
+
+    // Every distinct leaf served, in order, with when it was first seen.
+    let seen: Arc<Mutex<Vec<(Vec<u8>, std::time::SystemTime)>>> =
+        Arc::new(Mutex::new(vec![(first.clone(), std::time::SystemTime::now())]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (seen, stop, failed, root, https) =
+            (seen.clone(), stop.clone(), failed.clone(), root.clone(), b.https);
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match served_by(https, &root, "a.test").await {
+                    Ok(leaf) => {
+                        let mut s = seen.lock().unwrap();
+                        if s.last().is_none_or(|(l, _)| *l != leaf) {
+                            s.push((leaf, std::time::SystemTime::now()));
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("request failed: {e:#}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    // Two renewals (the bound only ends a hang: three lifetimes).
+    {
+        let seen = seen.clone();
+        tests::wait_until(
+            "two renewals of a.test",
+            Duration::from_secs(3 * LIFE),
+            Duration::from_millis(100),
+            move || {
+                let n = seen.lock().unwrap().len();
+                async move { (n >= 3).then_some(()) }
+            },
+        )
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    client.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed while certificates were renewed:\n{}",
+        proxy.log_tail(30)
+    );
+    let seen = seen.lock().unwrap().clone();
+    for pair in seen.windows(2) {
+        let (prev, next) = (&pair[0].0, &pair[1]);
+        let (_, p) = x509_parser::parse_x509_certificate(prev).unwrap();
+        let (_, n) = x509_parser::parse_x509_certificate(&next.0).unwrap();
+        let renewed_at = next.1.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        // Each renewal keeps the profile, and was served before the previous one
+        // expired, after its ARI window opened (pebble: at issuance).
+        assert_eq!(lifetime(&next.0), LIFE as i64 - 1);
+        assert!(renewed_at <= p.validity().not_after.timestamp(), "served after expiry");
+        assert!(n.validity().not_before >= p.validity().not_before);
+    }
+    // One order per certificate: nothing ordered twice, no restart.
+    assert_eq!(b.pebble.orders(), seen.len(), "{}", b.pebble.log_tail(30));
+    assert!(proxy.log().contains("ACME: renewing certificate"));
+    // The CA's ARI window is shown for the group.
+    let certs = certs_json(&proxyctl(&proxy, &["--json", "certs"]).await);
+    let g = group(&certs, "a.test");
+    assert!(g["ari_window"].is_array(), "{certs:#}");
+    assert_eq!(g["issued_profile"], "minute");
+}
