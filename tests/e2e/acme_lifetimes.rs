@@ -200,20 +200,31 @@ async fn short_lived_certificates_renew_on_schedule_without_restart() {
     let b = bench(Validate::Both, profiles(&[("minute", LIFE)])).await;
     let a = Backend::start("a").await;
     let proxy = b
-        .proxy(&one_route(&["a.test"], &a, "acme_profile = \"minute\"\n"), "http-01")
+        .proxy(
+            &one_route(&["a.test"], &a, "acme_profile = \"minute\"\n"),
+            "http-01",
+        )
         .start()
         .await;
     let root = b.pebble.root_pem().await;
     let first = wait_served(b.https, &root, "a.test").await;
 
     // Every distinct leaf served, in order, with when it was first seen.
-    let seen: Arc<Mutex<Vec<(Vec<u8>, std::time::SystemTime)>>> =
-        Arc::new(Mutex::new(vec![(first.clone(), std::time::SystemTime::now())]));
+    type Seen = Vec<(Vec<u8>, std::time::SystemTime)>;
+    let seen: Arc<Mutex<Seen>> = Arc::new(Mutex::new(vec![(
+        first.clone(),
+        std::time::SystemTime::now(),
+    )]));
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
     let client = {
-        let (seen, stop, failed, root, https) =
-            (seen.clone(), stop.clone(), failed.clone(), root.clone(), b.https);
+        let (seen, stop, failed, root, https) = (
+            seen.clone(),
+            stop.clone(),
+            failed.clone(),
+            root.clone(),
+            b.https,
+        );
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match served_by(https, &root, "a.test").await {
@@ -258,11 +269,18 @@ async fn short_lived_certificates_renew_on_schedule_without_restart() {
         let (prev, next) = (&pair[0].0, &pair[1]);
         let (_, p) = x509_parser::parse_x509_certificate(prev).unwrap();
         let (_, n) = x509_parser::parse_x509_certificate(&next.0).unwrap();
-        let renewed_at = next.1.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let renewed_at = next
+            .1
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         // Each renewal keeps the profile, and was served before the previous one
         // expired, after its ARI window opened (pebble: at issuance).
         assert_eq!(lifetime(&next.0), LIFE as i64 - 1);
-        assert!(renewed_at <= p.validity().not_after.timestamp(), "served after expiry");
+        assert!(
+            renewed_at <= p.validity().not_after.timestamp(),
+            "served after expiry"
+        );
         assert!(n.validity().not_before >= p.validity().not_before);
     }
     // One order per certificate: nothing ordered twice, no restart.

@@ -614,13 +614,21 @@ app = "static"
     let out = gen("inventory.toml", text);
     let table = routes::parse("routes.toml", &out).unwrap_or_else(|d| panic!("{d}\n{out}"));
     for r in &table.routes {
-        let want = r.hosts[0].to_string().starts_with("a.").then(|| "shortlived".to_string());
+        let want = r.hosts[0]
+            .to_string()
+            .starts_with("a.")
+            .then(|| "shortlived".to_string());
         assert_eq!(r.acme_profile, want, "{out}");
     }
     let e = inventory_err(&text.replace("\"shortlived\"", "\"short lived\""));
-    assert!(e.contains("inventory.toml:13:16") && e.contains("invalid acme_profile"), "{e}");
+    assert!(
+        e.contains("inventory.toml:13:16") && e.contains("invalid acme_profile"),
+        "{e}"
+    );
 }
 
 fn inventory_err(text: &str) -> String {
-    crate::generate("inventory.toml", text).unwrap_err().to_string()
+    crate::generate("inventory.toml", text)
+        .unwrap_err()
+        .to_string()
 }
