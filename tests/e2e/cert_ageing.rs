@@ -16,8 +16,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use certs::util::unix_now;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
@@ -55,13 +56,6 @@ impl Leaf {
     fn expired(&self) -> bool {
         unix_now() >= self.not_after
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 /// Accepts any certificate and remembers the leaf: for reading what the proxy serves,
@@ -471,4 +465,84 @@ async fn a_failed_renewal_keeps_the_old_certificate_served_and_is_counted() {
         "{v}"
     );
     assert_eq!(v["generation"], 1, "{v}");
+}
+
+/// New connections meet a certificate whatever the certificate machinery is doing: back
+/// to back handshakes for a name that stays routed, while the timer renews its
+/// certificate every few seconds, reloads add and remove another route (issuing,
+/// releasing and taking back certificates) and the store check runs often. Every
+/// handshake succeeds (the resolver is swapped whole, never without the name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_handshakes_never_fail_across_renewals_reloads_and_store_checks() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let a = Backend::start("a").await;
+    let routes = |other: &str| {
+        format!(
+            "{}{}",
+            one_route(&["a.test"], &a, ""),
+            one_route(&[other], &a, "")
+        )
+    };
+    let proxy = Proxy::builder(&routes("b.test"))
+        .arg("--local-cert-lifetime")
+        .arg("6s")
+        .arg("--store-check-interval")
+        .arg("200ms")
+        .start()
+        .await;
+    let addr = proxy.https_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handshakes = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let serials = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let (stop, handshakes, failures, serials) = (
+            stop.clone(),
+            handshakes.clone(),
+            failures.clone(),
+            serials.clone(),
+        );
+        clients.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match try_served_leaf(addr, "a.test").await {
+                    Ok(leaf) => {
+                        serials.lock().unwrap().insert(leaf.serial);
+                    }
+                    Err(e) => failures.lock().unwrap().push(format!("{e:#}")),
+                }
+                handshakes.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // Reloads, back and forth, until the certificate of a.test was renewed twice.
+    let mut reloads = 0u32;
+    wait_until("two renewals of a.test's certificate", WITHIN, POLL, || {
+        reloads += 1;
+        let other = if reloads.is_multiple_of(2) {
+            "b.test"
+        } else {
+            "c.test"
+        };
+        let (proxy, serials, routes) = (&proxy, serials.clone(), routes(other));
+        async move {
+            reload(proxy, &routes).await;
+            (serials.lock().unwrap().len() >= 3).then_some(())
+        }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(joined) = clients.join_next().await {
+        joined.expect("a client task panicked");
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} handshakes failed, e.g. {:?}\n{}",
+        failures.len(),
+        handshakes.load(Ordering::Relaxed),
+        &failures[..failures.len().min(5)],
+        proxy.log_tail(30)
+    );
+    assert!(reloads >= 2, "{reloads} reloads");
 }

@@ -20,6 +20,7 @@ mod policy;
 mod reload;
 mod routing;
 mod soak;
+mod startup;
 mod tls;
 mod upgrade;
 mod upstream_errors;

@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::reload::proxyctl;
+use certs::util::unix_now;
 use futures_util::SinkExt;
 use http::{header, Method};
 use tests::client::{client_config, tls_connect};
@@ -93,13 +94,6 @@ pub(crate) async fn scrape(addr: SocketAddr) -> Scrape {
         .header("content-type")
         .is_some_and(|c| c.starts_with("text/plain; version=0.0.4")));
     Scrape::parse(&resp.text())
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +230,7 @@ async fn requests_are_counted_by_route_and_status_class_with_latency_histograms(
         &[("name", "a.test"), ("issuer", "local")],
     );
     assert!(
-        not_after > unix_now() + 86_400.0,
+        not_after > unix_now() as f64 + 86_400.0,
         "a.test's certificate expires at {not_after}"
     );
     assert_eq!(s.get("proxyd_routes_generation", &[]), 1.0);
@@ -358,7 +352,7 @@ async fn reloads_are_counted_and_series_follow_the_table() {
         .start()
         .await;
     assert_eq!(proxy.get("a.test", "/").await.unwrap().status, 200);
-    let started = unix_now();
+    let started = unix_now() as f64;
     let s = scrape(metrics).await;
     assert_eq!(s.get("proxyd_reloads_total", &[("result", "success")]), 0.0);
     assert_eq!(

@@ -561,3 +561,136 @@ async fn proxyctl_refuses_a_reply_it_cannot_decode() {
     );
     server.abort();
 }
+
+/// A fake admin socket that answers every request with the raw bytes `answer` and
+/// closes; with `None`, accepts and never answers (the connection held open).
+fn raw_admin(socket: &Path, answer: Option<Vec<u8>>) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::UnixListener::bind(socket).unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            match &answer {
+                Some(a) => {
+                    let _ = s.write_all(a).await;
+                }
+                None => held.push(s),
+            }
+        }
+    })
+}
+
+/// Review (issue 14): what a broken or hostile daemon can answer. A cut reply, an HTML
+/// 500 page: a clear error, exit 1. A socket that accepts and never answers: exit 5
+/// after `--timeout`, not a hang. Control bytes in a string of the reply (an error
+/// message from the CA, say): escape sequences (clear screen, set the terminal title)
+/// and CR (overwrite the line) must not reach the terminal raw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxyctl_survives_broken_and_hostile_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok_head = |len: usize| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
+        )
+    };
+
+    // Cut mid-JSON.
+    let socket = dir.path().join("cut.sock");
+    let body = r#"{"live": tr"#;
+    let server = raw_admin(
+        &socket,
+        Some(format!("{}{body}", ok_head(body.len() + 10)).into_bytes()),
+    );
+    let out = proxyctl_at(&socket, &["status"]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not JSON"), "{err}");
+    server.abort();
+
+    // A proxy's HTML error page.
+    let socket = dir.path().join("html.sock");
+    let page = "<html><body>500 Internal Server Error</body></html>";
+    let server = raw_admin(
+        &socket,
+        Some(
+            format!(
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n{page}",
+                page.len()
+            )
+            .into_bytes(),
+        ),
+    );
+    let out = proxyctl_at(&socket, &["reload"]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not JSON"), "{err}");
+    server.abort();
+
+    // Accepts, never answers.
+    let socket = dir.path().join("mute.sock");
+    let server = raw_admin(&socket, None);
+    let out = proxyctl_at(&socket, &["--timeout", "1", "status"]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("did not answer within 1s"), "{err}");
+    server.abort();
+
+    // Answers, but one byte at a time, slower than the whole answer may take.
+    let socket = dir.path().join("trickle.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let trickle = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        for b in b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"live\": true}"
+            .iter()
+            .cycle()
+        {
+            if s.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let out = proxyctl_at(&socket, &["--timeout", "2", "status"]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("did not answer within 2s"), "{err}");
+    trickle.abort();
+
+    // Control bytes in the daemon's error message, printed for the admin.
+    let socket = dir.path().join("escapes.sock");
+    let body = r#"{"error": "boom\u001b[2J\u001b]0;owned\u0007\rfake: all fine\u009b31m"}"#;
+    let server = raw_admin(
+        &socket,
+        Some(
+            format!(
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        ),
+    );
+    let out = proxyctl_at(&socket, &["status"]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("boom") && err.contains("fake: all fine"),
+        "{err}"
+    );
+    for bad in ['\u{1b}', '\u{7}', '\r', '\u{9b}'] {
+        assert!(!err.contains(bad), "{bad:?} printed raw: {err:?}");
+    }
+    // With --json the JSON encoder escapes them: still no raw control byte.
+    let out = proxyctl_at(&socket, &["--json", "status"]).await;
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(!all.contains('\u{1b}') && !all.contains('\r'), "{all:?}");
+    server.abort();
+}

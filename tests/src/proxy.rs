@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::client::{https_get, Alpn, Conn, Response};
 use crate::locate_bin;
 
-/// How long proxyd may take from spawn to accepting on all its ports.
+/// How long proxyd may take from spawn to listening on all its ports.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Resident memory of a process, from `/proc/<pid>/status`.
@@ -150,8 +150,9 @@ impl ProxyBuilder {
         self
     }
 
-    /// Spawn proxyd and wait until all its ports accept connections (and, with the local
-    /// issuer, its CA is on disk). Panics with the tail of its log if it exits or is not
+    /// Spawn proxyd and wait until it reports itself ready on its admin socket (every
+    /// one of its ports is a listening socket of that process; see `Proxy::ready`) and,
+    /// with the local issuer, its CA is on disk. Panics with the tail of its log if it exits or is not
     /// ready in time. Ports that were picked here are picked again if proxyd could not
     /// bind them (another process took them in between).
     pub async fn start(self) -> Proxy {
@@ -394,14 +395,18 @@ impl Proxy {
         );
     }
 
+    /// Ready by proxyd's own account: its admin API's `GET /v1/health/ready` says that
+    /// every `--https`/`--http` address is a listening socket of this very process. A
+    /// port that merely accepts connections proves nothing: another process (another
+    /// test run that picked the same free port) may hold it while this proxyd's pingora
+    /// still retries it, and a test would then talk to a daemon that knows none of its
+    /// names (a TLS access_denied alert).
     async fn ready(&self) -> bool {
-        for addr in [self.http, self.https] {
-            if tokio::net::TcpStream::connect(addr).await.is_err() {
-                return false;
-            }
-        }
         // The CA is written at start; with the local issuer a test needs it at once.
-        !self.local_issuer || std::fs::metadata(self.ca_path()).is_ok_and(|m| m.len() > 0)
+        if self.local_issuer && !std::fs::metadata(self.ca_path()).is_ok_and(|m| m.len() > 0) {
+            return false;
+        }
+        admin_says_ready(&self.dir.join("admin.sock")).await
     }
 
     pub fn pid(&self) -> u32 {
@@ -510,6 +515,30 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET /v1/health/ready` on proxyd's admin socket: whether it answered 200 with
+/// `"ready": true`. False when the socket is not there yet or does not answer in time.
+async fn admin_says_ready(socket: &Path) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut s = tokio::net::UnixStream::connect(socket).await?;
+        s.write_all(b"GET /v1/health/ready HTTP/1.1\r\nHost: proxyd\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let Ok(Ok(raw)) = tokio::time::timeout(Duration::from_secs(5), ask).await else {
+        return false;
+    };
+    let raw = String::from_utf8_lossy(&raw);
+    let Some((head, body)) = raw.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.starts_with("HTTP/1.1 200")
+        && serde_json::from_str::<serde_json::Value>(body)
+            .is_ok_and(|v| v["ready"] == serde_json::Value::Bool(true))
 }
 
 pub fn tail(text: &str, lines: usize) -> String {

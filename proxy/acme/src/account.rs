@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+use certs::util::unix_now;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{
@@ -200,12 +201,6 @@ fn write(path: &Path, account: &StoredAccount) -> Result<(), Error> {
     }
     certs::fsutil::write_atomic(path, json.as_bytes(), certs::fsutil::KEY_MODE)
         .map_err(Error::AccountWrite)
-}
-
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

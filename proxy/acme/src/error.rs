@@ -250,6 +250,27 @@ mod tests {
         assert!(source.to_string().contains("rateLimited"), "{source}");
     }
 
+    /// Review (issue 14): hostile problem texts give a time or none, never a panic
+    /// (the text is sliced by bytes after an ASCII-lowercased search).
+    #[test]
+    fn hostile_retry_after_texts() {
+        for detail in [
+            "retry after ",
+            "retry after 99999-01-02 03:04:05 UTC",
+            "retry after -2025-01-02 03:04:05 UTC",
+            "retry after 2025-13-45 99:99:99 UTC",
+            "retry after éééééééééééééééééééé",
+            "RETRY AFTER 2025-01-02 03:04:0é",
+            "retry after 18446744073709551616 seconds",
+        ] {
+            assert_eq!(retry_after_in(detail), None, "{detail}");
+        }
+        assert_eq!(
+            retry_after_in("Retry After 9999-12-31 23:59:59 UTC"),
+            Some(time::macros::datetime!(9999-12-31 23:59:59 UTC).into())
+        );
+    }
+
     #[test]
     fn rate_limited_without_a_time_has_none() {
         let e = api(r#"{"type": "urn:ietf:params:acme:error:rateLimited", "detail": "slow down"}"#);

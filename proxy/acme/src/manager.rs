@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use certs::util::{from_unix, random01, unix};
 use certs::{IssuedCert, Meta, StoredCert};
 use instant_acme::{
     Account, AuthorizationStatus, CertificateIdentifier, Identifier, NewOrder, OrderStatus,
@@ -198,7 +199,7 @@ impl Manager {
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        certs::util::lock(&self.entries)
     }
 
     /// Runs until `shutdown` turns true: follows the route generation, orders what is
@@ -444,7 +445,14 @@ impl Manager {
         // What another process may have done meanwhile: its backoff, its certificate.
         let mut meta = store.read_meta(id).unwrap_or_default();
         if !force {
-            if let Some(at) = meta.next_attempt.map(from_unix).filter(|t| *t > now) {
+            // Capped as when written (schedule::retry_at): a wait persisted before the
+            // cap, or written by hand, ends too.
+            let cap = now + schedule::RATE_LIMIT_MAX.max(schedule::BACKOFF_MAX * 2);
+            if let Some(at) = meta
+                .next_attempt
+                .map(|t| from_unix(t).min(cap))
+                .filter(|t| *t > now)
+            {
                 tracing::info!(cert = %id, until = unix(at), "ACME: backing off after {} failed attempt(s)", meta.failures);
                 return Outcome {
                     next_check: at,
@@ -478,7 +486,7 @@ impl Manager {
             .and_then(|c| c.not_after.duration_since(now).ok());
         meta.last_attempt = Some(unix(now));
         meta.next_attempt = Some(unix(
-            now + schedule::retry_delay(failures_if_failed, schedule::random01(), time_left),
+            now + schedule::retry_delay(failures_if_failed, random01(), time_left),
         ));
         if meta.names.is_empty() {
             meta.names = names.to_vec();
@@ -503,11 +511,8 @@ impl Manager {
         match result {
             Ok(cert) => {
                 self.orders_issued.fetch_add(1, Ordering::Relaxed);
-                let renew_at = schedule::fallback_renewal_time(
-                    cert.not_before,
-                    cert.not_after,
-                    schedule::random01(),
-                );
+                let renew_at =
+                    schedule::fallback_renewal_time(cert.not_before, cert.not_after, random01());
                 // The schedule first, then the certificate: `status` (proxyctl certs,
                 // metrics) never shows a served certificate without its next renewal.
                 if let Some(e) = self.lock().get_mut(id) {
@@ -558,9 +563,8 @@ impl Manager {
                 meta.failures = failures_if_failed;
                 meta.last_error = Some(e.to_string());
                 // The CA's rate limit, when it says until when, outlasts the backoff.
-                let backoff =
-                    now + schedule::retry_delay(meta.failures, schedule::random01(), time_left);
-                let at = e.retry_after().map_or(backoff, |t| t.max(backoff));
+                let backoff = schedule::retry_delay(meta.failures, random01(), time_left);
+                let at = schedule::retry_at(now, backoff, e.retry_after());
                 let wait = at.duration_since(now).unwrap_or_default();
                 meta.next_attempt = Some(unix(at));
                 if let Err(we) = store.write_meta(id, &meta) {
@@ -602,8 +606,7 @@ impl Manager {
         Option<Window>,
         Option<CertificateIdentifier<'static>>,
     ) {
-        let fallback =
-            schedule::fallback_renewal_time(cert.not_before, cert.not_after, schedule::random01());
+        let fallback = schedule::fallback_renewal_time(cert.not_before, cert.not_after, random01());
         if self.ari.load(Ordering::Relaxed) == ARI_NO {
             return (fallback, fallback, None, None);
         }
@@ -632,7 +635,7 @@ impl Manager {
                 let at = schedule::ari_renewal_time(
                     window,
                     now,
-                    schedule::random01(),
+                    random01(),
                     cert.not_before,
                     cert.not_after,
                 );
@@ -875,21 +878,6 @@ fn best_cover<'a>(
         .filter(|c| issuer.is_none_or(|i| c.issuer == i))
         .filter(|c| names.iter().all(|n| c.covers(n)))
         .max_by_key(|c| (c.valid_at(now), c.not_after))
-}
-
-fn unix(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
-}
-
-fn from_unix(secs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,20 @@ pub fn retry_delay(failures: u32, rand01: f64, time_left: Option<Duration>) -> D
     }
 }
 
+/// The longest wait a CA's "retry after" can impose (Let's Encrypt's longest rate-limit
+/// window is 168 h): a problem text saying `retry after 9999-12-31 ...` (a CA bug, a
+/// garbled detail) must not stop a certificate's renewals for good, and the wait is
+/// persisted in the store, so a restart would not end it either.
+pub const RATE_LIMIT_MAX: Duration = Duration::from_secs(7 * 86_400);
+
+/// When to try again after a failure at `now`: after `backoff`, or at the CA's
+/// `retry_after` when that is later, but never later than [`RATE_LIMIT_MAX`] (or the
+/// backoff, if longer) from now.
+pub fn retry_at(now: SystemTime, backoff: Duration, retry_after: Option<SystemTime>) -> SystemTime {
+    let at = retry_after.map_or(now + backoff, |t| t.max(now + backoff));
+    at.min(now + RATE_LIMIT_MAX.max(backoff))
+}
+
 /// How long to wait after `failures` failed attempts in a row (1 = the first failure):
 /// [`BACKOFF_MIN`] doubling up to [`BACKOFF_MAX`], then up to 10 % more (jitter).
 pub fn backoff(failures: u32, rand01: f64) -> Duration {
@@ -100,23 +114,32 @@ fn clamp01(x: f64) -> f64 {
     }
 }
 
-/// A random number in `[0, 1)` from rustls' ring random source (no extra dependency).
-pub fn random01() -> f64 {
-    let mut b = [0u8; 8];
-    if certs::crypto_provider().secure_random.fill(&mut b).is_err() {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        return f64::from(nanos % 1_000_000) / 1_000_000.0;
-    }
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const DAY: Duration = Duration::from_secs(86_400);
+
+    /// Review (issue 14): the CA's retry-after is honoured (never retried sooner), but
+    /// a far-future or absurd one is capped at RATE_LIMIT_MAX; a past one is the backoff.
+    #[test]
+    fn retry_at_honours_the_ca_within_a_cap() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let backoff = Duration::from_secs(120);
+        assert_eq!(retry_at(now, backoff, None), now + backoff);
+        // In the past: the backoff.
+        let past = now - Duration::from_secs(3600);
+        assert_eq!(retry_at(now, backoff, Some(past)), now + backoff);
+        // Later than the backoff, within the cap: exactly what the CA asked.
+        let ca = now + 3 * DAY;
+        assert_eq!(retry_at(now, backoff, Some(ca)), ca);
+        // Year 9999: capped.
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+        assert_eq!(retry_at(now, backoff, Some(far)), now + RATE_LIMIT_MAX);
+        // The backoff itself is never cut.
+        let long = RATE_LIMIT_MAX + DAY;
+        assert_eq!(retry_at(now, long, Some(far)), now + long);
+    }
 
     fn t(days: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + DAY * days as u32
@@ -312,13 +335,5 @@ mod tests {
             end: t(89),
         };
         assert_eq!(ari_renewal_time(w, t(1), 0.5, t(0), t(90)), t(75));
-    }
-
-    #[test]
-    fn random01_is_in_range() {
-        for _ in 0..1000 {
-            let r = random01();
-            assert!((0.0..1.0).contains(&r), "{r}");
-        }
     }
 }

@@ -19,20 +19,7 @@ pub const DIR_MODE: u32 = 0o700;
 /// Random lower-case hex, for temporary names.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    if crate::crypto_provider()
-        .secure_random
-        .fill(&mut buf)
-        .is_err()
-    {
-        // Uniqueness, not secrecy, is what a temporary name needs.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let mixed = nanos ^ u128::from(std::process::id()) << 64;
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (mixed >> ((i % 16) * 8)) as u8;
-        }
-    }
+    crate::util::random_fill(&mut buf);
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -79,6 +79,7 @@ pub mod renewal;
 mod resolver;
 mod store;
 mod tls;
+pub mod util;
 
 use std::path::PathBuf;
 

@@ -87,6 +87,29 @@ impl LocalIssuer {
         }
     }
 
+    /// What [`LocalIssuer::load_or_create`] would find in `store`, writing nothing: `Ok`
+    /// when the CA is usable or absent (it would be created), else the error that would
+    /// stop the daemon at start (`proxyd --check`).
+    pub fn check(store: &Store) -> Result<(), StoreError> {
+        let dir = store.local_ca_dir();
+        let key_path = dir.join("ca.key");
+        let pem_path = dir.join("ca.pem");
+        let key_pem = read_optional(&key_path)?;
+        let cert_pem = read_optional(&pem_path)?;
+        match (key_pem, cert_pem) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(StoreError::bad_file(
+                &key_path,
+                format!("missing, but {} exists", pem_path.display()),
+            )),
+            (Some(key_pem), None) => load_key(&key_path, &key_pem).map(drop),
+            (Some(key_pem), Some(cert_pem)) => {
+                let key = load_key(&key_path, &key_pem)?;
+                Self::from_files(key, cert_pem, &pem_path).map(drop)
+            }
+        }
+    }
+
     fn self_sign(key: KeyPair, pem_path: &Path) -> Result<LocalIssuer, StoreError> {
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
@@ -245,12 +268,7 @@ fn load_key(path: &Path, pem: &str) -> Result<KeyPair, StoreError> {
 /// 16 random bytes, positive.
 fn random_serial() -> SerialNumber {
     let mut b = [0u8; 16];
-    if crate::crypto_provider().secure_random.fill(&mut b).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        b = nanos.to_be_bytes();
-    }
+    crate::util::random_fill(&mut b);
     b[0] &= 0x7f;
     b[0] |= 0x01;
     SerialNumber::from_slice(&b)

@@ -221,7 +221,7 @@ impl CertManager {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.state)
     }
 
     /// Loads the store, serves what it holds (one resolver swap), and returns the
@@ -391,7 +391,7 @@ impl CertManager {
 
     fn warning(&self, e: &Entry, now: SystemTime) -> String {
         let names = e.names.join(", ");
-        let not_after = parse::system_to_unix(e.not_after);
+        let not_after = crate::util::unix(e.not_after);
         let then = match &self.local_issuer {
             Some(_) => "the local CA stands in for it from then on",
             None => "it will be served expired (no local issuer)",
@@ -429,7 +429,6 @@ impl CertManager {
     /// The certificates held (serving a routed name), sorted by id.
     pub fn list(&self) -> Vec<CertInfo> {
         let now = SystemTime::now();
-        let unix = |t| parse::system_to_unix(t).max(0) as u64;
         self.lock()
             .entries
             .values()
@@ -438,9 +437,13 @@ impl CertManager {
                 id: e.id.clone(),
                 names: e.names.clone(),
                 issuer: e.issuer.clone(),
-                not_before: unix(e.not_before),
-                not_after: unix(e.not_after),
-                replace_at: unix(renewal::replace_at(e.source, e.not_before, e.not_after)),
+                not_before: crate::util::unix_u64(e.not_before),
+                not_after: crate::util::unix_u64(e.not_after),
+                replace_at: crate::util::unix_u64(renewal::replace_at(
+                    e.source,
+                    e.not_before,
+                    e.not_after,
+                )),
                 expiring: e.source == Source::Manual
                     && now >= renewal::warn_at(e.not_before, e.not_after),
             })

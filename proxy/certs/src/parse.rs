@@ -1,7 +1,7 @@
 //! Names, and checking a chain + key pair. No file access here: callers say which file.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
@@ -176,24 +176,9 @@ pub(crate) fn leaf_info(der: &[u8]) -> Result<(Vec<String>, SystemTime, SystemTi
     let v = cert.validity();
     Ok((
         names,
-        unix_to_system(v.not_before.timestamp()),
-        unix_to_system(v.not_after.timestamp()),
+        crate::util::from_unix(v.not_before.timestamp()),
+        crate::util::from_unix(v.not_after.timestamp()),
     ))
-}
-
-pub(crate) fn unix_to_system(secs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-    }
-}
-
-pub(crate) fn system_to_unix(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
 }
 
 #[cfg(test)]

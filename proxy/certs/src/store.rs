@@ -196,6 +196,16 @@ impl Store {
         })
     }
 
+    /// The store at `dir` as it is, creating nothing (for a look that must change
+    /// nothing, e.g. `proxyd --check`): reads work, writes fail where directories are
+    /// missing.
+    pub fn existing(dir: impl Into<PathBuf>) -> Store {
+        Store {
+            root: dir.into(),
+            lock: Mutex::new(()),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -222,7 +232,7 @@ impl Store {
 
     pub(crate) fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
         // The lock guards no data; a panic elsewhere cannot leave anything inconsistent.
-        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.lock)
     }
 
     /// Loads every certificate. A corrupt, half-written or mismatched (key does not match
@@ -357,7 +367,7 @@ impl Store {
         let meta = Meta {
             names: parsed.names.clone(),
             issuer: cert.issuer.clone(),
-            not_after: parse::system_to_unix(parsed.not_after),
+            not_after: crate::util::unix(parsed.not_after),
             last_attempt: before.last_attempt,
             last_error: before.last_error,
             next_attempt: before.next_attempt,
@@ -500,7 +510,7 @@ impl Store {
         let from = self.certs_dir().join(id);
         let archive = self.archive_dir();
         fsutil::create_dir(&archive)?;
-        let base = format!("{id}.{reason}-{}", parse::system_to_unix(at));
+        let base = format!("{id}.{reason}-{}", crate::util::unix(at));
         let mut to = archive.join(&base);
         let mut n = 1;
         while to.exists() {
@@ -530,7 +540,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return (0, Vec::new()),
             Err(e) => return (0, vec![format!("{}: {e}", dir.display())]),
         };
-        let horizon = parse::system_to_unix(now) - ARCHIVE_KEEP.as_secs() as i64;
+        let horizon = crate::util::unix(now) - ARCHIVE_KEEP.as_secs() as i64;
         let (mut removed, mut problems) = (0, Vec::new());
         for name in names {
             let Some(at) = archived_at(&name) else {
@@ -587,7 +597,7 @@ fn is_corrupt_name(name: &str) -> bool {
 }
 
 fn move_aside(path: &Path) -> io::Result<PathBuf> {
-    let ts = parse::system_to_unix(SystemTime::now());
+    let ts = crate::util::unix_now();
     let base = format!("{}.corrupt-{ts}", path.display());
     let mut to = PathBuf::from(&base);
     let mut n = 1;

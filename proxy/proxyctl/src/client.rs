@@ -82,6 +82,10 @@ fn decode<T: DeserializeOwned>(
     }
 }
 
+/// The largest answer read (the biggest real one, `certs` of a large table, is far
+/// smaller).
+const MAX_ANSWER: usize = 64 << 20;
+
 /// One request; returns the status code and the JSON body.
 fn call(
     socket: &Path,
@@ -118,8 +122,30 @@ fn call(
         env!("CARGO_PKG_VERSION")
     );
     stream.write_all(request.as_bytes()).map_err(io_err)?;
+    // `timeout` bounds the whole answer, not each read (a daemon trickling a byte a
+    // second would otherwise hold proxyctl for ever), and the answer's size is bounded.
+    let deadline = std::time::Instant::now() + timeout;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(io_err)?;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io_err(std::io::ErrorKind::TimedOut.into()));
+        }
+        stream.set_read_timeout(Some(left)).map_err(io_err)?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        if raw.len() > MAX_ANSWER {
+            return Err(CallError::Protocol(format!(
+                "bad answer from proxyd on {shown}: longer than {} MiB",
+                MAX_ANSWER >> 20
+            )));
+        }
+    }
     parse_response(&raw)
         .map_err(|m| CallError::Protocol(format!("bad answer from proxyd on {shown}: {m}")))
 }
@@ -136,8 +162,46 @@ fn parse_response(raw: &[u8]) -> Result<(u16, serde_json::Value), String> {
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or("no status line")?;
     let body = &raw[split + 4..];
-    let json = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let mut json = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    defang(&mut json);
     Ok((status, json))
+}
+
+/// Every string of a reply (keys too) with its control characters but `\n` and `\t`
+/// written out as `\u{..}`: the strings are text for an admin's terminal (messages,
+/// names, a CA's error detail), where ESC, CSI, BEL or CR would clear the screen, set
+/// the title or overwrite a line. Decode errors quote values, so this comes first.
+fn defang(v: &mut serde_json::Value) {
+    fn text(s: &str) -> Option<String> {
+        let bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+        s.contains(bad).then(|| {
+            s.chars()
+                .map(|c| {
+                    if bad(c) {
+                        c.escape_unicode().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        })
+    }
+    match v {
+        serde_json::Value::String(s) => {
+            if let Some(t) = text(s) {
+                *s = t;
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(defang),
+        serde_json::Value::Object(o) => {
+            let old = std::mem::take(o);
+            for (k, mut v) in old {
+                defang(&mut v);
+                o.insert(text(&k).unwrap_or(k), v);
+            }
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +235,15 @@ mod tests {
         let (status, body) = parse_response(raw).unwrap();
         let reply = decode::<admin_api::Live>(&Request::Live, status, body).unwrap();
         assert_eq!(reply.unwrap_err().error, "no such admin endpoint");
+    }
+
+    /// Review (issue 14): control characters in reply strings never reach a terminal.
+    #[test]
+    fn control_characters_in_replies_are_written_out() {
+        let raw = "HTTP/1.1 500 x\r\n\r\n{\"error\": \"a\\u001b[2J\\r\\u0007\\u009b\\nb\\tc\", \"k\\u001b\": [\"\\u001b\"]}";
+        let (_, v) = parse_response(raw.as_bytes()).unwrap();
+        assert_eq!(v["error"], "a\\u{1b}[2J\\u{d}\\u{7}\\u{9b}\nb\tc");
+        assert_eq!(v["k\\u{1b}"][0], "\\u{1b}");
     }
 
     #[test]

@@ -37,8 +37,9 @@ pub struct Args {
     #[arg(long, default_value = "600", value_parser = parse_mode, value_name = "MODE")]
     pub admin_socket_mode: u32,
 
-    /// Validate the routes file and the certificate store, print the result, and exit
-    /// before binding any port.
+    /// Validate the flags, the routes file and the certificate store (readable, or
+    /// absent; every stored certificate and the local CA parse), change nothing, print
+    /// the result, and exit before binding any port.
     #[arg(long)]
     pub check: bool,
 

@@ -118,6 +118,26 @@ impl Config {
                 "no listener: give at least one --http or --https address".into(),
             );
         }
+        // The same address twice (twice --http, or --http and --https): pingora would
+        // share one socket between the two services, and a client would get plain HTTP
+        // or TLS at random. Port 0 (the OS picks a port per listener) is never the same.
+        let mut seen = std::collections::HashMap::new();
+        for (flag, addr) in args
+            .http
+            .iter()
+            .map(|a| ("--http", a))
+            .chain(args.https.iter().map(|a| ("--https", a)))
+        {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some(first) = seen.insert(*addr, flag) {
+                error(
+                    flag,
+                    format!("{addr}: already given as {first} (one listener per address)"),
+                );
+            }
+        }
         let access_log = match args.access_log_format {
             AccessLogFormat::Off => {
                 if args.access_log.is_some() {
@@ -258,8 +278,8 @@ fn acme_config(args: &Args, error: &mut impl FnMut(&'static str, String)) -> Opt
 /// `--check`'s look at the certificate store, changing nothing: the directory is
 /// readable (or, missing, can be created), and every entry of `certs/` parses (a
 /// running daemon would move a corrupt one aside and not serve it). Every problem, one
-/// per element.
-pub fn check_store(dir: &Path) -> Vec<String> {
+/// per element. With `local_issuer`, the local CA (`local-ca/`) must load too.
+pub fn check_store(dir: &Path, local_issuer: bool) -> Vec<String> {
     let mut problems = Vec::new();
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -290,6 +310,12 @@ pub fn check_store(dir: &Path) -> Vec<String> {
         problems.push(format!("{}: {e}", dir.display()));
         return problems;
     }
+    // The local CA the daemon would load (or create, when absent) at start.
+    if local_issuer {
+        if let Err(e) = certs::LocalIssuer::check(&certs::Store::existing(dir)) {
+            problems.push(format!("local CA: {e}"));
+        }
+    }
     let certs_dir = dir.join("certs");
     if !certs_dir.exists() {
         return problems;
@@ -306,18 +332,14 @@ pub fn check_store(dir: &Path) -> Vec<String> {
             return problems;
         }
     };
-    // Opening an existing store creates at most its missing subdirectories.
-    match certs::Store::open(dir) {
-        Ok(store) => {
-            let mut names = names;
-            names.sort();
-            for id in names {
-                if let Err(e) = store.load_one(&id) {
-                    problems.push(format!("certificate {id}: {e}"));
-                }
-            }
+    // Read as it is: `Store::open` would create missing subdirectories.
+    let store = certs::Store::existing(dir);
+    let mut names = names;
+    names.sort();
+    for id in names {
+        if let Err(e) = store.load_one(&id) {
+            problems.push(format!("certificate {id}: {e}"));
         }
-        Err(e) => problems.push(format!("{}: {e}", dir.display())),
     }
     problems
 }
@@ -388,12 +410,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(tmp.join("store/certs/example.org")).unwrap();
         std::fs::write(tmp.join("file"), "x").unwrap();
-        assert!(check_store(&tmp.join("missing")).is_empty());
-        let p = check_store(&tmp.join("file"));
+        assert!(check_store(&tmp.join("missing"), true).is_empty());
+        let p = check_store(&tmp.join("file"), true);
         assert!(p[0].ends_with("not a directory"), "{p:?}");
         std::fs::write(tmp.join("store/certs/example.org/fullchain.pem"), "garbage").unwrap();
         std::fs::write(tmp.join("store/certs/example.org/key.pem"), "garbage").unwrap();
-        let p = check_store(&tmp.join("store"));
+        let p = check_store(&tmp.join("store"), true);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].starts_with("certificate example.org: "), "{p:?}");
         // Nothing moved aside.

@@ -115,6 +115,12 @@ fn edges(module: &str, file: &Path, known: &BTreeMap<String, PathBuf>) -> BTreeS
             if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':' || c == '$') {
                 continue; // `$crate::`, `foo::super::`
             }
+            // `super::super::x`: one level up per `super::`.
+            let mut root = root.clone();
+            while let Some(r) = rest.strip_prefix("super::") {
+                root.pop();
+                rest = r;
+            }
             for path in use_tree(rest).0 {
                 let mut t = root.clone();
                 t.extend(path);
@@ -250,4 +256,53 @@ fn the_checker_sees_cycles_and_forbidden_edges() {
     assert!(cycle.contains(&"data::state".to_owned()), "{cycle:?}");
     let bad = forbidden(&g);
     assert_eq!(bad.len(), 2, "{bad:?}");
+}
+
+/// Review (issue 14): the checker on a scratch crate with one forbidden import written
+/// each way it can be: it must flag every one. `super::super::` was read as a path
+/// named `super`, so `use super::super::control::reload;` in `data/x.rs` passed.
+#[test]
+fn the_checker_sees_every_form_of_a_forbidden_import() {
+    let forms = [
+        "use crate::control::reload;",
+        "use crate::{observe::metrics, control::reload};",
+        "use crate::{\n    observe::{metrics},\n    control::{self, reload::Control},\n};",
+        "pub use crate::control::reload::Control;",
+        "fn f() { crate::control::reload::run(); }",
+        "fn f() -> crate::control::reload::Control { todo!() }",
+        "use super::super::control::reload;",
+        "fn f() { super::super::control::reload::run(); }",
+    ];
+    for (i, form) in forms.iter().enumerate() {
+        let root = std::env::temp_dir().join(format!("layout-{}-{i}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["data", "control", "observe"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for (file, text) in [
+            (
+                "lib.rs",
+                "pub mod control;\npub mod data;\npub mod observe;\n",
+            ),
+            ("control/mod.rs", "pub mod reload;\n"),
+            (
+                "control/reload.rs",
+                "pub struct Control;\npub fn run() {}\n",
+            ),
+            ("observe/mod.rs", "pub mod metrics;\n"),
+            ("observe/metrics.rs", ""),
+            ("data/mod.rs", "pub mod x;\n"),
+            // `super::` is `data`, `super::super::` the crate root.
+            ("data/x.rs", form),
+        ] {
+            std::fs::write(root.join(file), text).unwrap();
+        }
+        let g = graph(&root);
+        let bad = forbidden(&g);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(
+            bad.iter().any(|b| b.starts_with("data::x -> control")),
+            "not seen: {form}\n{g:#?}"
+        );
+    }
 }

@@ -163,3 +163,174 @@ async fn cap_zero_means_no_limit() {
     }
     assert_eq!(plain_get_from(ip, &proxy).await, Some(200));
 }
+
+/// A TLS stream from `ip` to the HTTPS listener, handshake done, offering `alpn`.
+async fn tls_from(
+    ip: IpAddr,
+    proxy: &Proxy,
+    alpn: Alpn,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = tcp_from(ip, proxy.https_addr()).await?;
+    let config = client_config(&proxy.ca_pem(), alpn)?;
+    Ok(tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from("a.test")?, tcp),
+    )
+    .await??)
+}
+
+/// Reads until the proxy closes (or 5 s pass): what a client that waits for the end sees.
+async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) {
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+}
+
+/// [`tls_from`], retried while earlier connections' slots are still being given back.
+async fn tls_eventually(
+    ip: IpAddr,
+    proxy: &Proxy,
+    alpn: Alpn,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    wait_until(
+        "a TLS handshake",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async { tls_from(ip, proxy, alpn).await.ok() },
+    )
+    .await
+}
+
+/// Connections from one address that end at every stage of the listener's layers (cap,
+/// TLS handshake, head guard, HTTP/1.1, HTTP/2) each give their slot back exactly once:
+/// afterwards the full cap is served again, and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_come_back_from_connections_ending_at_every_stage() {
+    const SMALL: usize = 4;
+    let a = Backend::start("a").await;
+    let proxy = Proxy::builder(&one_route(&["a.test"], &a, "https_redirect = false"))
+        .arg("--max-conns-per-ip")
+        .arg(SMALL.to_string())
+        .arg("--client-header-timeout")
+        .arg("1s")
+        .start()
+        .await;
+    // Not the harness's address (its readiness probes hold slots on 127.0.0.1).
+    let ip: IpAddr = "127.0.0.3".parse().unwrap();
+    for _round in 0..3 {
+        // At most SMALL at once, so none is refused by the cap itself.
+        // TCP connect, then close at once, on both listeners; and reset.
+        for _ in 0..SMALL {
+            drop(tcp_from(ip, proxy.http_addr()).await.unwrap());
+            drop(tcp_from(ip, proxy.https_addr()).await.unwrap());
+            let s = tcp_from(ip, proxy.https_addr()).await.unwrap();
+            s.set_zero_linger().unwrap();
+            drop(s);
+        }
+        // Garbage instead of a ClientHello: the handshake fails, the proxy closes.
+        let mut garbage = Vec::new();
+        for _ in 0..SMALL {
+            let mut s = tcp_from(ip, proxy.https_addr()).await.unwrap();
+            s.write_all(b"\x16\x03\x01\x00\x05hello-not-tls\r\n\r\n")
+                .await
+                .unwrap();
+            garbage.push(s);
+        }
+        for mut s in garbage {
+            read_until_closed(&mut s).await;
+        }
+        // Half a ClientHello, then a reset mid-handshake.
+        for _ in 0..SMALL {
+            let mut s = tcp_from(ip, proxy.https_addr()).await.unwrap();
+            s.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+                .await
+                .unwrap();
+            s.set_zero_linger().unwrap();
+            drop(s);
+        }
+        // A whole TLS handshake, then a reset (h1 and h2 negotiated).
+        for alpn in [Alpn::H1, Alpn::H2] {
+            for _ in 0..SMALL / 2 {
+                let tls = tls_eventually(ip, &proxy, alpn).await;
+                tls.get_ref().0.set_zero_linger().unwrap();
+                drop(tls);
+            }
+        }
+        // A slow head over plain HTTP and over TLS, closed by --client-header-timeout.
+        let mut slow_plain = Vec::new();
+        let mut slow_tls = Vec::new();
+        for i in 0..SMALL {
+            if i % 2 == 0 {
+                let mut s = tcp_from(ip, proxy.http_addr()).await.unwrap();
+                s.write_all(b"GET /slow HTTP/1.1\r\nHo").await.unwrap();
+                slow_plain.push(s);
+            } else {
+                let mut s = tls_eventually(ip, &proxy, Alpn::H1).await;
+                s.write_all(b"GET /slow HTTP/1.1\r\nHo").await.unwrap();
+                slow_tls.push(s);
+            }
+        }
+        for mut s in slow_plain {
+            read_until_closed(&mut s).await;
+        }
+        for mut s in slow_tls {
+            read_until_closed(&mut s).await;
+        }
+        // Completed HTTP/1.1 requests, plain and TLS.
+        for _ in 0..SMALL {
+            wait_until(
+                "a plain GET",
+                Duration::from_secs(5),
+                Duration::from_millis(50),
+                || async { (plain_get_from(ip, &proxy).await == Some(200)).then_some(()) },
+            )
+            .await;
+            wait_until(
+                "a TLS GET",
+                Duration::from_secs(5),
+                Duration::from_millis(50),
+                || async { tls_get_from(ip, &proxy).await.ok().filter(|s| *s == 200) },
+            )
+            .await;
+        }
+        // HTTP/2 connections with a request each, closed by the client.
+        for _ in 0..SMALL {
+            wait_until(
+                "an HTTP/2 GET",
+                Duration::from_secs(5),
+                Duration::from_millis(50),
+                || async {
+                    let tls = tls_from(ip, &proxy, Alpn::H2).await.ok()?;
+                    let mut conn = Conn::handshake(tls, true).await.ok()?;
+                    conn.timeout = Duration::from_secs(3);
+                    (conn.get("a.test", "/h2").await.ok()?.status == 200).then_some(())
+                },
+            )
+            .await;
+        }
+    }
+
+    // Every slot back: SMALL connections held at once are all served (closings above
+    // may still be on their way: retried until they are).
+    let held = wait_until(
+        "every slot to come back after connections ended at every stage",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let mut held = Vec::new();
+            for i in 0..SMALL {
+                let conn = if i % 2 == 0 {
+                    plain_conn_from(ip, &proxy).await
+                } else {
+                    tls_conn_from(ip, &proxy).await
+                };
+                held.push(conn.ok()?);
+            }
+            Some(held)
+        },
+    )
+    .await;
+    // And the cap still holds: exactly SMALL, no slot given back twice.
+    assert_eq!(plain_get_from(ip, &proxy).await, None);
+    assert!(tls_get_from(ip, &proxy).await.is_err());
+    drop(held);
+}

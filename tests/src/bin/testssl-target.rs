@@ -164,10 +164,7 @@ impl Pki {
 
 fn random_serial() -> SerialNumber {
     let mut b = [0u8; 16];
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(&mut b)
-        .expect("random serial");
+    certs::util::random_fill(&mut b);
     b[0] = (b[0] & 0x7f) | 0x01; // positive, and 16 bytes long
     SerialNumber::from_slice(&b)
 }

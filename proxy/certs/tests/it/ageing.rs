@@ -14,11 +14,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 
 /// Now, in whole seconds (what a certificate's dates can say).
 fn now() -> SystemTime {
-    let secs = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    certs::util::from_unix(certs::util::unix_now())
 }
 
 fn manager(store: Store, local: bool) -> CertManager {
@@ -104,13 +100,7 @@ fn expired_certificates_of_removed_routes_are_archived() {
     assert_eq!(r.ensure.archived, ["b.test"], "{r:?}");
     assert_eq!(ls(&root.join("certs")), ["a.test"]);
     let archived = ls(&root.join("archive"));
-    let want = format!(
-        "b.test.expired-{}",
-        b_not_after
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    );
+    let want = format!("b.test.expired-{}", certs::util::unix(b_not_after));
     assert_eq!(archived, std::slice::from_ref(&want));
     assert_eq!(
         ls(&root.join("archive").join(&want)),

@@ -2,8 +2,8 @@
 
 use std::fs;
 use std::sync::Arc;
-use std::time::SystemTime;
 
+use certs::util::unix;
 use certs::{LocalIssuer, Meta, Store};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -347,10 +347,6 @@ fn assert_verifies(ca_pem: &str, chain_pem: &str, name: &str) {
             UnixTime::now(),
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// ACME bookkeeping: pending while there is no certificate, then next to it; `load_one`

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
+
+use certs::util::{lock, unix_u64 as unix};
 
 use routes::{Diagnostic, TableDiff};
 
@@ -505,12 +507,4 @@ fn later(work: impl FnOnce() + Send + 'static) {
         }
         Err(_) => work(),
     }
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -23,7 +23,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -66,9 +66,7 @@ impl StoreHealth {
             tracing::info!("certificate store: all problems cleared");
         }
         self.problems.store(Arc::new(problems));
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = certs::util::unix_now().max(0) as u64;
         self.checked_at.store(now, Ordering::Relaxed);
     }
 }

@@ -35,10 +35,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerOptions, ServerApp};
+use certs::util::lock;
+use pingora::apps::HttpServerOptions;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -46,10 +47,10 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
-use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::data::client_errors::{ClientError, ClientErrors};
+use crate::data::layer::Layer;
 
 /// What one client may hold or make the proxy wait for (from the command line).
 #[derive(Debug, Clone, Copy)]
@@ -149,9 +150,7 @@ impl ConnCounter {
 
     fn refused(&self, key: IpAddr) {
         let total = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = certs::util::unix_now().max(0) as u64;
         let last = self.last_warning.load(Ordering::Relaxed);
         if now >= last + 10
             && self
@@ -202,73 +201,54 @@ impl Drop for ConnSlot {
     }
 }
 
-/// A listener app that refuses a client's connection over the cap, then hands the
-/// stream on untouched.
-pub struct ConnCap<A> {
-    inner: Arc<A>,
+/// A listener layer that refuses a client's connection over the cap, then hands the
+/// stream on untouched (holding the client's slot until the connection ends).
+pub struct ConnCap {
     counter: Arc<ConnCounter>,
 }
 
-impl<A> ConnCap<A> {
-    pub fn new(inner: A, counter: Arc<ConnCounter>) -> ConnCap<A> {
-        ConnCap {
-            inner: Arc::new(inner),
-            counter,
-        }
+impl ConnCap {
+    pub fn new(counter: Arc<ConnCounter>) -> ConnCap {
+        ConnCap { counter }
     }
 }
 
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnCap<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+impl Layer for ConnCap {
+    type Hold = Option<ConnSlot>;
+
+    async fn accept(&self, stream: Stream) -> Option<(Stream, Option<ConnSlot>)> {
         let ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(PingoraAddr::as_inet).map(|a| a.ip()));
         // Unix sockets and the like have no address: nothing to count.
-        let _slot = match ip {
+        let slot = match ip {
             Some(ip) => Some(self.counter.acquire(ip)?),
             None => None,
         };
-        self.inner.process_new(stream, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
+        Some((stream, slot))
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // HTTP/1.x request heads
 
-/// A listener app (inside TLS) that wraps every client stream in a [`GuardedStream`]:
+/// A listener layer (inside TLS) that wraps every client stream in a [`GuardedStream`]:
 /// HTTP/1.x to bound request heads, HTTP/2 to be closed when a request body stalls.
-pub struct HeadGuard<A> {
-    inner: Arc<A>,
+pub struct HeadGuard {
     limits: ClientLimits,
     errors: Arc<ClientErrors>,
 }
 
-impl<A> HeadGuard<A> {
-    pub fn new(inner: A, limits: ClientLimits, errors: Arc<ClientErrors>) -> HeadGuard<A> {
-        HeadGuard {
-            inner: Arc::new(inner),
-            limits,
-            errors,
-        }
+impl HeadGuard {
+    pub fn new(limits: ClientLimits, errors: Arc<ClientErrors>) -> HeadGuard {
+        HeadGuard { limits, errors }
     }
 }
 
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadGuard<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+impl Layer for HeadGuard {
+    type Hold = ();
+
+    async fn accept(&self, stream: Stream) -> Option<(Stream, ())> {
         let stream: Stream = if stream.as_any().is::<GuardedStream>() {
             stream
         } else if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
@@ -280,11 +260,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadGuard<A> {
         } else {
             Box::new(GuardedStream::new(stream, self.limits, self.errors.clone()))
         };
-        self.inner.process_new(stream, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
+        Some((stream, ()))
     }
 }
 
@@ -649,10 +625,6 @@ fn watch_h2_body(session: &pingora::proxy::Session) -> Option<BodyWatch> {
         }
     });
     Some(BodyWatch(state))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl AsyncRead for GuardedStream {

@@ -10,19 +10,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, Ssl, Stream, ALPN};
-use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
+
+use crate::data::layer::Layer;
 
 /// How long a client gets to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub struct TlsApp<A> {
-    inner: Arc<A>,
+/// A listener layer: the rustls handshake of each new TCP connection.
+pub struct TlsHandshake {
     acceptor: Acceptor,
     /// Handshakes and failures by reason, with `--metrics`.
     metrics: Option<Arc<crate::observe::metrics::Metrics>>,
@@ -30,14 +29,12 @@ pub struct TlsApp<A> {
     errors: Arc<crate::data::client_errors::ClientErrors>,
 }
 
-impl<A> TlsApp<A> {
+impl TlsHandshake {
     pub fn new(
-        inner: A,
         config: Arc<rustls::ServerConfig>,
         errors: Arc<crate::data::client_errors::ClientErrors>,
     ) -> Self {
-        TlsApp {
-            inner: Arc::new(inner),
+        TlsHandshake {
             acceptor: Acceptor::from_server_config(config),
             metrics: None,
             errors,
@@ -50,7 +47,7 @@ impl<A> TlsApp<A> {
     }
 }
 
-impl<A> TlsApp<A> {
+impl TlsHandshake {
     /// The rustls handshake of a new connection: the TLS stream to serve, or `None`
     /// when the handshake failed, timed out, or was a TLS-ALPN-01 validation (answered
     /// by the handshake itself, then closed).
@@ -95,25 +92,18 @@ impl<A> TlsApp<A> {
     }
 }
 
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsApp<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+impl Layer for TlsHandshake {
+    type Hold = ();
+
+    async fn accept(&self, stream: Stream) -> Option<(Stream, ())> {
         if !stream.as_any().is::<L4Stream>() {
             // A reused stream coming back is already TLS: hand it on as it is.
-            return self.inner.process_new(stream, shutdown).await;
+            return Some((stream, ()));
         }
         // Boxed: the handshake's state (the rustls connection while it is built, the
         // timeout, the result) lives on the heap only until the handshake is done, not
-        // in this future for as long as the connection lives.
+        // in the connection's future for as long as the connection lives.
         let tls = Box::pin(self.handshake(stream)).await?;
-        self.inner.process_new(tls, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
+        Some((tls, ()))
     }
 }

@@ -88,7 +88,7 @@ pub struct NameState {
 
 impl Registry {
     pub fn get_or_create(&self, addr: SocketAddr) -> Arc<Backend> {
-        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = certs::util::lock(&self.backends);
         map.entry(addr)
             .or_insert_with(|| Arc::new(Backend::new(addr)))
             .clone()
@@ -98,12 +98,12 @@ impl Registry {
     /// and, after a reload, those only the replaced table used (`Shared::retire`).
     /// Safe against a concurrent reload: a pool takes its backends under the same lock.
     pub fn prune_unused(&self) {
-        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = certs::util::lock(&self.backends);
         map.retain(|_, b| Arc::strong_count(b) > 1);
     }
 
     fn names(&self) -> std::sync::MutexGuard<'_, HashMap<String, NameState>> {
-        self.names.lock().unwrap_or_else(|e| e.into_inner())
+        certs::util::lock(&self.names)
     }
 
     pub fn name_state(&self, name: &str) -> Option<NameState> {
@@ -178,7 +178,13 @@ impl Pool {
                 .connect_timeout
                 .min(route.policy.health_check.interval),
             members: ArcSwap::from_pointee(members),
-            next: AtomicUsize::new(0),
+            // Round-robin starts at the first member; random at a random point of its
+            // sequence (from the one source of randomness), so that two pools, or two
+            // runs, do not pick in the same order.
+            next: AtomicUsize::new(match route.lb {
+                LbPolicy::Random => certs::util::random_u64() as usize,
+                _ => 0,
+            }),
         }
     }
 
@@ -261,7 +267,8 @@ impl Pool {
 }
 
 fn random_index(seed: &AtomicUsize) -> usize {
-    // splitmix64 over a shared counter: cheap, lock-free, good enough to spread load.
+    // splitmix64 over a shared counter seeded by `certs::util::random_u64` (Pool::new):
+    // no system call per request, lock-free, good enough to spread load.
     let mut z = (seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) as u64)
         .wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -471,6 +478,20 @@ mod tests {
             .map(|_| p.select(None, &[]).unwrap().addr.port())
             .collect();
         assert_eq!(picks.len(), 2);
+    }
+
+    #[test]
+    fn random_pools_start_at_random_points() {
+        // Seeded from the one source of randomness: two pools (or two runs) over the
+        // same members do not pick in the same order.
+        let members = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"];
+        let picks = || {
+            let (p, _reg) = pool(&members, LbPolicy::Random);
+            (0..64)
+                .map(|_| p.select(None, &[]).unwrap().addr.port())
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(picks(), picks());
     }
 
     fn addrs(p: &Pool) -> Vec<String> {

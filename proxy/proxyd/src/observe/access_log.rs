@@ -38,6 +38,9 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
+use time::format_description::FormatItem;
+use time::macros::format_description;
+use time::OffsetDateTime;
 
 /// Bytes of lines the request path may queue ahead of the writer, by default.
 pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
@@ -159,7 +162,7 @@ impl WriterService {
     /// Starts the writer thread (once; later calls do nothing). pingora calls it through
     /// [`BackgroundService::start`]; benchmarks call it directly.
     pub fn spawn(&self) {
-        let Some(writer) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some(writer) = certs::util::lock(&self.0).take() else {
             return;
         };
         let spawned = std::thread::Builder::new()
@@ -260,11 +263,7 @@ impl AccessLog {
         Drops {
             queue_full: c.queue_full.load(Ordering::Relaxed),
             write_error: c.write_error.load(Ordering::Relaxed),
-            last_write_error: c
-                .last_write_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            last_write_error: certs::util::lock(&c.last_write_error).clone(),
         }
     }
 
@@ -398,11 +397,7 @@ impl Writer {
                     .count() as u64;
                 let lost = self.pending_lines - done;
                 self.counters.write_error.fetch_add(lost, Ordering::Relaxed);
-                *self
-                    .counters
-                    .last_write_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                *certs::util::lock(&self.counters.last_write_error) = Some(e.to_string());
                 self.failing = true;
                 if self
                     .last_error_line
@@ -578,50 +573,23 @@ fn escaped(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// (year, month 1-12, day 1-31, seconds of day) of a unix time (UTC).
-fn civil(secs: i64) -> (i64, u32, u32, u32) {
-    // Howard Hinnant's days_from_civil, inverted.
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400) as u32;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, sod)
-}
-
-/// `2025-05-01T12:34:56.789Z`
+/// `2025-05-01T12:34:56.789Z` (milliseconds truncated, UTC).
 fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (y, mo, day, sod) = civil(d.as_secs() as i64);
-    format!(
-        "{y:04}-{mo:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60,
-        d.subsec_millis()
-    )
+    const FORMAT: &[FormatItem<'static>] =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    utc(t).format(FORMAT).unwrap_or_default()
 }
 
 /// `01/May/2025:12:34:56 +0000`
 fn clf_time(t: SystemTime) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (y, mo, day, sod) = civil(d.as_secs() as i64);
-    format!(
-        "{day:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(mo - 1) as usize],
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
+    const FORMAT: &[FormatItem<'static>] =
+        format_description!("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000");
+    utc(t).format(FORMAT).unwrap_or_default()
+}
+
+/// `t` in UTC; a time before 1970 (a clock gone wrong) as 1970, like the log always did.
+fn utc(t: SystemTime) -> OffsetDateTime {
+    OffsetDateTime::from(t.max(UNIX_EPOCH))
 }
 
 #[cfg(test)]

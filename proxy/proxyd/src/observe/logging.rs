@@ -21,6 +21,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use certs::util::lock;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tracing::subscriber::Interest;
@@ -235,10 +236,6 @@ impl<K: Hash + Eq + Clone> Repeats<K> {
         });
         out
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 // ---------------------------------------------------------------------------------------

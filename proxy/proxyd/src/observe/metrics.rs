@@ -17,16 +17,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use certs::util::unix_now;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
-use pingora::apps::ServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
-use pingora::server::ShutdownWatch;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -34,6 +33,7 @@ use prometheus::{
 use routes::RouteTable;
 
 use crate::data::client_errors::ClientError;
+use crate::data::layer::Layer;
 use crate::data::state::Shared;
 use crate::observe::access_log::{AccessLog, DropReason};
 use crate::observe::readiness::Listeners;
@@ -606,7 +606,7 @@ impl Metrics {
     /// Refreshes the scrape-time gauges from `shared` and renders everything in the
     /// Prometheus text format.
     pub fn render(&self, shared: &Shared, access_log: Option<&AccessLog>) -> String {
-        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = certs::util::lock(&self.scrape);
         let snapshot = shared.snapshot.load_full();
         self.generation.set(snapshot.generation as i64);
 
@@ -688,52 +688,35 @@ fn catch_up(c: &IntCounter, total: u64) {
     }
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// A listener's app wrapped to count its connections (`proxyd_connections_*`). pingora
+/// A listener layer that counts its connections (`proxyd_connections_*`). pingora
 /// keeps an HTTP/1.1 keep-alive connection and an HTTP/2 connection inside one
 /// `process_new` call, so a call in progress is an open connection.
-pub struct Counted<A> {
-    inner: Arc<A>,
+pub struct Counted {
     /// (accepted, open) of this listener kind, resolved once; `None` without metrics.
     handles: Option<(IntCounter, IntGauge)>,
 }
 
-impl<A> Counted<A> {
-    pub fn new(inner: A, metrics: Option<Arc<Metrics>>, listener: &'static str) -> Self {
+impl Counted {
+    pub fn new(metrics: Option<Arc<Metrics>>, listener: &'static str) -> Self {
         let handles = metrics.map(|m| {
             (
                 m.connections.with_label_values(&[listener]),
                 m.connections_active.with_label_values(&[listener]),
             )
         });
-        Counted {
-            inner: Arc::new(inner),
-            handles,
-        }
+        Counted { handles }
     }
 }
 
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let _open = self.handles.as_ref().map(|(accepted, open)| {
+impl Layer for Counted {
+    type Hold = Option<GaugeGuard>;
+
+    async fn accept(&self, stream: Stream) -> Option<(Stream, Option<GaugeGuard>)> {
+        let open = self.handles.as_ref().map(|(accepted, open)| {
             accepted.inc();
             GaugeGuard::new(open.clone())
         });
-        self.inner.process_new(stream, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
+        Some((stream, open))
     }
 }
 
