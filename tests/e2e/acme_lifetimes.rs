@@ -292,3 +292,114 @@ async fn short_lived_certificates_renew_on_schedule_without_restart() {
     assert!(g["ari_window"].is_array(), "{certs:#}");
     assert_eq!(g["issued_profile"], "minute");
 }
+
+/// Review: a CA whose directory lists no profiles at all (Debian's pebble 2.4) while a
+/// profile is configured, by a route or by `--acme-profile`: the start is refused with
+/// an error that says so, and nothing is ordered (the profile is never dropped
+/// silently to order the CA's default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_against_a_ca_without_profiles_is_refused_at_start() {
+    let b = bench(Validate::Both, PebbleOptions::default()).await;
+    let a = Backend::start("a").await;
+    let with = one_route(&["a.test"], &a, "acme_profile = \"shortlived\"\n");
+    let e = b
+        .proxy(&with, "http-01")
+        .try_start()
+        .await
+        .err()
+        .expect("a profile the CA cannot offer must not start");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains(r#"ACME profile "shortlived" is not offered"#)
+            && e.contains("offers no profiles"),
+        "{e}"
+    );
+    let without = one_route(&["a.test"], &a, "");
+    let e = b
+        .proxy(&without, "http-01")
+        .arg("--acme-profile")
+        .arg("classic")
+        .try_start()
+        .await
+        .err()
+        .expect("an --acme-profile the CA cannot offer must not start");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("--acme-profile") && e.contains("offers no profiles"),
+        "{e}"
+    );
+    assert_eq!(b.pebble.orders(), 0);
+}
+
+/// Review: a reload that changes a route's profile orders its certificate again at once
+/// under the new profile (not at the next renewal), `proxyctl certs` shows it, and a
+/// restart on the same store orders nothing more (the profile is kept in meta.json).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changing_the_profile_reorders_and_a_restart_keeps_it() {
+    if Pebble::current(
+        "acme_lifetimes::a_reload_changing_the_profile_reorders_and_a_restart_keeps_it",
+    )
+    .is_none()
+    {
+        return;
+    }
+    let b = bench(Validate::Both, profiles(&[])).await;
+    let a = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let short = one_route(&["a.test"], &a, "acme_profile = \"shortlived\"\n");
+    let mut proxy = b.proxy(&short, "http-01").dir(dir.path()).start().await;
+    let root = b.pebble.root_pem().await;
+    let first = wait_served(b.https, &root, "a.test").await;
+    assert_eq!(lifetime(&first), DAYS6 as i64 - 1);
+
+    let long = one_route(&["a.test"], &a, "acme_profile = \"default\"\n");
+    std::fs::write(proxy.routes_path(), &long).unwrap();
+    let out = proxyctl(&proxy, &["reload"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let (root2, https) = (root.clone(), b.https);
+    let second = tests::wait_until(
+        "a.test ordered again with the new profile",
+        ISSUE_WITHIN,
+        Duration::from_millis(20),
+        || {
+            let (root, first) = (root2.clone(), first.clone());
+            async move {
+                served_by(https, &root, "a.test")
+                    .await
+                    .ok()
+                    .filter(|c| *c != first)
+            }
+        },
+    )
+    .await;
+    assert_eq!(lifetime(&second), DAY90 as i64 - 1, "ordered with default");
+    assert_eq!(meta(proxy.certs_store(), "a.test")["profile"], "default");
+    let certs = certs_json(&proxyctl(&proxy, &["--json", "certs"]).await);
+    assert_eq!(group(&certs, "a.test")["profile"], "default", "{certs:#}");
+    assert_eq!(group(&certs, "a.test")["issued_profile"], "default");
+    assert_eq!(b.pebble.orders(), 2);
+
+    proxy.signal(libc::SIGTERM);
+    let _ = proxy.kill();
+    drop(proxy);
+    let proxy = b.proxy(&long, "http-01").dir(dir.path()).start().await;
+    assert_eq!(served_by(b.https, &root, "a.test").await.unwrap(), second);
+    // The manager has looked at it once it shows the CA's ARI window (set after that
+    // pass, and after any order of that pass).
+    let p = &proxy;
+    tests::wait_until(
+        "the ACME manager's first pass after the restart",
+        ISSUE_WITHIN,
+        Duration::from_millis(100),
+        || async move {
+            let certs = certs_json(&proxyctl(p, &["--json", "certs"]).await);
+            group(&certs, "a.test")["ari_window"]
+                .is_array()
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(b.pebble.orders(), 2, "{}", proxy.log_tail(20));
+    let certs = certs_json(&proxyctl(&proxy, &["--json", "certs"]).await);
+    assert_eq!(group(&certs, "a.test")["issued_profile"], "default");
+}

@@ -904,6 +904,78 @@ mod tests {
             .unwrap()
     }
 
+    /// A host with an empty store, for driving the manager's bookkeeping.
+    struct NoHost(certs::CertManager);
+    impl Host for NoHost {
+        fn certs(&self) -> &certs::CertManager {
+            &self.0
+        }
+        fn publish_http01(&self, _: &str, _: &str) {}
+        fn withdraw_http01(&self, _: &str) {}
+        fn generation(&self) -> u64 {
+            0
+        }
+        fn groups(&self) -> Vec<(Vec<String>, Option<String>)> {
+            Vec::new()
+        }
+    }
+
+    /// Review: a reload that changes a group's profile (or names) while that group's
+    /// order is in flight must not be forgotten when the order, placed with the old
+    /// profile, comes back: the group is looked at again at once (and re-ordered with
+    /// the new profile), not at the next renewal weeks later.
+    #[test]
+    fn a_profile_changed_while_an_order_is_in_flight_is_ordered_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = certs::Store::open(dir.path()).unwrap();
+        let host = NoHost(certs::CertManager::new(
+            store,
+            None,
+            Arc::new(certs::CertResolver::new()),
+        ));
+        let config = Config {
+            directory: ISSUER.into(),
+            ca_root: None,
+            contact: Vec::new(),
+            challenge: ChallengeKind::Http01,
+            eab: None,
+            profile: None,
+        };
+        let m = Manager::new(config, Arc::new(host));
+        let names = vec!["a.test".to_owned()];
+        m.set_groups(&[(names.clone(), Some("old".into()))]);
+        // The tick picks the group up and orders it with "old"...
+        m.lock().get_mut("a.test").unwrap().in_flight = true;
+        // ...a reload names "new" meanwhile...
+        m.set_groups(&[(names.clone(), Some("new".into()))]);
+        // ...and the order with "old" comes back, to be renewed in 60 days.
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(60 * 86_400);
+        m.finish(
+            "a.test",
+            Outcome {
+                next_check: later,
+                renew_at: Some(later),
+                ari_window: None,
+                meta: Some(Meta {
+                    profile: Some("old".into()),
+                    ..Meta::default()
+                }),
+                attempted: true,
+                issued: true,
+            },
+        );
+        let entries = m.lock();
+        let e = &entries["a.test"];
+        assert_eq!(e.profile.as_deref(), Some("new"));
+        assert_eq!(e.issued_profile.as_deref(), Some("old"));
+        assert!(
+            e.next_check <= SystemTime::now(),
+            "the profile change waits for the renewal: next check in {:?}",
+            e.next_check.duration_since(now).unwrap_or_default()
+        );
+    }
+
     #[test]
     fn best_cover_prefers_a_certificate_valid_now_over_a_later_expiry() {
         let dir = tempfile::tempdir().unwrap();
