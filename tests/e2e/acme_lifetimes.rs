@@ -403,3 +403,44 @@ async fn a_reload_changing_the_profile_reorders_and_a_restart_keeps_it() {
     let certs = certs_json(&proxyctl(&proxy, &["--json", "certs"]).await);
     assert_eq!(group(&certs, "a.test")["issued_profile"], "default");
 }
+
+/// Review: `meta.json` is a file on disk (an older version's, a hand edit, a restore):
+/// whatever profile string it holds, `proxyctl certs` must not pass terminal control
+/// bytes through to the admin's terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_profile_in_the_store_is_escaped_by_proxyctl_certs() {
+    let b = bench(Validate::Both, PebbleOptions::default()).await;
+    // Every validation of a.test fails: the store's bookkeeping stays as it was.
+    b.pebble.set_a("a.test", "127.0.0.2").await.unwrap();
+    let a = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pending = dir.path().join("certs-store/acme/pending");
+    std::fs::create_dir_all(&pending).unwrap();
+    let hostile = "x\u{1b}]0;owned\u{7}\u{1b}[2J\r\nfake line";
+    let m = serde_json::json!({ "names": ["a.test"], "profile": hostile });
+    std::fs::write(pending.join("a.test.json"), m.to_string()).unwrap();
+    let proxy = b
+        .proxy(&one_route(&["a.test"], &a, ""), "http-01")
+        .dir(dir.path())
+        .start()
+        .await;
+    let p = &proxy;
+    tests::wait_until(
+        "a.test's failed attempt recorded",
+        ISSUE_WITHIN,
+        Duration::from_millis(100),
+        || async move {
+            let certs = certs_json(&proxyctl(p, &["--json", "certs"]).await);
+            (group(&certs, "a.test")["failures"] == 1).then_some(())
+        },
+    )
+    .await;
+    let out = proxyctl(&proxy, &["certs"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\r'),
+        "control bytes in proxyctl certs: {text:?}"
+    );
+    assert!(!text.contains("\nfake line"), "{text}");
+}
