@@ -61,6 +61,9 @@ struct Entry {
     next_attempt: Option<i64>,
     force: bool,
     in_flight: bool,
+    /// Names or profile changed (a reload) while an order was in flight: looked at
+    /// again as soon as that order comes back (it was placed with the old ones).
+    regrouped: bool,
 }
 
 /// A certificate group, for `proxyctl certs` and the admin API.
@@ -260,6 +263,7 @@ impl Manager {
                     e.profile = profile;
                     e.next_check = now;
                     e.renew_at = None;
+                    e.regrouped = e.in_flight;
                 }
                 continue;
             }
@@ -279,6 +283,7 @@ impl Manager {
                     next_attempt: meta.next_attempt,
                     force: false,
                     in_flight: false,
+                    regrouped: false,
                 },
             );
         }
@@ -366,6 +371,11 @@ impl Manager {
         if let Some(e) = entries.get_mut(id) {
             e.in_flight = false;
             e.next_check = o.next_check;
+            if std::mem::take(&mut e.regrouped) {
+                // The order was placed with the names and profile from before a reload:
+                // look again now (a backoff it recorded still holds).
+                e.next_check = e.next_check.min(SystemTime::now());
+            }
             if let Some(r) = o.renew_at {
                 e.renew_at = Some(r);
             }
