@@ -19,17 +19,17 @@ use crate::one_route;
 use crate::reload::proxyctl;
 
 /// How long pebble may take to issue (validation delay off: about a second).
-const ISSUE_WITHIN: Duration = Duration::from_secs(60);
+pub(crate) const ISSUE_WITHIN: Duration = Duration::from_secs(60);
 
-struct Bench {
-    pebble: Pebble,
-    http: SocketAddr,
-    https: SocketAddr,
+pub(crate) struct Bench {
+    pub(crate) pebble: Pebble,
+    pub(crate) http: SocketAddr,
+    pub(crate) https: SocketAddr,
 }
 
 /// Which proxy port pebble validates each challenge type on.
 #[derive(Clone, Copy)]
-enum Validate {
+pub(crate) enum Validate {
     /// Both types reach the proxy.
     Both,
     /// Only HTTP-01 can succeed (pebble's TLS-ALPN-01 port is dead).
@@ -38,7 +38,7 @@ enum Validate {
     OnlyTlsAlpn01,
 }
 
-async fn bench(validate: Validate, opts: PebbleOptions) -> Bench {
+pub(crate) async fn bench(validate: Validate, opts: PebbleOptions) -> Bench {
     let http = free_addr();
     let https = free_addr();
     let dead = free_addr().port();
@@ -55,7 +55,7 @@ async fn bench(validate: Validate, opts: PebbleOptions) -> Bench {
 }
 
 impl Bench {
-    fn proxy(&self, routes: &str, challenge: &str) -> ProxyBuilder {
+    pub(crate) fn proxy(&self, routes: &str, challenge: &str) -> ProxyBuilder {
         Proxy::builder(routes)
             .http_addr(self.http)
             .https_addr(self.https)
@@ -72,7 +72,11 @@ impl Bench {
 }
 
 /// A TLS handshake with `name`, trusting only `root` (pebble's), then one GET.
-async fn served_by(https: SocketAddr, root: &str, name: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) async fn served_by(
+    https: SocketAddr,
+    root: &str,
+    name: &str,
+) -> anyhow::Result<Vec<u8>> {
     let config = client_config(root, Alpn::Both)?;
     let tls = tls_connect(https, config, name).await?;
     let leaf = tls
@@ -87,7 +91,7 @@ async fn served_by(https: SocketAddr, root: &str, name: &str) -> anyhow::Result<
 }
 
 /// Waits until `name` is served with a certificate that chains to `root`; returns it.
-async fn wait_served(https: SocketAddr, root: &str, name: &str) -> Vec<u8> {
+pub(crate) async fn wait_served(https: SocketAddr, root: &str, name: &str) -> Vec<u8> {
     let root = root.to_string();
     let name2 = name.to_string();
     wait_until(
@@ -102,7 +106,7 @@ async fn wait_served(https: SocketAddr, root: &str, name: &str) -> Vec<u8> {
     .await
 }
 
-fn meta(store: &Path, id: &str) -> serde_json::Value {
+pub(crate) fn meta(store: &Path, id: &str) -> serde_json::Value {
     let p = store.join("certs").join(id).join("meta.json");
     let p = if p.exists() {
         p

@@ -5,6 +5,7 @@
 //! One test binary (not one per file) so cargo links once and runs them side by side.
 
 mod acme;
+mod acme_lifetimes;
 mod body_limits;
 mod browser;
 mod cert_ageing;

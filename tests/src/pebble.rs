@@ -15,7 +15,7 @@ use anyhow::{bail, Context as _};
 use http::Method;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
-use crate::client::{https_get, Conn};
+use crate::client::{Alpn, Conn, Response};
 use crate::proxy::{free_addr, tail};
 use crate::{full, request};
 
@@ -33,6 +33,9 @@ pub struct PebbleOptions {
     pub eab: bool,
     /// Keep pebble's 5 % bad-nonce rejections (clients must retry); off by default.
     pub nonce_reject: bool,
+    /// Profiles (name, validity in seconds). Not empty: the current pebble
+    /// ([`Pebble::current`]: ARI, profiles), which the test must have checked for.
+    pub profiles: Vec<(&'static str, u64)>,
 }
 
 pub struct Pebble {
@@ -53,13 +56,49 @@ impl Pebble {
             && Path::new("/usr/bin/pebble-challtestsrv").is_file()
     }
 
+    /// The current pebble (ARI, profiles with their own validity), built once from
+    /// `../shared/tools/pebble/` into `target/pebble/pebble`. `None` where that folder
+    /// is absent (a user's fresh clone): the caller reports its test as NOT RUN, loudly;
+    /// under CI (`CI=true`) that absence is a failure (panic).
+    pub fn current(test: &str) -> Option<PathBuf> {
+        static BUILT: std::sync::Mutex<Option<Option<PathBuf>>> = std::sync::Mutex::new(None);
+        let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = built.as_ref() {
+            return report_current(test, b.clone());
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let bin = root.join("target/pebble/pebble");
+        let script = root.join("../shared/tools/pebble/build.sh");
+        let found = if bin.is_file() {
+            Some(bin)
+        } else if script.is_file() {
+            let status = Command::new("bash")
+                .arg(&script)
+                .arg(&bin)
+                .status()
+                .expect("running ../shared/tools/pebble/build.sh");
+            assert!(status.success(), "{}: {status}", script.display());
+            Some(bin)
+        } else {
+            None
+        };
+        *built = Some(found.clone());
+        report_current(test, found)
+    }
+
     /// Starts the mock DNS and pebble, validating on these ports of 127.0.0.1, and waits
     /// until the directory answers.
     pub async fn start(http_port: u16, tls_port: u16, opts: PebbleOptions) -> Pebble {
-        assert!(
-            Pebble::available(),
-            "pebble is not installed: apt-get install -y pebble (bash .ci/test does it)"
-        );
+        let binary = if opts.profiles.is_empty() {
+            assert!(
+                Pebble::available(),
+                "pebble is not installed: apt-get install -y pebble (bash .ci/test does it)"
+            );
+            PathBuf::from("/usr/bin/pebble")
+        } else {
+            Pebble::current("pebble with profiles")
+                .expect("the test checks Pebble::current() first")
+        };
         let tmp = tempfile::Builder::new()
             .prefix("pebble-test-")
             .tempdir()
@@ -110,8 +149,22 @@ impl Pebble {
         if opts.eab {
             config["pebble"]["externalAccountMACKeys"] = serde_json::json!({ EAB_KID: EAB_HMAC });
         }
+        if !opts.profiles.is_empty() {
+            let profiles: serde_json::Map<String, serde_json::Value> = opts
+                .profiles
+                .iter()
+                .map(|(name, validity)| {
+                    let p = serde_json::json!({
+                        "description": format!("{validity} s"),
+                        "validityPeriod": validity,
+                    });
+                    (name.to_string(), p)
+                })
+                .collect();
+            config["pebble"]["profiles"] = serde_json::Value::Object(profiles);
+        }
         std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
-        let mut cmd = Command::new("/usr/bin/pebble");
+        let mut cmd = Command::new(&binary);
         cmd.arg("-config")
             .arg(dir.join("pebble.json"))
             .args(["-dnsserver", &dns.to_string()])
@@ -248,6 +301,38 @@ impl Drop for Pebble {
         let _ = self.dns.kill();
         let _ = self.dns.wait();
     }
+}
+
+/// One GET with a User-Agent (a current pebble answers 400 `malformed` without one).
+async fn https_get(
+    addr: SocketAddr,
+    ca_pem: &str,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<Response> {
+    let mut req = request(Method::GET, host, path, crate::empty());
+    req.headers_mut().insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("proxyd-tests"),
+    );
+    Conn::https(addr, ca_pem, host, Alpn::H1)
+        .await?
+        .send(req)
+        .await
+}
+
+fn report_current(test: &str, found: Option<PathBuf>) -> Option<PathBuf> {
+    if found.is_none() {
+        let msg = format!(
+            "NOT RUN: {test}: needs the current pebble (ARI, profiles) from ../shared/tools/pebble/, which is absent"
+        );
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{msg} (CI=true)"
+        );
+        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+    }
+    found
 }
 
 fn spawn(mut cmd: Command, log: &Path) -> Child {

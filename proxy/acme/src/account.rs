@@ -8,7 +8,8 @@ use certs::util::unix_now;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{
-    Account, AccountBuilder, AccountCredentials, BodyWrapper, ExternalAccountKey, NewAccount,
+    Account, AccountBuilder, AccountCredentials, BodyWrapper, ExternalAccountKey, HttpClient,
+    NewAccount,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -46,27 +47,35 @@ pub(crate) fn account_path(acme_dir: &Path, directory: &str) -> PathBuf {
 /// An HTTP client for the directory: the platform's roots, or with `--acme-ca-root`
 /// the system roots plus that file's certificates. ring only.
 fn builder(config: &Config) -> Result<AccountBuilder, Error> {
-    let Some(root) = &config.ca_root else {
+    if config.ca_root.is_none() {
         return Account::builder().map_err(Error::HttpClient);
-    };
+    }
+    Ok(Account::builder_with_http(http_client(config)?))
+}
+
+/// A plain HTTPS client for the CA: the system roots, plus `--acme-ca-root`'s
+/// certificates when given. ring only.
+pub(crate) fn http_client(config: &Config) -> Result<Box<dyn HttpClient>, Error> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(c);
     }
-    let extra = CertificateDer::pem_file_iter(root)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| Error::CaRootRead {
-            path: root.clone(),
-            source,
-        })?;
-    if extra.is_empty() {
-        return Err(Error::CaRootEmpty { path: root.clone() });
-    }
-    for c in extra {
-        roots.add(c).map_err(|source| Error::CaRootCert {
-            path: root.clone(),
-            source,
-        })?;
+    if let Some(root) = &config.ca_root {
+        let extra = CertificateDer::pem_file_iter(root)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| Error::CaRootRead {
+                path: root.clone(),
+                source,
+            })?;
+        if extra.is_empty() {
+            return Err(Error::CaRootEmpty { path: root.clone() });
+        }
+        for c in extra {
+            roots.add(c).map_err(|source| Error::CaRootCert {
+                path: root.clone(),
+                source,
+            })?;
+        }
     }
     let tls = rustls::ClientConfig::builder_with_provider(certs::crypto_provider())
         .with_safe_default_protocol_versions()
@@ -81,7 +90,7 @@ fn builder(config: &Config) -> Result<AccountBuilder, Error> {
         .build();
     let client: HyperClient<_, BodyWrapper<Bytes>> =
         HyperClient::builder(TokioExecutor::new()).build(https);
-    Ok(Account::builder_with_http(Box::new(client)))
+    Ok(Box::new(client))
 }
 
 /// Loads the account for `config.directory` from the store, or creates it at the CA

@@ -74,6 +74,9 @@ pub struct Config {
     /// The challenge tried first; the other one is tried when it fails.
     pub challenge: ChallengeKind,
     pub eab: Option<Eab>,
+    /// `--acme-profile`: the profile ordered for routes that name none (`acme_profile`);
+    /// `None`: the CA's default.
+    pub profile: Option<String>,
 }
 
 /// A configuration problem, for the daemon's start-up error.

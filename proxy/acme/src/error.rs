@@ -62,6 +62,9 @@ pub enum Error {
         #[source]
         source: instant_acme::Error,
     },
+    /// The directory could not be read (to check the configured profiles).
+    #[error("ACME directory {directory}: {reason}")]
+    DirectoryFetch { directory: String, reason: String },
     /// The CA refused to create the account.
     #[error("creating an ACME account at {directory}: {source}")]
     AccountCreate {

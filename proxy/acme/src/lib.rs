@@ -13,9 +13,15 @@
 //!   to the other type when the CA rejects the first;
 //! - saves each certificate with [`certs::Store::save`] and serves it at once
 //!   ([`certs::CertManager::install`]: one resolver swap, no restart);
+//! - orders each group with its ACME profile (the route's `acme_profile`, else
+//!   `--acme-profile`, else the CA's default), checked against the directory's
+//!   `meta.profiles` ([`directory`]) at start and reload, recorded in `meta.json` and
+//!   kept on every renewal;
 //! - renews inside the CA's ARI window (RFC 9773) when it has one, else when a third of
-//!   the lifetime is left, with jitter ([`schedule`]);
-//! - backs off exponentially after failures (1 min doubling to 6 h), recorded in the
+//!   the lifetime is left (half of it for lifetimes under 10 days), with jitter
+//!   ([`schedule`]);
+//! - backs off exponentially after failures (1 min doubling to 6 h, never more than a
+//!   third of the time the served certificate has left), recorded in the
 //!   store's `meta.json` *before* each order, so a crash loop cannot order again and
 //!   again; a failed renewal leaves the old certificate served;
 //! - takes an `flock(2)` lock per certificate (`acme/locks/<id>.lock`) so that two
@@ -25,6 +31,7 @@
 mod account;
 mod challenge;
 mod config;
+pub mod directory;
 mod error;
 mod lock;
 mod manager;
@@ -49,6 +56,7 @@ pub trait Host: Send + Sync + 'static {
     /// Changes whenever the route table (so possibly the groups) changes.
     fn generation(&self) -> u64;
     /// The certificate groups of the current route table: the hosts of each route,
-    /// main name first.
-    fn groups(&self) -> Vec<Vec<String>>;
+    /// main name first, each with the route's `acme_profile` (`None`: the manager's
+    /// default, `--acme-profile`).
+    fn groups(&self) -> Vec<(Vec<String>, Option<String>)>;
 }

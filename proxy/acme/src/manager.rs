@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::challenge::{tls_alpn_certificate, Published};
+use crate::directory::Profiles;
 use crate::error::problem;
 use crate::lock::FileLock;
 use crate::schedule::{self, Window};
@@ -45,6 +46,10 @@ const ARI_NO: u8 = 2;
 #[derive(Debug, Clone)]
 struct Entry {
     names: Vec<String>,
+    /// The ACME profile to order with (the route's, else `--acme-profile`).
+    profile: Option<String>,
+    /// The profile the stored certificate was ordered with (`meta.json`).
+    issued_profile: Option<String>,
     /// When to look at it next (renewal time, backoff, recheck).
     next_check: SystemTime,
     /// When the current ACME certificate is to be renewed, once known.
@@ -56,6 +61,9 @@ struct Entry {
     next_attempt: Option<i64>,
     force: bool,
     in_flight: bool,
+    /// Names or profile changed (a reload) while an order was in flight: looked at
+    /// again as soon as that order comes back (it was placed with the old ones).
+    regrouped: bool,
 }
 
 /// A certificate group, for `proxyctl certs` and the admin API.
@@ -65,6 +73,11 @@ pub struct CertStatus {
     pub id: String,
     /// The names routed together (the ACME order asks for all of them).
     pub names: Vec<String>,
+    /// The ACME profile ordered for this group (the route's `acme_profile`, else
+    /// `--acme-profile`); `None`: the CA's default.
+    pub profile: Option<String>,
+    /// The profile the stored ACME certificate was ordered with.
+    pub issued_profile: Option<String>,
     /// Issuer of the certificate served now: the directory URL, `local`, `manual`, or
     /// `None` when no certificate covers the names yet.
     pub issuer: Option<String>,
@@ -98,6 +111,8 @@ pub struct Manager {
     orders_failed: AtomicU64,
     /// Bumped after each finished attempt (success or failure), for waiters.
     attempts: watch::Sender<u64>,
+    /// The profiles the directory offered when last read.
+    offered: Mutex<Option<Profiles>>,
 }
 
 impl Manager {
@@ -114,6 +129,7 @@ impl Manager {
             orders_issued: AtomicU64::new(0),
             orders_failed: AtomicU64::new(0),
             attempts: watch::channel(0).0,
+            offered: Mutex::new(None),
         })
     }
 
@@ -137,6 +153,52 @@ impl Manager {
             self.orders_issued.load(Ordering::Relaxed),
             self.orders_failed.load(Ordering::Relaxed),
         )
+    }
+
+    /// The profiles the directory offered when last read (`None`: not read yet).
+    pub fn offered_profiles(&self) -> Option<Profiles> {
+        self.offered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Checks every profile in `wanted` (what names it, e.g. `route "cloud"`, and the
+    /// profile) and `--acme-profile` against the directory's profiles: read again
+    /// unless every one is among those read last. `Ok(None)` when all are offered,
+    /// `Ok(Some(problems))` when some are not (one line each, naming the offered ones),
+    /// `Err` when the directory could not be read (then nothing can be said).
+    pub async fn check_profiles(
+        &self,
+        wanted: &[(String, String)],
+    ) -> Result<Option<Vec<String>>, Error> {
+        let mut all: Vec<(String, String)> = wanted.to_vec();
+        if let Some(p) = &self.config.profile {
+            all.push(("--acme-profile".into(), p.clone()));
+        }
+        if all.is_empty() {
+            return Ok(None);
+        }
+        let known = self
+            .offered_profiles()
+            .filter(|o| all.iter().all(|(_, p)| o.contains_key(p)));
+        let offered = match known {
+            Some(o) => o,
+            None => {
+                let o = crate::directory::fetch_profiles(&self.config).await?;
+                *self.offered.lock().unwrap_or_else(|p| p.into_inner()) = Some(o.clone());
+                o
+            }
+        };
+        let problems: Vec<String> = all
+            .iter()
+            .filter_map(|(what, p)| {
+                crate::directory::check_profile(p, &offered, &self.config.directory)
+                    .err()
+                    .map(|e| format!("{what}: {e}"))
+            })
+            .collect();
+        Ok((!problems.is_empty()).then_some(problems))
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
@@ -167,9 +229,9 @@ impl Manager {
     /// Replaces the set of certificate groups (the hosts of each route, main name first).
     /// Wildcards are left to other issuers (HTTP-01 and TLS-ALPN-01 cannot prove them).
     /// New groups are looked at on the next tick.
-    pub fn set_groups(&self, groups: &[Vec<String>]) {
-        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for group in groups {
+    pub fn set_groups(&self, groups: &[(Vec<String>, Option<String>)]) {
+        let mut wanted: BTreeMap<String, (Vec<String>, Option<String>)> = BTreeMap::new();
+        for (group, profile) in groups {
             let mut names: Vec<String> = Vec::new();
             for raw in group {
                 let n = certs::normalize_name(raw);
@@ -187,18 +249,21 @@ impl Manager {
             }
             let Some(first) = names.first() else { continue };
             let id = certs::cert_id(first).expect("checked above");
-            wanted.insert(id, names);
+            let profile = profile.clone().or_else(|| self.config.profile.clone());
+            wanted.insert(id, (names, profile));
         }
         let store = self.host.certs().store();
         let now = SystemTime::now();
         let mut entries = self.lock();
         entries.retain(|id, e| e.in_flight || wanted.contains_key(id));
-        for (id, names) in wanted {
+        for (id, (names, profile)) in wanted {
             if let Some(e) = entries.get_mut(&id) {
-                if e.names != names {
+                if e.names != names || e.profile != profile {
                     e.names = names;
+                    e.profile = profile;
                     e.next_check = now;
                     e.renew_at = None;
+                    e.regrouped = e.in_flight;
                 }
                 continue;
             }
@@ -207,6 +272,8 @@ impl Manager {
                 id,
                 Entry {
                     names,
+                    profile,
+                    issued_profile: meta.profile,
                     next_check: now,
                     renew_at: None,
                     ari_window: None,
@@ -216,6 +283,7 @@ impl Manager {
                     next_attempt: meta.next_attempt,
                     force: false,
                     in_flight: false,
+                    regrouped: false,
                 },
             );
         }
@@ -253,6 +321,8 @@ impl Manager {
                 CertStatus {
                     id: id.clone(),
                     names: e.names.clone(),
+                    profile: e.profile.clone(),
+                    issued_profile: e.issued_profile.clone(),
                     issuer: served.map(|c| c.issuer.clone()),
                     not_after: served.map(|c| unix(c.not_after)),
                     next_renewal: e.renew_at.map(unix).or_else(|| {
@@ -278,14 +348,19 @@ impl Manager {
             for (id, e) in entries.iter_mut() {
                 if !e.in_flight && (e.force || e.next_check <= now) {
                     e.in_flight = true;
-                    due.push((id.clone(), e.names.clone(), std::mem::take(&mut e.force)));
+                    due.push((
+                        id.clone(),
+                        e.names.clone(),
+                        e.profile.clone(),
+                        std::mem::take(&mut e.force),
+                    ));
                 }
             }
         }
-        for (id, names, force) in due {
+        for (id, names, profile, force) in due {
             let me = self.clone();
             tokio::spawn(async move {
-                let outcome = me.process(&id, &names, force).await;
+                let outcome = me.process(&id, &names, profile, force).await;
                 me.finish(&id, outcome);
             });
         }
@@ -296,6 +371,11 @@ impl Manager {
         if let Some(e) = entries.get_mut(id) {
             e.in_flight = false;
             e.next_check = o.next_check;
+            if std::mem::take(&mut e.regrouped) {
+                // The order was placed with the names and profile from before a reload:
+                // look again now (a backoff it recorded still holds).
+                e.next_check = e.next_check.min(SystemTime::now());
+            }
             if let Some(r) = o.renew_at {
                 e.renew_at = Some(r);
             }
@@ -303,6 +383,9 @@ impl Manager {
                 e.ari_window = o.ari_window;
             }
             if let Some(m) = o.meta {
+                if o.issued {
+                    e.issued_profile = m.profile.clone();
+                }
                 e.failures = m.failures;
                 e.last_attempt = m.last_attempt;
                 e.last_error = m.last_error;
@@ -317,7 +400,13 @@ impl Manager {
 
     /// Looks at one group: waits, renews or orders. Never panics, never returns early
     /// without a time to look again.
-    async fn process(&self, id: &str, names: &[String], force: bool) -> Outcome {
+    async fn process(
+        &self,
+        id: &str,
+        names: &[String],
+        profile: Option<String>,
+        force: bool,
+    ) -> Outcome {
         let now = SystemTime::now();
         let held = self.host.certs().certs();
         let current = best_cover(&held, names, Some(self.issuer())).cloned();
@@ -327,7 +416,19 @@ impl Manager {
             let (renew_at, recheck, window, id_for_ari) = self.renewal_time(cert, now).await;
             ari_window = window;
             replaces = id_for_ari;
-            if !force && renew_at > now {
+            // A profile configured since the certificate was ordered: renew now.
+            let issued_profile = self
+                .host
+                .certs()
+                .store()
+                .read_meta(id)
+                .unwrap_or_default()
+                .profile;
+            let profile_changed = profile.is_some() && issued_profile != profile;
+            if profile_changed && renew_at > now {
+                tracing::info!(cert = %id, profile = ?profile, was = ?issued_profile, "ACME: the profile changed; renewing");
+            }
+            if !force && !profile_changed && renew_at > now {
                 return Outcome {
                     next_check: renew_at.min(recheck),
                     renew_at: Some(renew_at),
@@ -388,9 +489,14 @@ impl Manager {
         let _permit = self.orders.acquire().await;
         // Written before the order: a crash during it cannot lead to an immediate retry.
         let failures_if_failed = meta.failures.saturating_add(1);
+        // Retries never outrun expiry: the wait is capped by the served certificate's
+        // time left.
+        let time_left = current
+            .as_ref()
+            .and_then(|c| c.not_after.duration_since(now).ok());
         meta.last_attempt = Some(unix(now));
         meta.next_attempt = Some(unix(
-            now + schedule::backoff(failures_if_failed, random01()),
+            now + schedule::retry_delay(failures_if_failed, random01(), time_left),
         ));
         if meta.names.is_empty() {
             meta.names = names.to_vec();
@@ -405,9 +511,10 @@ impl Manager {
         } else {
             "ordering"
         };
-        tracing::info!(cert = %id, names = ?names, challenge = %self.config.challenge, "ACME: {what} certificate");
+        tracing::info!(cert = %id, names = ?names, challenge = %self.config.challenge, profile = ?profile, "ACME: {what} certificate");
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(ORDER_TIMEOUT, self.order(names, replaces)).await {
+        let order = self.order(names, profile.as_deref(), replaces);
+        let result = match tokio::time::timeout(ORDER_TIMEOUT, order).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout(ORDER_TIMEOUT)),
         };
@@ -431,6 +538,9 @@ impl Manager {
                     last_error: None,
                     next_attempt: None,
                     failures: 0,
+                    profile: profile.clone(),
+                    rate_limited_until: None,
+                    last_failed_challenge: None,
                 };
                 if let Err(e) = store.write_meta(id, &meta) {
                     tracing::warn!(cert = %id, "ACME: {e}");
@@ -444,6 +554,7 @@ impl Manager {
                 tracing::info!(
                     cert = %id,
                     names = ?cert.names,
+                    profile = ?profile,
                     not_after = unix(cert.not_after),
                     took_ms = started.elapsed().as_millis() as u64,
                     "ACME: certificate issued and served"
@@ -454,6 +565,7 @@ impl Manager {
                     ari_window,
                     meta: Some(meta),
                     attempted: true,
+                    issued: true,
                 }
             }
             Err(e) => {
@@ -461,7 +573,7 @@ impl Manager {
                 meta.failures = failures_if_failed;
                 meta.last_error = Some(e.to_string());
                 // The CA's rate limit, when it says until when, outlasts the backoff.
-                let backoff = schedule::backoff(meta.failures, random01());
+                let backoff = schedule::retry_delay(meta.failures, random01(), time_left);
                 let at = schedule::retry_at(now, backoff, e.retry_after());
                 let wait = at.duration_since(now).unwrap_or_default();
                 meta.next_attempt = Some(unix(at));
@@ -530,7 +642,13 @@ impl Manager {
                     start: info.suggested_window.start.into(),
                     end: info.suggested_window.end.into(),
                 };
-                let at = schedule::ari_renewal_time(window, now, random01());
+                let at = schedule::ari_renewal_time(
+                    window,
+                    now,
+                    random01(),
+                    cert.not_before,
+                    cert.not_after,
+                );
                 let recheck = now + retry_after.clamp(ARI_RECHECK_MIN, ARI_RECHECK_MAX);
                 (at, recheck, Some(window), Some(cert_id))
             }
@@ -561,14 +679,18 @@ impl Manager {
     async fn order(
         &self,
         names: &[String],
+        profile: Option<&str>,
         replaces: Option<CertificateIdentifier<'static>>,
     ) -> Result<Arc<StoredCert>, Error> {
         let first = self.config.challenge;
-        match self.order_with(names, first, replaces.clone()).await {
+        match self
+            .order_with(names, profile, first, replaces.clone())
+            .await
+        {
             Err(e1) if e1.is_challenge_failure() => {
                 let other = first.other();
                 tracing::warn!(names = ?names, "ACME: {first} failed ({e1}); trying {other}");
-                self.order_with(names, other, replaces)
+                self.order_with(names, profile, other, replaces)
                     .await
                     .map_err(|e2| Error::BothChallenges {
                         first,
@@ -584,6 +706,7 @@ impl Manager {
     async fn order_with(
         &self,
         names: &[String],
+        profile: Option<&str>,
         kind: ChallengeKind,
         replaces: Option<CertificateIdentifier<'static>>,
     ) -> Result<Arc<StoredCert>, Error> {
@@ -591,7 +714,7 @@ impl Manager {
             names.iter().map(|n| Identifier::Dns(n.clone())).collect();
         let account = self.account().await?;
         let mut order = match self
-            .new_order(&account, &identifiers, replaces.clone())
+            .new_order(&account, &identifiers, profile, replaces.clone())
             .await
         {
             Ok(o) => o,
@@ -600,7 +723,7 @@ impl Manager {
                 account::forget(self.host.certs().store(), &self.config);
                 *self.account.lock().await = None;
                 let account = self.account().await?;
-                self.new_order(&account, &identifiers, replaces)
+                self.new_order(&account, &identifiers, profile, replaces)
                     .await
                     .map_err(|e| Error::ca("new order", e, Error::NewOrder))?
             }
@@ -694,14 +817,19 @@ impl Manager {
         &self,
         account: &Account,
         identifiers: &[Identifier],
+        profile: Option<&str>,
         replaces: Option<CertificateIdentifier<'static>>,
     ) -> Result<instant_acme::Order, instant_acme::Error> {
+        let new_order = || {
+            let o = NewOrder::new(identifiers);
+            match profile {
+                Some(p) => o.profile(p),
+                None => o,
+            }
+        };
         self.orders_placed.fetch_add(1, Ordering::Relaxed);
         if let Some(r) = replaces {
-            match account
-                .new_order(&NewOrder::new(identifiers).replaces(r))
-                .await
-            {
+            match account.new_order(&new_order().replaces(r)).await {
                 Ok(o) => return Ok(o),
                 // e.g. alreadyReplaced: an order without `replaces` is still fine.
                 Err(e) if problem(&e, "accountDoesNotExist").is_none() => {
@@ -711,7 +839,7 @@ impl Manager {
                 Err(e) => return Err(e),
             }
         }
-        account.new_order(&NewOrder::new(identifiers)).await
+        account.new_order(&new_order()).await
     }
 }
 
@@ -722,6 +850,8 @@ struct Outcome {
     meta: Option<Meta>,
     /// An order was attempted (it counts for [`Manager::attempts`]).
     attempted: bool,
+    /// A certificate was issued (`meta` is its new bookkeeping).
+    issued: bool,
 }
 
 impl Default for Outcome {
@@ -732,6 +862,7 @@ impl Default for Outcome {
             ari_window: None,
             meta: None,
             attempted: false,
+            issued: false,
         }
     }
 }
@@ -781,6 +912,78 @@ mod tests {
                 issuer: ISSUER.into(),
             })
             .unwrap()
+    }
+
+    /// A host with an empty store, for driving the manager's bookkeeping.
+    struct NoHost(certs::CertManager);
+    impl Host for NoHost {
+        fn certs(&self) -> &certs::CertManager {
+            &self.0
+        }
+        fn publish_http01(&self, _: &str, _: &str) {}
+        fn withdraw_http01(&self, _: &str) {}
+        fn generation(&self) -> u64 {
+            0
+        }
+        fn groups(&self) -> Vec<(Vec<String>, Option<String>)> {
+            Vec::new()
+        }
+    }
+
+    /// Review: a reload that changes a group's profile (or names) while that group's
+    /// order is in flight must not be forgotten when the order, placed with the old
+    /// profile, comes back: the group is looked at again at once (and re-ordered with
+    /// the new profile), not at the next renewal weeks later.
+    #[test]
+    fn a_profile_changed_while_an_order_is_in_flight_is_ordered_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = certs::Store::open(dir.path()).unwrap();
+        let host = NoHost(certs::CertManager::new(
+            store,
+            None,
+            Arc::new(certs::CertResolver::new()),
+        ));
+        let config = Config {
+            directory: ISSUER.into(),
+            ca_root: None,
+            contact: Vec::new(),
+            challenge: ChallengeKind::Http01,
+            eab: None,
+            profile: None,
+        };
+        let m = Manager::new(config, Arc::new(host));
+        let names = vec!["a.test".to_owned()];
+        m.set_groups(&[(names.clone(), Some("old".into()))]);
+        // The tick picks the group up and orders it with "old"...
+        m.lock().get_mut("a.test").unwrap().in_flight = true;
+        // ...a reload names "new" meanwhile...
+        m.set_groups(&[(names.clone(), Some("new".into()))]);
+        // ...and the order with "old" comes back, to be renewed in 60 days.
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(60 * 86_400);
+        m.finish(
+            "a.test",
+            Outcome {
+                next_check: later,
+                renew_at: Some(later),
+                ari_window: None,
+                meta: Some(Meta {
+                    profile: Some("old".into()),
+                    ..Meta::default()
+                }),
+                attempted: true,
+                issued: true,
+            },
+        );
+        let entries = m.lock();
+        let e = &entries["a.test"];
+        assert_eq!(e.profile.as_deref(), Some("new"));
+        assert_eq!(e.issued_profile.as_deref(), Some("old"));
+        assert!(
+            e.next_check <= SystemTime::now(),
+            "the profile change waits for the renewal: next check in {:?}",
+            e.next_check.duration_since(now).unwrap_or_default()
+        );
     }
 
     #[test]

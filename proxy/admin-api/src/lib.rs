@@ -343,6 +343,13 @@ pub struct CertGroup {
     /// Store id (main name).
     pub id: String,
     pub names: Vec<String>,
+    /// The ACME profile ordered (the route's `acme_profile`, else `--acme-profile`);
+    /// `None`: the CA's default.
+    #[serde(deserialize_with = "present")]
+    pub profile: Option<String>,
+    /// The profile the stored ACME certificate was ordered with.
+    #[serde(deserialize_with = "present")]
+    pub issued_profile: Option<String>,
     /// Of the certificate served now; `None` when none covers the names yet.
     #[serde(deserialize_with = "present")]
     pub issuer: Option<String>,

@@ -383,6 +383,7 @@ fn certs_with_acme() {
       ],
       "failures": 1,
       "id": "a.test",
+      "issued_profile": "shortlived",
       "issuer": "https://127.0.0.1:14000/dir",
       "last_attempt": 1764950000,
       "last_error": "order failed: rateLimited",
@@ -393,12 +394,14 @@ fn certs_with_acme() {
       "next_attempt": 1764950600,
       "next_renewal": 1790000000,
       "not_after": 1798215041,
-      "ordering": false
+      "ordering": false,
+      "profile": "shortlived"
     },
     {
       "ari_window": null,
       "failures": 0,
       "id": "new.test",
+      "issued_profile": null,
       "issuer": null,
       "last_attempt": null,
       "last_error": null,
@@ -408,7 +411,8 @@ fn certs_with_acme() {
       "next_attempt": null,
       "next_renewal": null,
       "not_after": null,
-      "ordering": true
+      "ordering": true,
+      "profile": null
     }
   ]
 }"#,
@@ -416,6 +420,8 @@ fn certs_with_acme() {
     let groups = c.groups.unwrap();
     assert_eq!(groups[0].ari_window, Some((1790000000, 1790086400)));
     assert_eq!(groups[1].issuer, None);
+    assert_eq!(groups[0].profile.as_deref(), Some("shortlived"));
+    assert_eq!(groups[1].issued_profile, None);
 }
 
 #[test]

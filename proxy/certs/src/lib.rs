@@ -28,8 +28,10 @@
 //!   certs/<id>/meta.json       {"names":[..],"issuer":"local","not_after":<unix>,
 //!                               "last_attempt":null,"last_error":null,
 //!                               "next_attempt":null,"failures":0}
-//!   acme/                      written by `proxy/acme`: accounts/, locks/, and
+//!   acme/                      written by `proxy/acme`: accounts/, locks/,
 //!                              pending/<id>.json (meta of a name with no certificate yet)
+//!                              and ledger/<account>.json (orders, failed validations and
+//!                              the CA's rate-limit holds: [`Ledger`])
 //!   archive/<id>.<reason>-<t>  taken out of certs/ whole: `expired` (no route used it),
 //!                              `replaced` (a manual one the local issuer replaced);
 //!                              deleted after ARCHIVE_KEEP
@@ -69,6 +71,7 @@
 //! and `mv` it into `certs/`.
 
 pub mod fsutil;
+mod ledger;
 mod local;
 mod manager;
 mod parse;
@@ -80,6 +83,9 @@ pub mod util;
 
 use std::path::PathBuf;
 
+pub use ledger::{
+    FailedValidation, Hold, HoldScope, Ledger, OrderOutcome, OrderRecord, LEDGER_KEEP_SECS,
+};
 pub use local::{LocalIssuer, LEAF_LIFETIME, LOCAL_CA_NAME};
 pub use manager::{CertInfo, CertManager, EnsureReport, MaintainReport};
 pub use parse::{cert_id, normalize_name};

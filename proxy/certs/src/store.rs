@@ -123,6 +123,13 @@ pub struct Meta {
     pub next_attempt: Option<i64>,
     /// Failed attempts in a row (0 after a success).
     pub failures: u32,
+    /// The ACME profile the certificate was ordered with (kept on renewal).
+    pub profile: Option<String>,
+    /// Unix seconds: the CA answered `rateLimited` and asked to wait until then.
+    pub rate_limited_until: Option<i64>,
+    /// The challenge type the CA last failed to validate (the next attempt prefers the
+    /// other one).
+    pub last_failed_challenge: Option<String>,
 }
 
 /// The result of [`Store::load_all`].
@@ -223,7 +230,7 @@ impl Store {
         self.root.join("archive")
     }
 
-    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
         // The lock guards no data; a panic elsewhere cannot leave anything inconsistent.
         crate::util::lock(&self.lock)
     }
@@ -365,6 +372,9 @@ impl Store {
             last_error: before.last_error,
             next_attempt: before.next_attempt,
             failures: before.failures,
+            profile: before.profile,
+            rate_limited_until: before.rate_limited_until,
+            last_failed_challenge: before.last_failed_challenge,
         };
         let meta_json = serde_json::to_string_pretty(&meta).expect("Meta serialises") + "\n";
 

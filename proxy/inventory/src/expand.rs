@@ -140,6 +140,7 @@ fn service_entries(inv: &Inventory, host: &Host, s: &Service, out: &mut String) 
         &names,
         &s.path,
         s.strip_prefix,
+        s.acme_profile.as_deref(),
         &upstreams,
         &base.merged(&s.overrides),
         out,
@@ -152,6 +153,7 @@ fn service_entries(inv: &Inventory, host: &Host, s: &Service, out: &mut String) 
             &names,
             &join(&s.path, extra.path),
             false,
+            s.acme_profile.as_deref(),
             &upstreams,
             &policy,
             out,
@@ -237,11 +239,13 @@ fn upstreams(host: &Host, port: u16) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one per routes.toml key it writes
 fn route(
     id: &str,
     hosts: &[String],
     path: &str,
     strip_prefix: bool,
+    acme_profile: Option<&str>,
     upstreams: &str,
     policy: &Policy,
     out: &mut String,
@@ -254,6 +258,9 @@ fn route(
     }
     if strip_prefix {
         out.push_str("strip_prefix = true\n");
+    }
+    if let Some(p) = acme_profile {
+        let _ = writeln!(out, "acme_profile = {}", quote(p));
     }
     let _ = writeln!(out, "upstreams = {upstreams}");
     policy_lines(policy, out);

@@ -84,6 +84,9 @@ pub struct Service {
     /// Remove `path` from the request path before forwarding (routes.toml's
     /// `strip_prefix`): an application that serves from `/` published under a prefix.
     pub strip_prefix: bool,
+    /// The ACME profile of the service's certificate (routes.toml's `acme_profile`,
+    /// written on each of its routes); `None`: proxyd's `--acme-profile`.
+    pub acme_profile: Option<String>,
     /// Paths on the service's names (main name and aliases) answered with a redirect
     /// to the service's path, keeping the rest of the URL. Sorted, no duplicates.
     pub redirect_paths: Vec<String>,

@@ -24,6 +24,7 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "port",
     "path",
     "strip_prefix",
+    "acme_profile",
     "redirect_paths",
     "redirect_status",
     "app",
@@ -619,6 +620,12 @@ impl<'a> Cx<'a> {
                 }
             }
         };
+        let acme_profile = match item.get("acme_profile") {
+            None => Some(None),
+            Some(v) => self
+                .checked("acme_profile", v, routes::check::acme_profile)
+                .map(Some),
+        };
         if strip_prefix == Some(true) && path.as_deref() == Some("/") {
             self.error(
                 at.strip_prefix,
@@ -736,6 +743,7 @@ impl<'a> Cx<'a> {
             port: port?,
             path: path?,
             strip_prefix: strip_prefix?,
+            acme_profile: acme_profile?,
             redirect_paths: redirect_paths?,
             redirect_status: redirect_status?,
             app: app?,

@@ -362,7 +362,7 @@ fn json_errors_have_line_col_and_the_json_pointer() {
         ("{\"host\": [{\"name\": \"a\", \"ipv4\": \"10.0.0.1\"}],\n \"service\": [{\"name\": \"a.example.org\", \"host\": \"b\", \"app\": \"static\", \"ports\": 80}]}\n", expect![[r#"
             error: inventory.json:2:48: service `a.example.org` is on host `b`, which is not in the inventory (hosts: a)
               in /service/0 (name = "a.example.org")
-            error: inventory.json:2:70: unknown field `ports` in a service, expected one of `id`, `name`, `aliases`, `redirect_from`, `host`, `port`, `path`, `strip_prefix`, `redirect_paths`, `redirect_status`, `app`, `overrides`
+            error: inventory.json:2:70: unknown field `ports` in a service, expected one of `id`, `name`, `aliases`, `redirect_from`, `host`, `port`, `path`, `strip_prefix`, `acme_profile`, `redirect_paths`, `redirect_status`, `app`, `overrides`
               in /service/0 (name = "a.example.org")"#]]),
         // Syntax errors come from serde_json, at its line and column.
         ("{\n  \"host\": [\n    {\"name\": \"a\",}\n  ]\n}\n", expect!["error: inventory.json:3:18: invalid JSON: key must be a string"]),
@@ -587,4 +587,48 @@ fn strip_prefix_and_redirect_paths_errors_are_located() {
     for (text, want) in cases {
         check("inventory.toml", text, want);
     }
+}
+
+#[test]
+fn acme_profile_is_written_on_every_route_of_the_service() {
+    let text = r#"
+internal_networks = ["172.28.0.0/16"]
+
+[[host]]
+name = "web-1"
+ipv4 = "172.28.1.50"
+
+[[service]]
+name = "a.example.org"
+host = "web-1"
+port = 80
+app = "static"
+acme_profile = "shortlived"
+
+[[service]]
+name = "b.example.org"
+host = "web-1"
+port = 80
+app = "static"
+"#;
+    let out = gen("inventory.toml", text);
+    let table = routes::parse("routes.toml", &out).unwrap_or_else(|d| panic!("{d}\n{out}"));
+    for r in &table.routes {
+        let want = r.hosts[0]
+            .to_string()
+            .starts_with("a.")
+            .then(|| "shortlived".to_string());
+        assert_eq!(r.acme_profile, want, "{out}");
+    }
+    let e = inventory_err(&text.replace("\"shortlived\"", "\"short lived\""));
+    assert!(
+        e.contains("inventory.toml:13:16") && e.contains("invalid acme_profile"),
+        "{e}"
+    );
+}
+
+fn inventory_err(text: &str) -> String {
+    crate::generate("inventory.toml", text)
+        .unwrap_err()
+        .to_string()
 }

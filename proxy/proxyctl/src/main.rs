@@ -547,6 +547,22 @@ fn certs(cli: &Cli) -> Result<Outcome> {
             },
             json_text(&g.names)
         ))?;
+        if g.profile.is_some() || g.issued_profile.is_some() {
+            let issued = match (&g.issued_profile, &g.profile) {
+                (Some(i), Some(p)) if i == p => String::new(),
+                // meta.json is a file on disk: no control bytes to the terminal.
+                (Some(i), _) => format!(" (served certificate ordered with {})", i.escape_debug()),
+                (None, _) => String::new(),
+            };
+            output(writeln!(
+                out,
+                "  profile {}{issued}",
+                g.profile
+                    .as_deref()
+                    .unwrap_or("(CA default)")
+                    .escape_debug()
+            ))?;
+        }
         if let Some(e) = &g.last_error {
             output(writeln!(
                 out,

@@ -64,6 +64,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = AcmeChallenge::Http01, value_name = "http-01|tls-alpn-01")]
     pub acme_challenge: AcmeChallenge,
 
+    /// ACME profile ordered for routes that set no `acme_profile` (e.g. `classic`,
+    /// `tlsserver`, `shortlived` at Let's Encrypt). Checked at start and reload against
+    /// the profiles the CA's directory offers. Default: the CA's default profile.
+    #[arg(long, value_name = "NAME")]
+    pub acme_profile: Option<String>,
+
     /// External Account Binding key id (with --acme-eab-hmac).
     #[arg(long, value_name = "KID", requires = "acme_eab_hmac")]
     pub acme_eab_kid: Option<String>,

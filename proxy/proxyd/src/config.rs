@@ -218,6 +218,7 @@ fn acme_config(args: &Args, error: &mut impl FnMut(&'static str, String)) -> Opt
             ("--acme-ca-root", args.acme_ca_root.is_some()),
             ("--acme-contact", !args.acme_contact.is_empty()),
             ("--acme-eab-kid", args.acme_eab_kid.is_some()),
+            ("--acme-profile", args.acme_profile.is_some()),
         ] {
             if given {
                 error(flag, "needs --acme-directory".into());
@@ -245,6 +246,18 @@ fn acme_config(args: &Args, error: &mut impl FnMut(&'static str, String)) -> Opt
             Err(e) => fail("--acme-contact", e.to_string()),
         }
     }
+    let profile = match args
+        .acme_profile
+        .as_deref()
+        .map(routes::check::acme_profile)
+    {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            fail("--acme-profile", e);
+            None
+        }
+    };
     let eab = acme::eab(args.acme_eab_kid.as_deref(), args.acme_eab_hmac.as_deref())
         .map_err(|e| fail("--acme-eab-kid/--acme-eab-hmac", e.to_string()))
         .ok()
@@ -258,6 +271,7 @@ fn acme_config(args: &Args, error: &mut impl FnMut(&'static str, String)) -> Opt
             AcmeChallenge::TlsAlpn01 => acme::ChallengeKind::TlsAlpn01,
         },
         eab,
+        profile,
     })
 }
 

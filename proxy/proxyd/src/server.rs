@@ -59,6 +59,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let shared = Shared::new(table, manager, config.redirect_port);
     let observe = observability(&config, &shared)?;
     let acme = acme_service(&config, &shared);
+    if let Some(m) = shared.acme.get() {
+        crate::control::acme_service::check_profiles_at_start(m, &shared.snapshot.load().table)?;
+    }
     let mut server = bootstrap(&config)?;
 
     let mut services = public_services(

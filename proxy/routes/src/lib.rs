@@ -76,6 +76,12 @@ pub mod check {
         values::cidr(raw)
     }
 
+    /// An ACME profile name as in `acme_profile` (its syntax; whether the CA offers it
+    /// is the daemon's check).
+    pub fn acme_profile(raw: &str) -> Result<String, String> {
+        values::acme_profile(raw)
+    }
+
     /// A duration as in `read_timeout`: `"500ms"`, `"30s"`, `"5m"`, ... (`key` names the
     /// setting in the message).
     pub fn duration(key: &str, raw: &str) -> Result<std::time::Duration, String> {
@@ -159,6 +165,9 @@ pub struct Route {
     pub path: String,
     /// Remove `path` from the request path before forwarding (keeping a leading `/`).
     pub strip_prefix: bool,
+    /// The ACME profile to order this route's certificate with (`acme_profile`);
+    /// `None`: the daemon's `--acme-profile`, else the CA's default.
+    pub acme_profile: Option<String>,
     pub upstreams: Vec<Upstream>,
     pub lb: LbPolicy,
     /// Routes that set no policy key of their own share one `Policy` (that of
@@ -418,6 +427,15 @@ impl RouteTable {
     /// Groups of names that may share one certificate: the hosts of each route or
     /// redirect, main name first. A name appears in the first group that lists it.
     pub fn certificate_groups(&self) -> Vec<Vec<String>> {
+        self.certificate_groups_with_profiles()
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect()
+    }
+
+    /// [`RouteTable::certificate_groups`], each with the route's `acme_profile`
+    /// (redirects have none).
+    pub fn certificate_groups_with_profiles(&self) -> Vec<(Vec<String>, Option<String>)> {
         let mut seen: std::collections::HashSet<&HostPattern, foldhash::fast::RandomState> =
             Default::default();
         seen.reserve(self.exact.len() + self.wildcard.len());
@@ -425,16 +443,16 @@ impl RouteTable {
         let all_hosts = self
             .routes
             .iter()
-            .map(|r| &r.hosts)
-            .chain(self.redirects.iter().map(|r| &r.hosts));
-        for hosts in all_hosts {
+            .map(|r| (&r.hosts, r.acme_profile.as_ref()))
+            .chain(self.redirects.iter().map(|r| (&r.hosts, None)));
+        for (hosts, profile) in all_hosts {
             let group: Vec<String> = hosts
                 .iter()
                 .filter(|h| seen.insert(h))
                 .map(|h| h.to_string())
                 .collect();
             if !group.is_empty() {
-                groups.push(group);
+                groups.push((group, profile.cloned()));
             }
         }
         groups

@@ -44,7 +44,14 @@ pub const POLICY_KEYS: &[&str] = &[
 ];
 
 /// Keys only a `[[route]]` has (the policy keys come on top).
-pub(crate) const ROUTE_KEYS: &[&str] = &["name", "hosts", "path", "strip_prefix", "upstreams"];
+pub(crate) const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "hosts",
+    "path",
+    "strip_prefix",
+    "upstreams",
+    "acme_profile",
+];
 
 pub(crate) const REDIRECT_KEYS: &[&str] = &[
     "name",
@@ -143,6 +150,7 @@ struct IdClaim<'w, 'a> {
 /// The fields of a valid route besides its claims.
 struct RouteRest {
     strip_prefix: bool,
+    acme_profile: Option<String>,
     upstreams: Vec<Upstream>,
     lb: LbPolicy,
     policy: Arc<Policy>,
@@ -381,6 +389,7 @@ impl<'a> Cx<'a> {
                 hosts,
                 path,
                 strip_prefix: r.strip_prefix,
+                acme_profile: r.acme_profile,
                 upstreams: r.upstreams,
                 lb: r.lb,
                 policy: r.policy,
@@ -619,10 +628,16 @@ impl<'a> Cx<'a> {
         let header_at = item.span().start;
         let mut own = PolicyKeys::default();
         let mut strip_prefix = Some(false);
+        let mut acme_profile = Some(None);
         for (key, v) in t.iter() {
             match key.get_ref().as_ref() {
                 "name" | "hosts" | "path" | "upstreams" => {} // below
                 "strip_prefix" => strip_prefix = self.bool("strip_prefix", v),
+                "acme_profile" => {
+                    acme_profile = self
+                        .checked("acme_profile", v, "a string", values::acme_profile)
+                        .map(Some)
+                }
                 k if self.policy_key(&mut own, k, v) => {}
                 k => {
                     let note = if REDIRECT_KEYS.contains(&k) {
@@ -648,9 +663,10 @@ impl<'a> Cx<'a> {
             let (policy, lb) = merge(&defaults.keys, &own);
             (Arc::new(policy), lb)
         };
-        let rest = match (strip_prefix, upstreams) {
-            (Some(strip_prefix), Some(upstreams)) => Some(RouteRest {
+        let rest = match (strip_prefix, acme_profile, upstreams) {
+            (Some(strip_prefix), Some(acme_profile), Some(upstreams)) => Some(RouteRest {
                 strip_prefix,
+                acme_profile,
                 upstreams,
                 lb,
                 policy,

@@ -91,7 +91,7 @@ to = "/"
               in [[route]] #1 (hosts = ["cloud.example.org", "*.org"])
             error: routes.toml:13:29: invalid upstream `fd00::1:80`: an IPv6 address must be in brackets (e.g. `[fd00::1]:80`)
               in [[route]] #1 (hosts = ["cloud.example.org", "*.org"])
-            error: routes.toml:14:1: unknown field `upstrem`, expected one of `name`, `hosts`, `path`, `strip_prefix`, `upstreams`, `max_body`, `connect_timeout`, `read_timeout`, `write_timeout`, `idle_timeout`, `websocket`, `hsts`, `hsts_max_age`, `hsts_include_subdomains`, `hsts_preload`, `allow`, `request_headers`, `response_headers`, `https_redirect`, `lb`, `health_check_path`, `health_check_interval`
+            error: routes.toml:14:1: unknown field `upstrem`, expected one of `name`, `hosts`, `path`, `strip_prefix`, `upstreams`, `acme_profile`, `max_body`, `connect_timeout`, `read_timeout`, `write_timeout`, `idle_timeout`, `websocket`, `hsts`, `hsts_max_age`, `hsts_include_subdomains`, `hsts_preload`, `allow`, `request_headers`, `response_headers`, `https_redirect`, `lb`, `health_check_path`, `health_check_interval`
               in [[route]] #1 (hosts = ["cloud.example.org", "*.org"])
             error: routes.toml:16:1: missing field `upstreams`
               in [[route]] #2 (name = "two")
@@ -147,7 +147,7 @@ fn small_cases() {
               in [[route]] #1
             error: routes.toml:3:29: duplicate upstream `10.0.0.1:80`
               in [[route]] #1
-            error: routes.toml:4:1: unknown field `to` in a [[route]] (it is a [[redirect]] key), expected one of `name`, `hosts`, `path`, `strip_prefix`, `upstreams`, `max_body`, `connect_timeout`, `read_timeout`, `write_timeout`, `idle_timeout`, `websocket`, `hsts`, `hsts_max_age`, `hsts_include_subdomains`, `hsts_preload`, `allow`, `request_headers`, `response_headers`, `https_redirect`, `lb`, `health_check_path`, `health_check_interval`
+            error: routes.toml:4:1: unknown field `to` in a [[route]] (it is a [[redirect]] key), expected one of `name`, `hosts`, `path`, `strip_prefix`, `upstreams`, `acme_profile`, `max_body`, `connect_timeout`, `read_timeout`, `write_timeout`, `idle_timeout`, `websocket`, `hsts`, `hsts_max_age`, `hsts_include_subdomains`, `hsts_preload`, `allow`, `request_headers`, `response_headers`, `https_redirect`, `lb`, `health_check_path`, `health_check_interval`
               in [[route]] #1
             error: routes.toml:5:13: `websocket` must be a boolean (true or false), found a string
               in [[route]] #1"#]]),
@@ -1231,4 +1231,35 @@ allow = ["10.0.0.0/8"]
         assert_eq!(normalize_path(raw).unwrap(), want, "{raw}");
         assert_eq!(normalize_path(want).unwrap(), want, "{want} is normal");
     }
+}
+
+#[test]
+fn acme_profile_is_a_route_key_checked_for_syntax() {
+    let t = parse(
+        "r.toml",
+        "[[route]]\nhosts = [\"a.test\"]\nupstreams = [\"127.0.0.1:1\"]\nacme_profile = \"shortlived\"\n\
+         [[route]]\nhosts = [\"b.test\"]\nupstreams = [\"127.0.0.1:1\"]\n\
+         [[redirect]]\nhosts = [\"c.test\"]\nto = \"https://a.test/\"\n",
+    )
+    .unwrap();
+    assert_eq!(t.routes[0].acme_profile.as_deref(), Some("shortlived"));
+    assert_eq!(t.routes[1].acme_profile, None);
+    assert_eq!(
+        t.certificate_groups_with_profiles(),
+        vec![
+            (vec!["a.test".to_string()], Some("shortlived".to_string())),
+            (vec!["b.test".to_string()], None),
+            (vec!["c.test".to_string()], None),
+        ]
+    );
+    let e = parse(
+        "r.toml",
+        "[[route]]\nhosts = [\"a.test\"]\nupstreams = [\"127.0.0.1:1\"]\nacme_profile = \"short lived\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("r.toml:4:16") && e.contains("invalid acme_profile"),
+        "{e}"
+    );
 }

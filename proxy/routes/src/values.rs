@@ -482,6 +482,24 @@ fn authority_host(authority: &str) -> Result<String, String> {
     }
 }
 
+/// `acme_profile`: the name of an ACME profile (RFC draft "ACME profiles"; Let's
+/// Encrypt's `classic`, `tlsserver`, `shortlived`): 1 to 64 letters, digits, `.`, `_`
+/// or `-`. Whether the CA offers it is checked by the daemon against its directory.
+pub fn acme_profile(s: &str) -> Result<String, String> {
+    if !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid acme_profile `{}`: expected a profile name such as \"tlsserver\" (letters, digits, '.', '_', '-'; at most 64)",
+            s.escape_debug()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

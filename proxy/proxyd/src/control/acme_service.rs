@@ -39,9 +39,59 @@ impl acme::Host for AcmeHost {
         self.0.snapshot.load().generation
     }
 
-    fn groups(&self) -> Vec<Vec<String>> {
-        self.0.snapshot.load().table.certificate_groups()
+    fn groups(&self) -> Vec<(Vec<String>, Option<String>)> {
+        self.0
+            .snapshot
+            .load()
+            .table
+            .certificate_groups_with_profiles()
     }
+}
+
+/// The `acme_profile`s of `table`: (which route, profile).
+fn wanted_profiles(table: &routes::RouteTable) -> Vec<(String, String)> {
+    let mut wanted: Vec<(String, String)> = table
+        .routes
+        .iter()
+        .filter_map(|r| {
+            r.acme_profile
+                .as_ref()
+                .map(|p| (format!("route {:?}", r.id), p.clone()))
+        })
+        .collect();
+    wanted.sort();
+    wanted
+}
+
+/// The profiles of `table` (and `--acme-profile`) against the CA's directory: `Err`
+/// with one line per profile it does not offer, naming those it does. A directory that
+/// cannot be read is no reason to refuse (the certificates held keep being served, and
+/// an order with a bad profile fails with the CA's own error, shown in `proxyctl
+/// certs`): logged, and `Ok`.
+pub async fn check_profiles(
+    manager: &acme::Manager,
+    table: &routes::RouteTable,
+) -> Result<(), Vec<String>> {
+    match manager.check_profiles(&wanted_profiles(table)).await {
+        Ok(None) => Ok(()),
+        Ok(Some(problems)) => Err(problems),
+        Err(e) => {
+            tracing::warn!("ACME profiles not checked: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// [`check_profiles`] before the server runs (start-up has no runtime yet).
+pub fn check_profiles_at_start(
+    manager: &acme::Manager,
+    table: &routes::RouteTable,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(check_profiles(manager, table))
+        .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))
 }
 
 /// Background service: orders and renews certificates for as long as the server runs.
@@ -102,6 +152,8 @@ fn cert_group(g: acme::CertStatus) -> admin_api::CertGroup {
     admin_api::CertGroup {
         id: g.id,
         names: g.names,
+        profile: g.profile,
+        issued_profile: g.issued_profile,
         issuer: g.issuer,
         not_after: g.not_after,
         next_renewal: g.next_renewal,

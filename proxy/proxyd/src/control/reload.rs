@@ -347,6 +347,25 @@ fn reload_blocking(
         Ok(table) => table,
         Err(d) => return rejected(shared, path, d.0, phases.done),
     };
+    // ACME profiles against the CA's directory (read again only for a profile not
+    // among those it offered last time). This is a blocking thread of the runtime.
+    if let Some(m) = shared.acme.get() {
+        let check = crate::control::acme_service::check_profiles(m, &table);
+        if let Err(problems) = tokio::runtime::Handle::current().block_on(check) {
+            let errors = problems
+                .into_iter()
+                .map(|message| Diagnostic {
+                    file: file.clone(),
+                    line: 0,
+                    col: 0,
+                    message,
+                    context: None,
+                })
+                .collect();
+            return rejected(shared, path, errors, phases.done);
+        }
+        phases.mark("acme profiles");
+    }
 
     let old = shared.snapshot.load_full();
     let diff = routes::diff(&old.table, &table);
