@@ -778,10 +778,31 @@ async fn the_shipped_unit_logs_requests_to_a_file_the_shipped_logrotate_rotates(
         .position(|l| *l == "postrotate")
         .expect("postrotate");
     assert_eq!(rule[post + 2], "endscript");
-    assert_eq!(
-        rule[post + 1],
-        "systemctl kill --kill-whom=main --signal=SIGUSR1 proxyd.service"
+    let postrotate = rule[post + 1];
+    assert!(
+        postrotate.contains("systemctl kill --kill-whom=main --signal=SIGUSR1 proxyd.service"),
+        "{rotate}"
     );
+    // The script itself runs here (sh -c, as logrotate does), with a `systemctl` that
+    // answers for a unit whose main process is this test's proxyd: `is-active` from a
+    // state file, `kill` as kill(1) on that process.
+    let bin = tmp_bin_dir();
+    let active = bin.path().join("active");
+    let run_postrotate = |pid: u32| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(postrotate)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.path().display()))
+            .env("UNIT_ACTIVE", &active)
+            .env("UNIT_MAIN_PID", pid.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "postrotate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
 
     // The rotation, on a proxyd with the unit's flag (its directory moved here).
     let a = Backend::start("a").await;
@@ -800,7 +821,11 @@ async fn the_shipped_unit_logs_requests_to_a_file_the_shipped_logrotate_rotates(
     .await;
     let rotated = file.with_extension("log.1");
     std::fs::rename(&file, &rotated).unwrap();
-    proxy.signal(libc::SIGUSR1);
+    // A stopped unit: nothing to signal, and not a failure for logrotate.
+    run_postrotate(proxy.pid());
+    assert!(!file.exists(), "signalled while the unit was inactive");
+    std::fs::write(&active, "").unwrap();
+    run_postrotate(proxy.pid());
     wait_until("the file reopened at its path", SOON, POLL, || async {
         file.exists().then_some(())
     })
@@ -812,4 +837,27 @@ async fn the_shipped_unit_logs_requests_to_a_file_the_shipped_logrotate_rotates(
     .await;
     assert!(lines(&rotated)[0].contains("/day-1"));
     assert!(lines(&file)[0].contains("/day-2"));
+}
+
+/// A directory holding a `systemctl` for the postrotate script: `is-active` succeeds while
+/// the file `$UNIT_ACTIVE` exists (fails like systemd's when it does not), `kill` sends
+/// SIGUSR1 to `$UNIT_MAIN_PID` (fails like systemd's "No main process" when inactive).
+fn tmp_bin_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("systemctl");
+    std::fs::write(
+        &script,
+        r#"#!/bin/sh
+case " $* " in
+  *" is-active "*) [ -e "$UNIT_ACTIVE" ] || exit 3 ;;
+  *" kill "*) [ -e "$UNIT_ACTIVE" ] || { echo "Failed to kill unit: No main process to kill" >&2; exit 1; }
+              case " $* " in *" --signal=SIGUSR1 "*) exec kill -USR1 "$UNIT_MAIN_PID" ;; esac; exit 2 ;;
+  *) exit 2 ;;
+esac
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }

@@ -23,8 +23,14 @@ pub fn unix_now() -> i64 {
     unix(SystemTime::now())
 }
 
-/// The time of `secs` Unix seconds (negative before 1970).
+/// The latest time X.509 can state (9999-12-31T23:59:59Z), and its mirror before 1970:
+/// [`from_unix`] clamps to these, so a corrupt time read from disk cannot overflow.
+const UNIX_LIMIT: i64 = 253_402_300_799;
+
+/// The time of `secs` Unix seconds (negative before 1970), clamped to years -7960..=9999
+/// (times come from files on disk: `i64::MIN` there must not panic).
 pub fn from_unix(secs: i64) -> SystemTime {
+    let secs = secs.clamp(-UNIX_LIMIT, UNIX_LIMIT);
     if secs >= 0 {
         UNIX_EPOCH + Duration::from_secs(secs as u64)
     } else {
@@ -77,6 +83,14 @@ mod tests {
         for secs in [-86_400, 0, 1_700_000_000] {
             assert_eq!(unix(from_unix(secs)), secs);
         }
+    }
+
+    #[test]
+    fn times_beyond_x509_are_clamped_not_a_panic() {
+        assert_eq!(unix(from_unix(i64::MAX)), UNIX_LIMIT);
+        assert_eq!(unix(from_unix(i64::MIN)), -UNIX_LIMIT);
+        assert!(from_unix(i64::MIN) < from_unix(0));
+        assert_eq!(unix(from_unix(UNIX_LIMIT)), UNIX_LIMIT);
     }
 
     #[test]
