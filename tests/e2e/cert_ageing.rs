@@ -546,3 +546,38 @@ async fn new_handshakes_never_fail_across_renewals_reloads_and_store_checks() {
     );
     assert!(reloads >= 2, "{reloads} reloads");
 }
+
+/// An admin replaces a certificate's files in place (built elsewhere, `mv`, as
+/// certs-store/README.md says) and runs `proxyctl reload` with the routes unchanged: the
+/// new certificate is served when the reload answers, not a timer tick later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_unchanged_routes_serves_files_replaced_in_place() {
+    let a = Backend::start("a").await;
+    let routes = one_route(&["a.test"], &a, "");
+    let proxy = Proxy::builder(&routes).start().await;
+    // Another store's certificate for the same name: a different key and serial.
+    let other = Proxy::builder(&routes).start().await;
+    let before = served_leaf(&proxy, "a.test").await;
+    let replacement = leaf_on_disk(other.certs_store(), "a.test");
+    assert_ne!(before.serial, replacement.serial);
+
+    let dir = proxy.certs_store().join("certs").join("a.test");
+    let from = other.certs_store().join("certs").join("a.test");
+    for file in ["key.pem", "fullchain.pem"] {
+        let staged = dir.join(format!(".{file}.new"));
+        std::fs::copy(from.join(file), &staged).unwrap();
+        std::fs::rename(&staged, dir.join(file)).unwrap();
+    }
+    let v = proxyctl_json(&proxy, &["reload"]).await;
+    assert_eq!(
+        (&v["ok"], &v["applied"]),
+        (&true.into(), &false.into()),
+        "{v}"
+    );
+    assert_eq!(served_leaf(&proxy, "a.test").await, replacement);
+    // The new key with it: a client trusting only the other store's CA gets through.
+    let resp = tests::https_get(proxy.https_addr(), &other.ca_pem(), "a.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+}

@@ -382,6 +382,15 @@ fn reload_blocking(
     drop(old);
     phases.mark("diff");
     if mode == Mode::DryRun || diff.is_empty() {
+        if mode == Mode::Apply {
+            // Routes unchanged, but a reload still reads the store again: an admin who
+            // replaced a certificate's files in place reloads to have it served, as
+            // with nginx (certs-store/README.md).
+            for e in &shared.certs.ensure(&table.certificate_groups()).errors {
+                tracing::error!("certificate: {e}");
+            }
+            phases.mark("certificates");
+        }
         // Freeing a large table is no reason to keep the caller waiting either.
         drop_later(table);
         let message = match mode {
