@@ -201,6 +201,14 @@ impl Manager {
         Ok((!problems.is_empty()).then_some(problems))
     }
 
+    /// The directory's `meta`, read now (for `proxyctl certs preflight`: the CA's
+    /// `caaIdentities`); the profiles read are kept for [`Manager::check_profiles`].
+    pub async fn directory_meta(&self) -> Result<crate::directory::Meta, Error> {
+        let meta = crate::directory::fetch_meta(&self.config).await?;
+        *self.offered.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta.profiles.clone());
+        Ok(meta)
+    }
+
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         certs::util::lock(&self.entries)
     }

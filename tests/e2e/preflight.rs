@@ -1,0 +1,245 @@
+//! `proxyctl certs preflight`: each cause of a failing ACME order found before any
+//! order, on loopback. The proxy resolves through a DNS server the test runs
+//! (`tests::DnsServer`, A and CAA records), reads `caaIdentities` from a real pebble's
+//! directory, and fetches its one-off token through the name's addresses on the port
+//! pebble validates HTTP-01 on (`--acme-http-port`).
+//!
+//! The names, each failing for one cause only (or none):
+//! - `www.good.test`: A 127.0.0.1 (the proxy), CAA on its parent `good.test` naming the
+//!   CA: every check passes;
+//! - `elsewhere.test`: A 127.0.0.2, where nothing listens: DNS (and so :80) fails;
+//! - `caa.test`: A 127.0.0.1, CAA naming another CA: CAA fails;
+//! - `port80.test`: A 127.0.0.3, a public address of the proxy by `--public-addr`, but
+//!   another server answers its port there: the :80 check fails.
+
+use std::net::SocketAddr;
+use std::process::Output;
+
+use tests::pebble::{Pebble, PebbleOptions};
+use tests::{Backend, DnsServer, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::acme::{bench, Validate};
+use crate::one_route;
+use crate::reload::proxyctl;
+
+const CA: &str = "ca.preflight.test";
+
+/// Another HTTP server on `addr`: every request gets 200 and a body of its own.
+async fn other_server(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nnot a token")
+                    .await;
+            });
+        }
+    })
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `--json certs preflight NAMES`: the exit status and the reply.
+async fn preflight_json(proxy: &Proxy, names: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut args = vec!["--json", "certs", "preflight"];
+    args.extend_from_slice(names);
+    let o = proxyctl(proxy, &args).await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "preflight {names:?}: not JSON ({e}): {}\n{}",
+            stdout(&o),
+            stderr(&o)
+        )
+    });
+    (o.status.code(), v)
+}
+
+/// (result, detail) of `check` of `name` in a reply.
+fn result<'a>(v: &'a serde_json::Value, name: &str, check: &str) -> (&'a str, &'a str) {
+    let n = v["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {v:#}"));
+    let c = n["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == check)
+        .unwrap_or_else(|| panic!("no {check} check for {name} in {v:#}"));
+    (
+        c["result"].as_str().unwrap(),
+        c["detail"].as_str().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_fails_for_each_cause_and_passes_a_good_name() {
+    if Pebble::current("preflight::preflight_fails_for_each_cause_and_passes_a_good_name")
+        .is_none()
+    {
+        return;
+    }
+    let b = bench(
+        Validate::Both,
+        PebbleOptions {
+            caa_identities: vec![CA],
+            ..Default::default()
+        },
+    )
+    .await;
+    let port = b.http.port();
+    let other = other_server(SocketAddr::from(([127, 0, 0, 3], port))).await;
+    let dns = DnsServer::start().await;
+    dns.set("www.good.test", &[[127, 0, 0, 1].into()]);
+    dns.set_caa("good.test", &[(0, "issue", CA), (0, "iodef", "mailto:a@good.test")]);
+    dns.set("elsewhere.test", &[[127, 0, 0, 2].into()]);
+    dns.set("caa.test", &[[127, 0, 0, 1].into()]);
+    dns.set_caa("caa.test", &[(0, "issue", "other-ca.example; account=1")]);
+    dns.set("port80.test", &[[127, 0, 0, 3].into()]);
+
+    let backend = Backend::start("a").await;
+    let routes = one_route(
+        &["www.good.test", "elsewhere.test", "caa.test", "port80.test"],
+        &backend,
+        "",
+    );
+    let proxy = b
+        .proxy(&routes, "http-01")
+        .arg("--dns-server")
+        .arg(dns.addr().to_string())
+        .arg("--acme-http-port")
+        .arg(port.to_string())
+        .arg("--public-addr")
+        .arg("127.0.0.1")
+        .arg("--public-addr")
+        .arg("127.0.0.3")
+        .start()
+        .await;
+
+    // All good: exit 0, one line per check.
+    let o = proxyctl(&proxy, &["certs", "preflight", "www.good.test"]).await;
+    let text = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}{}", stderr(&o));
+    for check in ["dns", "caa", "http-01"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("www.good.test") && l.contains(check) && l.contains(" ok ")),
+            "{check} ok:\n{text}"
+        );
+    }
+    let (code, v) = preflight_json(&proxy, &["www.good.test"]).await;
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["caa_identities"], serde_json::json!([CA]));
+    assert_eq!(result(&v, "www.good.test", "dns").0, "ok", "{v:#}");
+    let (r, detail) = result(&v, "www.good.test", "caa");
+    assert_eq!(r, "ok", "{v:#}");
+    assert!(detail.contains("good.test CAA 0 issue"), "{detail}");
+    assert_eq!(result(&v, "www.good.test", "http-01").0, "ok", "{v:#}");
+
+    // A record elsewhere: the DNS check fails naming the address.
+    let (code, v) = preflight_json(&proxy, &["elsewhere.test"]).await;
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(v["ok"], false);
+    let (r, detail) = result(&v, "elsewhere.test", "dns");
+    assert_eq!(r, "fail", "{v:#}");
+    assert!(detail.contains("127.0.0.2"), "{detail}");
+    assert_eq!(result(&v, "elsewhere.test", "caa").0, "ok", "{v:#}");
+    assert_eq!(result(&v, "elsewhere.test", "http-01").0, "fail", "{v:#}");
+
+    // CAA naming another CA: the CAA check fails naming the record; the rest passes.
+    let (code, v) = preflight_json(&proxy, &["caa.test"]).await;
+    assert_eq!(code, Some(1), "{v:#}");
+    let (r, detail) = result(&v, "caa.test", "caa");
+    assert_eq!(r, "fail", "{v:#}");
+    assert!(detail.contains("other-ca.example"), "{detail}");
+    assert!(detail.contains(CA), "{detail}");
+    assert_eq!(result(&v, "caa.test", "dns").0, "ok", "{v:#}");
+    assert_eq!(result(&v, "caa.test", "http-01").0, "ok", "{v:#}");
+
+    // :80 answered by another server: the self-check fails; DNS (a public address)
+    // and CAA (none) pass.
+    let (code, v) = preflight_json(&proxy, &["port80.test"]).await;
+    assert_eq!(code, Some(1), "{v:#}");
+    let (r, detail) = result(&v, "port80.test", "http-01");
+    assert_eq!(r, "fail", "{v:#}");
+    assert!(detail.contains(&format!("127.0.0.3:{port}")), "{detail}");
+    assert_eq!(result(&v, "port80.test", "dns").0, "ok", "{v:#}");
+    assert_eq!(result(&v, "port80.test", "caa").0, "ok", "{v:#}");
+
+    // No name: every ACME name; text output, exit 1, the failing names counted.
+    let o = proxyctl(&proxy, &["certs", "preflight"]).await;
+    let text = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}{}", stderr(&o));
+    for name in ["www.good.test", "elsewhere.test", "caa.test", "port80.test"] {
+        assert!(text.lines().any(|l| l.starts_with(name)), "{name}:\n{text}");
+    }
+    assert!(text.contains("4 names, 3 would fail"), "{text}");
+
+    // A name no route lists: an error naming it.
+    let o = proxyctl(&proxy, &["certs", "preflight", "www.good.test", "nowhere.test"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("nowhere.test"), "{}", stderr(&o));
+
+    // The DNS server was really asked (A and CAA, the parents of www.good.test).
+    assert!(dns.queries() > 8, "{} queries", dns.queries());
+    other.abort();
+}
+
+/// Debian's pebble sends no `caaIdentities`: a CAA record that restricts issuance cannot
+/// be judged (a warning, exit 0); without any CAA record there is nothing to judge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_caa_identities_a_restricting_record_is_a_warning() {
+    let b = bench(Validate::Both, PebbleOptions::default()).await;
+    let dns = DnsServer::start().await;
+    dns.set("a.test", &[[127, 0, 0, 1].into()]);
+    dns.set_caa("a.test", &[(0, "issue", CA)]);
+    dns.set("b.test", &[[127, 0, 0, 1].into()]);
+    let backend = Backend::start("a").await;
+    let routes = one_route(&["a.test", "b.test"], &backend, "");
+    // No --public-addr: the listeners' addresses (127.0.0.1) are the public ones.
+    let proxy = b
+        .proxy(&routes, "http-01")
+        .arg("--dns-server")
+        .arg(dns.addr().to_string())
+        .arg("--acme-http-port")
+        .arg(b.http.port().to_string())
+        .start()
+        .await;
+    let (code, v) = preflight_json(&proxy, &[]).await;
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["caa_identities"], serde_json::json!([]));
+    assert_eq!(v["public_addrs"], serde_json::json!(["127.0.0.1"]));
+    let (r, detail) = result(&v, "a.test", "caa");
+    assert_eq!(r, "warn", "{v:#}");
+    assert!(detail.contains("cannot judge"), "{detail}");
+    assert_eq!(result(&v, "b.test", "caa").0, "ok", "{v:#}");
+    for name in ["a.test", "b.test"] {
+        assert_eq!(result(&v, name, "dns").0, "ok", "{v:#}");
+        assert_eq!(result(&v, name, "http-01").0, "ok", "{v:#}");
+    }
+}
+
+/// Without ACME there is no CA to check against: refused, exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_acme_preflight_is_refused() {
+    let backend = Backend::start("a").await;
+    let proxy = Proxy::start(&one_route(&["a.test"], &backend, "")).await;
+    let o = proxyctl(&proxy, &["certs", "preflight"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("ACME is off"), "{}", stderr(&o));
+}
