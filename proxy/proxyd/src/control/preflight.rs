@@ -265,18 +265,25 @@ impl Preflight {
         } else {
             format!("{name}:{}", self.http_port)
         };
-        let fetches = addrs.iter().map(|ip| {
-            let addr = SocketAddr::new(*ip, self.http_port);
-            let (host, token) = (host.clone(), token.clone());
-            async move {
-                let answer = tokio::time::timeout(HTTP_TIMEOUT, fetch(addr, &host, &token))
-                    .await
-                    .unwrap_or_else(|_| Err(format!("no answer within {HTTP_TIMEOUT:?}")));
-                (addr, answer)
-            }
-        });
+        // Every address at once (the CA may pick any of them).
+        let fetches: Vec<_> = addrs
+            .iter()
+            .map(|ip| {
+                let addr = SocketAddr::new(*ip, self.http_port);
+                let (host, token) = (host.clone(), token.clone());
+                let task = tokio::spawn(async move {
+                    tokio::time::timeout(HTTP_TIMEOUT, fetch(addr, &host, &token))
+                        .await
+                        .unwrap_or_else(|_| Err(format!("no answer within {HTTP_TIMEOUT:?}")))
+                });
+                (addr, task)
+            })
+            .collect();
         let mut failures = Vec::new();
-        for (addr, answer) in join_all(fetches).await {
+        for (addr, task) in fetches {
+            let answer = task
+                .await
+                .unwrap_or_else(|e| Err(format!("fetch task: {e}")));
             let problem = match answer {
                 Err(e) => e,
                 Ok(a) if a.status == 200 && a.body == body.as_bytes() => continue,
@@ -325,21 +332,6 @@ fn check(check: &str, result: CheckResult, detail: String) -> PreflightCheck {
         result,
         detail,
     }
-}
-
-async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 fn random_hex(bytes: usize) -> String {
