@@ -417,7 +417,7 @@ async fn relevant_caa(
             Ok(Ok(found)) => found
                 .answers()
                 .iter()
-                .filter_map(|r| match r.data() {
+                .filter_map(|r| match &r.data {
                     RData::CAA(caa) => Some(CaaRecord {
                         flags: caa.flags(),
                         tag: caa.tag.clone(),
