@@ -80,16 +80,12 @@ fn result<'a>(v: &'a serde_json::Value, name: &str, check: &str) -> (&'a str, &'
         .iter()
         .find(|c| c["check"] == check)
         .unwrap_or_else(|| panic!("no {check} check for {name} in {v:#}"));
-    (
-        c["result"].as_str().unwrap(),
-        c["detail"].as_str().unwrap(),
-    )
+    (c["result"].as_str().unwrap(), c["detail"].as_str().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_fails_for_each_cause_and_passes_a_good_name() {
-    if Pebble::current("preflight::preflight_fails_for_each_cause_and_passes_a_good_name")
-        .is_none()
+    if Pebble::current("preflight::preflight_fails_for_each_cause_and_passes_a_good_name").is_none()
     {
         return;
     }
@@ -105,7 +101,10 @@ async fn preflight_fails_for_each_cause_and_passes_a_good_name() {
     let other = other_server(SocketAddr::from(([127, 0, 0, 3], port))).await;
     let dns = DnsServer::start().await;
     dns.set("www.good.test", &[[127, 0, 0, 1].into()]);
-    dns.set_caa("good.test", &[(0, "issue", CA), (0, "iodef", "mailto:a@good.test")]);
+    dns.set_caa(
+        "good.test",
+        &[(0, "issue", CA), (0, "iodef", "mailto:a@good.test")],
+    );
     dns.set("elsewhere.test", &[[127, 0, 0, 2].into()]);
     dns.set("caa.test", &[[127, 0, 0, 1].into()]);
     dns.set_caa("caa.test", &[(0, "issue", "other-ca.example; account=1")]);
@@ -191,7 +190,11 @@ async fn preflight_fails_for_each_cause_and_passes_a_good_name() {
     assert!(text.contains("4 names, 3 would fail"), "{text}");
 
     // A name no route lists: an error naming it.
-    let o = proxyctl(&proxy, &["certs", "preflight", "www.good.test", "nowhere.test"]).await;
+    let o = proxyctl(
+        &proxy,
+        &["certs", "preflight", "www.good.test", "nowhere.test"],
+    )
+    .await;
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("nowhere.test"), "{}", stderr(&o));
 

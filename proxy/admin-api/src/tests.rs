@@ -497,7 +497,9 @@ fn preflight() {
 }"#,
     );
     assert!(p.any_failed());
-    let e = decode_err::<Preflight>(r#"{"directory":"d","caa_identities":[],"public_addrs":[],"http_port":80,"names":[{"name":"a","checks":[{"check":"dns","detail":"","result":"bad"}]}],"ok":true}"#);
+    let e = decode_err::<Preflight>(
+        r#"{"directory":"d","caa_identities":[],"public_addrs":[],"http_port":80,"names":[{"name":"a","checks":[{"check":"dns","detail":"","result":"bad"}]}],"ok":true}"#,
+    );
     assert!(e.contains("unknown variant `bad`"), "{e}");
 }
 

@@ -436,12 +436,7 @@ mod tests {
             "[2001:db8::7]:443",
         ]);
         assert_eq!(c.public_addrs, [ip("192.0.2.7"), ip("2001:db8::7")]);
-        let c = config(&[
-            "--http",
-            "192.0.2.7:80",
-            "--public-addr",
-            "198.51.100.1",
-        ]);
+        let c = config(&["--http", "192.0.2.7:80", "--public-addr", "198.51.100.1"]);
         assert_eq!(c.public_addrs, [ip("198.51.100.1")]);
         assert_eq!(c.acme_http_port, 80);
         let e = errors(&["--acme-http-port", "0"]);

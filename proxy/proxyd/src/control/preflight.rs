@@ -311,10 +311,7 @@ impl Preflight {
             check(
                 "http-01",
                 CheckResult::Fail,
-                format!(
-                    "{url} does not reach this proxy: {}",
-                    failures.join("; ")
-                ),
+                format!("{url} does not reach this proxy: {}", failures.join("; ")),
             )
         }
     }
@@ -403,10 +400,7 @@ pub struct CaaSet {
 /// The first of `name`, its parent, ... up to the top-level domain that has CAA
 /// records; `None` when none has. A failed lookup is an error: a CA does not issue
 /// when it cannot read CAA.
-async fn relevant_caa(
-    resolver: &TokioResolver,
-    name: &str,
-) -> Result<Option<CaaSet>, String> {
+async fn relevant_caa(resolver: &TokioResolver, name: &str) -> Result<Option<CaaSet>, String> {
     for owner in caa_candidates(name) {
         let asked = tokio::time::timeout(
             DNS_TIMEOUT,
@@ -487,7 +481,11 @@ fn caa_check(
                 Some(e) => format!("the directory could not be read ({e})"),
                 None => "the directory names no caaIdentities".into(),
             };
-            check("caa", CheckResult::Warn, format!("{why}; cannot judge: {cause}"))
+            check(
+                "caa",
+                CheckResult::Warn,
+                format!("{why}; cannot judge: {cause}"),
+            )
         }
     }
 }
@@ -527,12 +525,11 @@ pub fn caa_verdict(set: &CaaSet, wildcard: bool, identities: &[String]) -> CaaVe
             String::from_utf8_lossy(&r.value).escape_debug()
         )
     };
-    if let Some(r) = set.records.iter().find(|r| {
-        r.flags & 0x80 != 0
-            && !KNOWN_TAGS
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(&r.tag))
-    }) {
+    if let Some(r) = set
+        .records
+        .iter()
+        .find(|r| r.flags & 0x80 != 0 && !KNOWN_TAGS.iter().any(|t| t.eq_ignore_ascii_case(&r.tag)))
+    {
         return CaaVerdict::Forbidden(format!(
             "{}: a critical tag no CA understands forbids issuance",
             show(r)
@@ -602,10 +599,7 @@ pub fn parse_issue_value(value: &[u8]) -> (String, Vec<(String, String)>) {
         Some((i, p)) => (i, p),
         None => (&*text, ""),
     };
-    let issuer = issuer
-        .trim()
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
+    let issuer = issuer.trim().trim_end_matches('.').to_ascii_lowercase();
     let params = params
         .split([';', ' ', '\t'])
         .filter_map(|kv| kv.trim().split_once('='))
@@ -671,7 +665,12 @@ fn parse_answer(raw: &[u8], eof: bool) -> Result<Option<Answer>, String> {
         .strip_prefix("HTTP/1.")
         .and_then(|s| s.get(2..5))
         .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {:?}", status_line.escape_debug().to_string()))?;
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP answer: {:?}",
+                status_line.escape_debug().to_string()
+            )
+        })?;
     let mut length = None;
     let mut chunked = false;
     let mut location = None;
@@ -772,9 +771,16 @@ mod tests {
 
     #[test]
     fn issue_names_the_ca_or_not() {
-        assert!(permitted(&caa_verdict(&set(&[(0, "issue", "ca.test")]), false, &ids())));
         assert!(permitted(&caa_verdict(
-            &set(&[(0, "issue", "other.test"), (0, "issue", " CA.test. ; account=1")]),
+            &set(&[(0, "issue", "ca.test")]),
+            false,
+            &ids()
+        )));
+        assert!(permitted(&caa_verdict(
+            &set(&[
+                (0, "issue", "other.test"),
+                (0, "issue", " CA.test. ; account=1")
+            ]),
             false,
             &ids()
         )));
@@ -786,7 +792,11 @@ mod tests {
             )
         );
         // `;` alone: no CA at all.
-        assert!(!permitted(&caa_verdict(&set(&[(0, "issue", ";")]), false, &ids())));
+        assert!(!permitted(&caa_verdict(
+            &set(&[(0, "issue", ";")]),
+            false,
+            &ids()
+        )));
         // Only iodef: no restriction.
         assert!(permitted(&caa_verdict(
             &set(&[(0, "iodef", "mailto:a@b.test")]),
@@ -823,7 +833,12 @@ mod tests {
     fn without_caa_identities_a_restriction_cannot_be_judged() {
         let v = caa_verdict(&set(&[(0, "issue", "ca.test")]), false, &[]);
         assert!(matches!(v, CaaVerdict::CannotJudge(_)), "{v:?}");
-        let c = caa_check(&Ok(Some(set(&[(0, "issue", "ca.test")]))), "a.test", &[], None);
+        let c = caa_check(
+            &Ok(Some(set(&[(0, "issue", "ca.test")]))),
+            "a.test",
+            &[],
+            None,
+        );
         assert_eq!(c.result, CheckResult::Warn);
         assert!(c.detail.contains("names no caaIdentities"), "{}", c.detail);
         let c = caa_check(&Ok(None), "a.test", &[], None);
@@ -836,9 +851,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((a.status, a.body.as_slice()), (200, &b"abc"[..]));
-        assert!(parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab", false)
-            .unwrap()
-            .is_none());
+        assert!(
+            parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab", false)
+                .unwrap()
+                .is_none()
+        );
         let a = parse_answer(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n",
             false,
