@@ -18,11 +18,14 @@ const CLASS_IN: u16 = 1;
 const RCODE_NXDOMAIN: u16 = 3;
 const RCODE_FORMERR: u16 = 1;
 
+/// One CAA record: flags, tag, value.
+type Caa = (u8, String, String);
+
 #[derive(Default)]
 struct Zone {
     records: Mutex<HashMap<String, Vec<Ipv4Addr>>>,
     /// CAA records (flags, tag, value) by name.
-    caa: Mutex<HashMap<String, Vec<(u8, String, String)>>>,
+    caa: Mutex<HashMap<String, Vec<Caa>>>,
     ttl: AtomicU32,
     queries: AtomicU64,
 }
