@@ -872,4 +872,49 @@ mod tests {
         assert_eq!(a.location.as_deref(), Some("https://x.test/"));
         assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n\r\n", true).is_err());
     }
+
+    /// A hostile :80 answer: a chunk size near usize::MAX must be an error, not a panic
+    /// (`size + 2` overflowed, then `b[..size]` was out of range).
+    #[test]
+    fn a_huge_chunk_size_is_an_error_not_a_panic() {
+        for eof in [false, true] {
+            let got = std::panic::catch_unwind(|| {
+                parse_answer(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab",
+                    eof,
+                )
+                .map(|a| a.map(|a| a.body))
+            });
+            let got = got.expect("parse_answer panicked");
+            assert!(matches!(got, Ok(None) | Err(_)), "{got:?}");
+        }
+    }
+
+    /// A status line is `HTTP/1.x SP 3DIGIT`: `2000` or `+20` is no status 200/20.
+    #[test]
+    fn a_malformed_status_is_not_a_status() {
+        for head in [
+            &b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 +20 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1200 OK\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert!(
+                parse_answer(head, true).is_err(),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        let a = parse_answer(b"HTTP/1.0 404\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.status, 404);
+    }
+
+    /// RFC 8657 `accounturi`: a record naming the CA but another account forbids this
+    /// proxy's account; it must not count as permitted.
+    #[test]
+    fn accounturi_of_another_account_is_not_permitted() {
+        let s = set(&[(0, "issue", "ca.test; accounturi=https://ca.test/acct/other")]);
+        assert!(!permitted(&caa_verdict(&s, false, &ids())));
+    }
 }
