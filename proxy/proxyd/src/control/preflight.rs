@@ -661,9 +661,14 @@ fn parse_answer(raw: &[u8], eof: bool) -> Result<Option<Answer>, String> {
     let head = String::from_utf8_lossy(&raw[..end]);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or("");
+    // `HTTP/1.x SP 3DIGIT [SP reason]` (RFC 9112 section 4).
     let status = status_line
         .strip_prefix("HTTP/1.")
-        .and_then(|s| s.get(2..5))
+        .and_then(|s| s.get(1..))
+        .and_then(|s| s.strip_prefix(' '))
+        .filter(|s| s.len() == 3 || s.as_bytes().get(3) == Some(&b' '))
+        .and_then(|s| s.get(..3))
+        .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| {
             format!(
@@ -726,7 +731,9 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
         if size == 0 {
             return Some(out);
         }
-        if b.len() < size + 2 {
+        // A size no answer can have (at most MAX_ANSWER is read) is never complete;
+        // checked, as a hostile size near usize::MAX would overflow.
+        if b.len() < size.checked_add(2)? {
             return None;
         }
         out.extend_from_slice(&b[..size]);
