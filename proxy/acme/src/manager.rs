@@ -209,6 +209,12 @@ impl Manager {
         Ok(meta)
     }
 
+    /// This client's account URL at the CA (what a CAA `accounturi` must name), from
+    /// the stored account; `None` before the first order created one.
+    pub fn account_uri(&self) -> Option<String> {
+        account::stored_uri(self.host.certs().store(), &self.config)
+    }
+
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         certs::util::lock(&self.entries)
     }

@@ -7,7 +7,8 @@
 //! - `caa`: the relevant CAA RRset (RFC 8659 section 3: the name's, else its parent's,
 //!   up to the top-level domain) permits one of the directory's `meta.caaIdentities`
 //!   (`issuewild` first for a wildcard; a critical tag not understood forbids; RFC 8657
-//!   `validationmethods` must allow a challenge this proxy answers). No caaIdentities in
+//!   `validationmethods` must allow a challenge this proxy answers, and `accounturi`
+//!   name this proxy's stored account; none stored yet: a warning). No caaIdentities in
 //!   the directory: a warning when a record restricts issuance, since nothing says
 //!   whether it names this CA;
 //! - `http-01`: a random one-off token published in the daemon's own HTTP-01 map is
@@ -132,10 +133,17 @@ impl Preflight {
             Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
             Err(e) => (Vec::new(), Some(format!("directory task: {e}"))),
         };
+        let account = manager.account_uri();
         let names: Vec<PreflightName> = probed
             .into_iter()
             .map(|(_, name, p)| {
-                let caa = caa_check(&p.caa, &name, &caa_identities, meta_error.as_deref());
+                let caa = caa_check(
+                    &p.caa,
+                    &name,
+                    &caa_identities,
+                    account.as_deref(),
+                    meta_error.as_deref(),
+                );
                 let mut checks = p.checks;
                 checks.insert(1.min(checks.len()), caa);
                 PreflightName { name, checks }
@@ -460,6 +468,7 @@ fn caa_check(
     set: &Result<Option<CaaSet>, String>,
     name: &str,
     identities: &[String],
+    account: Option<&str>,
     meta_error: Option<&str>,
 ) -> PreflightCheck {
     let set = match set {
@@ -473,10 +482,10 @@ fn caa_check(
         }
         Ok(Some(s)) => s,
     };
-    match caa_verdict(set, name.starts_with("*."), identities) {
+    match caa_verdict(set, name.starts_with("*."), identities, account) {
         CaaVerdict::Permitted(why) => check("caa", CheckResult::Ok, why),
         CaaVerdict::Forbidden(why) => check("caa", CheckResult::Fail, why),
-        CaaVerdict::CannotJudge(why) => {
+        CaaVerdict::CannotJudge(why) if identities.is_empty() => {
             let cause = match meta_error {
                 Some(e) => format!("the directory could not be read ({e})"),
                 None => "the directory names no caaIdentities".into(),
@@ -487,6 +496,7 @@ fn caa_check(
                 format!("{why}; cannot judge: {cause}"),
             )
         }
+        CaaVerdict::CannotJudge(why) => check("caa", CheckResult::Warn, why),
     }
 }
 
@@ -513,9 +523,15 @@ const KNOWN_TAGS: &[&str] = &[
 const OUR_METHODS: &[&str] = &["http-01", "tls-alpn-01"];
 
 /// Whether the relevant RRset `set` lets a CA known by `identities` issue for a name
-/// (`wildcard`: a `*.` name) with a challenge this proxy answers. Pure (RFC 8659
-/// section 4, RFC 8657 section 4).
-pub fn caa_verdict(set: &CaaSet, wildcard: bool, identities: &[String]) -> CaaVerdict {
+/// (`wildcard`: a `*.` name) with a challenge this proxy answers, to this proxy's
+/// account (`account`, its URL; `None`: none yet). Pure (RFC 8659 section 4, RFC 8657
+/// sections 3 and 4).
+pub fn caa_verdict(
+    set: &CaaSet,
+    wildcard: bool,
+    identities: &[String],
+    account: Option<&str>,
+) -> CaaVerdict {
     let show = |r: &CaaRecord| {
         format!(
             "{} CAA {} {} \"{}\"",
@@ -562,10 +578,31 @@ pub fn caa_verdict(set: &CaaSet, wildcard: bool, identities: &[String]) -> CaaVe
             .any(|i| i.trim_end_matches('.').eq_ignore_ascii_case(issuer))
     };
     let mut named_but_methods = Vec::new();
+    let mut other_account = Vec::new();
+    let mut account_unknown = Vec::new();
     for r in &relevant {
         let (issuer, params) = parse_issue_value(&r.value);
         if issuer.is_empty() || !ours(&issuer) {
             continue;
+        }
+        let param = |key: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.as_str())
+        };
+        // RFC 8657 section 3: only the account at this URL may have it issued.
+        match (param("accounturi"), account) {
+            (None, _) => {}
+            (Some(uri), Some(ours)) if uri == ours => {}
+            (Some(_), Some(_)) => {
+                other_account.push(show(r));
+                continue;
+            }
+            (Some(_), None) => {
+                account_unknown.push(show(r));
+                continue;
+            }
         }
         let methods = params
             .iter()
@@ -577,6 +614,19 @@ pub fn caa_verdict(set: &CaaSet, wildcard: bool, identities: &[String]) -> CaaVe
             }
             _ => return CaaVerdict::Permitted(format!("permitted by {}", show(r))),
         }
+    }
+    if !account_unknown.is_empty() {
+        return CaaVerdict::CannotJudge(format!(
+            "{}: restricted to an ACME account, and this proxy has none yet; cannot judge",
+            account_unknown.join(", ")
+        ));
+    }
+    if !other_account.is_empty() {
+        return CaaVerdict::Forbidden(format!(
+            "{}: accounturi names another account than this proxy's ({})",
+            other_account.join(", "),
+            account.unwrap_or_default()
+        ));
     }
     if !named_but_methods.is_empty() {
         return CaaVerdict::Forbidden(format!(
@@ -781,7 +831,8 @@ mod tests {
         assert!(permitted(&caa_verdict(
             &set(&[(0, "issue", "ca.test")]),
             false,
-            &ids()
+            &ids(),
+            None
         )));
         assert!(permitted(&caa_verdict(
             &set(&[
@@ -789,9 +840,10 @@ mod tests {
                 (0, "issue", " CA.test. ; account=1")
             ]),
             false,
-            &ids()
+            &ids(),
+            None
         )));
-        let v = caa_verdict(&set(&[(0, "issue", "other.test")]), false, &ids());
+        let v = caa_verdict(&set(&[(0, "issue", "other.test")]), false, &ids(), None);
         assert_eq!(
             v,
             CaaVerdict::Forbidden(
@@ -802,53 +854,56 @@ mod tests {
         assert!(!permitted(&caa_verdict(
             &set(&[(0, "issue", ";")]),
             false,
-            &ids()
+            &ids(),
+            None
         )));
         // Only iodef: no restriction.
         assert!(permitted(&caa_verdict(
             &set(&[(0, "iodef", "mailto:a@b.test")]),
             false,
-            &ids()
+            &ids(),
+            None
         )));
     }
 
     #[test]
     fn wildcards_use_issuewild_first() {
         let s = set(&[(0, "issue", "ca.test"), (0, "issuewild", "other.test")]);
-        assert!(permitted(&caa_verdict(&s, false, &ids())));
-        assert!(!permitted(&caa_verdict(&s, true, &ids())));
+        assert!(permitted(&caa_verdict(&s, false, &ids(), None)));
+        assert!(!permitted(&caa_verdict(&s, true, &ids(), None)));
         let s = set(&[(0, "issue", "ca.test")]);
-        assert!(permitted(&caa_verdict(&s, true, &ids())));
+        assert!(permitted(&caa_verdict(&s, true, &ids(), None)));
         // issuewild does not restrict names that are not wildcards.
         let s = set(&[(0, "issuewild", ";")]);
-        assert!(permitted(&caa_verdict(&s, false, &ids())));
+        assert!(permitted(&caa_verdict(&s, false, &ids(), None)));
     }
 
     #[test]
     fn critical_unknown_tags_and_validation_methods_forbid() {
         let s = set(&[(0, "issue", "ca.test"), (128, "future", "x")]);
-        assert!(!permitted(&caa_verdict(&s, false, &ids())));
+        assert!(!permitted(&caa_verdict(&s, false, &ids(), None)));
         let s = set(&[(0, "issue", "ca.test"), (0, "future", "x")]);
-        assert!(permitted(&caa_verdict(&s, false, &ids())));
+        assert!(permitted(&caa_verdict(&s, false, &ids(), None)));
         let s = set(&[(0, "issue", "ca.test; validationmethods=dns-01")]);
-        assert!(!permitted(&caa_verdict(&s, false, &ids())));
+        assert!(!permitted(&caa_verdict(&s, false, &ids(), None)));
         let s = set(&[(0, "issue", "ca.test; validationmethods=dns-01,http-01")]);
-        assert!(permitted(&caa_verdict(&s, false, &ids())));
+        assert!(permitted(&caa_verdict(&s, false, &ids(), None)));
     }
 
     #[test]
     fn without_caa_identities_a_restriction_cannot_be_judged() {
-        let v = caa_verdict(&set(&[(0, "issue", "ca.test")]), false, &[]);
+        let v = caa_verdict(&set(&[(0, "issue", "ca.test")]), false, &[], None);
         assert!(matches!(v, CaaVerdict::CannotJudge(_)), "{v:?}");
         let c = caa_check(
             &Ok(Some(set(&[(0, "issue", "ca.test")]))),
             "a.test",
             &[],
             None,
+            None,
         );
         assert_eq!(c.result, CheckResult::Warn);
         assert!(c.detail.contains("names no caaIdentities"), "{}", c.detail);
-        let c = caa_check(&Ok(None), "a.test", &[], None);
+        let c = caa_check(&Ok(None), "a.test", &[], None, None);
         assert_eq!(c.result, CheckResult::Ok);
     }
 
@@ -922,6 +977,34 @@ mod tests {
     #[test]
     fn accounturi_of_another_account_is_not_permitted() {
         let s = set(&[(0, "issue", "ca.test; accounturi=https://ca.test/acct/other")]);
-        assert!(!permitted(&caa_verdict(&s, false, &ids())));
+        assert!(!permitted(&caa_verdict(&s, false, &ids(), None)));
+        // No account yet: cannot judge (a warning), not a failure.
+        let v = caa_verdict(&s, false, &ids(), None);
+        assert!(matches!(v, CaaVerdict::CannotJudge(_)), "{v:?}");
+        let c = caa_check(&Ok(Some(s.clone())), "a.test", &ids(), None, None);
+        assert_eq!(c.result, CheckResult::Warn, "{}", c.detail);
+        assert!(c.detail.contains("has none yet"), "{}", c.detail);
+        // Another account: forbidden, naming ours.
+        let ours = "https://ca.test/acct/1";
+        let v = caa_verdict(&s, false, &ids(), Some(ours));
+        assert!(
+            matches!(&v, CaaVerdict::Forbidden(w) if w.contains(ours)),
+            "{v:?}"
+        );
+        // Ours: permitted; ours but with methods this proxy cannot answer: forbidden.
+        let s = set(&[(0, "issue", "ca.test; accounturi=https://ca.test/acct/1")]);
+        assert!(permitted(&caa_verdict(&s, false, &ids(), Some(ours))));
+        let s = set(&[(
+            0,
+            "issue",
+            "ca.test; accounturi=https://ca.test/acct/1; validationmethods=dns-01",
+        )]);
+        assert!(!permitted(&caa_verdict(&s, false, &ids(), Some(ours))));
+        // Another record naming the CA without accounturi still permits.
+        let s = set(&[
+            (0, "issue", "ca.test; accounturi=https://ca.test/acct/other"),
+            (0, "issue", "ca.test"),
+        ]);
+        assert!(permitted(&caa_verdict(&s, false, &ids(), Some(ours))));
     }
 }
