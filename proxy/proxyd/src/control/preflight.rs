@@ -74,32 +74,7 @@ impl Preflight {
             ));
         };
         let routed = shared.snapshot.load().table.names();
-        let names: Vec<String> = if names.is_empty() {
-            routed
-                .iter()
-                .filter(|n| !n.starts_with("*."))
-                .cloned()
-                .collect()
-        } else {
-            let wanted: Vec<String> = names
-                .iter()
-                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-                .collect();
-            let unknown: Vec<&String> = wanted
-                .iter()
-                .filter(|n| routed.binary_search(n).is_err())
-                .collect();
-            if !unknown.is_empty() {
-                let list: Vec<String> = unknown.iter().map(|n| format!("{n:?}")).collect();
-                return Err(refuse(
-                    404,
-                    format!("not routed (no route lists it): {}", list.join(", ")),
-                ));
-            }
-            let mut wanted = wanted;
-            wanted.dedup();
-            wanted
-        };
+        let names = select_names(&routed, names)?;
 
         let resolver = crate::control::dns::resolver(&self.dns_servers)
             .map(Arc::new)
@@ -323,6 +298,38 @@ impl Preflight {
             )
         }
     }
+}
+
+/// The names to check: `names` as asked (lower case, without a final dot, each once,
+/// in the order given), all routed; none asked: every routed name that is not a
+/// wildcard. `routed` is sorted. A name not routed is refused (404), naming it.
+fn select_names(routed: &[String], names: &[String]) -> Result<Vec<String>, Refusal> {
+    if names.is_empty() {
+        return Ok(routed
+            .iter()
+            .filter(|n| !n.starts_with("*."))
+            .cloned()
+            .collect());
+    }
+    let mut wanted: Vec<String> = Vec::with_capacity(names.len());
+    for n in names {
+        let n = n.trim_end_matches('.').to_ascii_lowercase();
+        if !wanted.contains(&n) {
+            wanted.push(n);
+        }
+    }
+    let unknown: Vec<String> = wanted
+        .iter()
+        .filter(|n| routed.binary_search(n).is_err())
+        .map(|n| format!("{n:?}"))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(refuse(
+            404,
+            format!("not routed (no route lists it): {}", unknown.join(", ")),
+        ));
+    }
+    Ok(wanted)
 }
 
 /// What [`Preflight::probe`] found: the finished checks and the relevant CAA RRset.
@@ -933,6 +940,27 @@ mod tests {
         .unwrap();
         assert_eq!(a.location.as_deref(), Some("https://x.test/"));
         assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n\r\n", true).is_err());
+    }
+
+    #[test]
+    fn names_are_selected_once_each_and_must_be_routed() {
+        let routed: Vec<String> = ["*.w.test", "a.test", "b.test"].map(String::from).to_vec();
+        let asked = |n: &[&str]| {
+            select_names(
+                &routed,
+                &n.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(asked(&[]).unwrap(), ["a.test", "b.test"]);
+        // Duplicates that are not neighbours, case, a final dot: each name once.
+        assert_eq!(
+            asked(&["B.test", "a.test", "b.test.", "A.TEST"]).unwrap(),
+            ["b.test", "a.test"]
+        );
+        assert_eq!(asked(&["*.w.test"]).unwrap(), ["*.w.test"]);
+        let (code, e) = asked(&["a.test", "x=1", "c.test\r\n"]).unwrap_err();
+        assert_eq!(code, 404);
+        assert!(e.error.contains("\"x=1\", \"c.test\\r\\n\""), "{}", e.error);
     }
 
     /// A hostile :80 answer: a chunk size near usize::MAX must be an error, not a panic
