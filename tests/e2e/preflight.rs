@@ -14,6 +14,7 @@
 
 use std::net::SocketAddr;
 use std::process::Output;
+use std::sync::{Arc, Mutex};
 
 use tests::pebble::{Pebble, PebbleOptions};
 use tests::{Backend, DnsServer, Proxy};
@@ -25,22 +26,33 @@ use crate::reload::proxyctl;
 
 const CA: &str = "ca.preflight.test";
 
-/// Another HTTP server on `addr`: every request gets 200 and a body of its own.
-async fn other_server(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+/// Requests another server received (the head of each, as read).
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// Another HTTP server on `addr`: every request gets 200 and a body of its own; the
+/// requests are kept in the returned list.
+async fn other_server(addr: SocketAddr) -> (tokio::task::JoinHandle<()>, Seen) {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-    tokio::spawn(async move {
+    let seen = Seen::default();
+    let kept = seen.clone();
+    let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let kept = kept.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                kept.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nnot a token")
                     .await;
             });
         }
-    })
+    });
+    (task, seen)
 }
 
 fn stdout(o: &Output) -> String {
@@ -98,7 +110,7 @@ async fn preflight_fails_for_each_cause_and_passes_a_good_name() {
     )
     .await;
     let port = b.http.port();
-    let other = other_server(SocketAddr::from(([127, 0, 0, 3], port))).await;
+    let (other, seen) = other_server(SocketAddr::from(([127, 0, 0, 3], port))).await;
     let dns = DnsServer::start().await;
     dns.set("www.good.test", &[[127, 0, 0, 1].into()]);
     dns.set_caa(
@@ -109,10 +121,21 @@ async fn preflight_fails_for_each_cause_and_passes_a_good_name() {
     dns.set("caa.test", &[[127, 0, 0, 1].into()]);
     dns.set_caa("caa.test", &[(0, "issue", "other-ca.example; account=1")]);
     dns.set("port80.test", &[[127, 0, 0, 3].into()]);
+    // Hostile DNS: 25 addresses (the proxy's and 24 where nothing listens).
+    let many: Vec<std::net::Ipv4Addr> = std::iter::once([127, 0, 0, 1].into())
+        .chain((1..=24).map(|i| [127, 0, 2, i].into()))
+        .collect();
+    dns.set("many.test", &many);
 
     let backend = Backend::start("a").await;
     let routes = one_route(
-        &["www.good.test", "elsewhere.test", "caa.test", "port80.test"],
+        &[
+            "www.good.test",
+            "elsewhere.test",
+            "caa.test",
+            "port80.test",
+            "many.test",
+        ],
         &backend,
         "",
     );
@@ -180,14 +203,54 @@ async fn preflight_fails_for_each_cause_and_passes_a_good_name() {
     assert_eq!(result(&v, "port80.test", "dns").0, "ok", "{v:#}");
     assert_eq!(result(&v, "port80.test", "caa").0, "ok", "{v:#}");
 
+    // The stranger got exactly what a CA would send: the challenge path, the name as
+    // Host; and the one-off token is withdrawn: the proxy no longer answers it.
+    let asked = seen.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let head = &asked[0];
+    let token = head
+        .strip_prefix("GET /.well-known/acme-challenge/")
+        .and_then(|r| r.split_once(" HTTP/1.1\r\n"))
+        .map(|(t, _)| t.to_owned())
+        .unwrap_or_else(|| panic!("not a challenge request: {head:?}"));
+    assert!(
+        token.len() >= 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{token:?}"
+    );
+    assert!(
+        head.contains(&format!("\r\nHost: port80.test:{port}\r\n")),
+        "{head:?}"
+    );
+    let path = format!("/.well-known/acme-challenge/{token}");
+    let r = tests::http_get(b.http, "port80.test", &path).await.unwrap();
+    assert_eq!(
+        r.status, 404,
+        "token {token} still served after the preflight"
+    );
+
+    // A name with many addresses: a bounded number fetched (the rest reported as not
+    // checked), not one connection per address the DNS server chose to send.
+    let (code, v) = preflight_json(&proxy, &["many.test"]).await;
+    assert_eq!(code, Some(1), "{v:#}");
+    let (r, detail) = result(&v, "many.test", "http-01");
+    assert_eq!(r, "fail", "{v:#}");
+    assert!(detail.contains("9 more addresses not checked"), "{detail}");
+    assert_eq!(detail.matches("127.0.2.").count(), 15, "{detail}");
+
     // No name: every ACME name; text output, exit 1, the failing names counted.
     let o = proxyctl(&proxy, &["certs", "preflight"]).await;
     let text = stdout(&o);
     assert_eq!(o.status.code(), Some(1), "{text}{}", stderr(&o));
-    for name in ["www.good.test", "elsewhere.test", "caa.test", "port80.test"] {
+    for name in [
+        "www.good.test",
+        "elsewhere.test",
+        "caa.test",
+        "port80.test",
+        "many.test",
+    ] {
         assert!(text.lines().any(|l| l.starts_with(name)), "{name}:\n{text}");
     }
-    assert!(text.contains("4 names, 3 would fail"), "{text}");
+    assert!(text.contains("5 names, 4 would fail"), "{text}");
 
     // A name no route lists: an error naming it.
     let o = proxyctl(
