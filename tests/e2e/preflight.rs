@@ -309,3 +309,138 @@ async fn without_acme_preflight_is_refused() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("ACME is off"), "{}", stderr(&o));
 }
+
+/// A server on `addr` that answers every connection with `answer` (`None`: reads the
+/// request and never answers); counts the connections it accepted.
+async fn stranger(
+    addr: SocketAddr,
+    answer: Option<Vec<u8>>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                match answer {
+                    Some(a) => {
+                        let _ = s.write_all(&a).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            });
+        }
+    });
+    (task, accepted)
+}
+
+/// Hostile answers, from DNS and from port 80: nothing of them reaches the terminal raw,
+/// a CAA tag in capitals counts, a redirect is reported and not followed, a slow or huge
+/// answer fails in bounded time and size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
+    if Pebble::current("preflight::hostile_answers_fail_cleanly_and_reach_no_terminal").is_none() {
+        return;
+    }
+    let b = bench(
+        Validate::Both,
+        PebbleOptions {
+            caa_identities: vec![CA],
+            ..Default::default()
+        },
+    )
+    .await;
+    let port = b.http.port();
+    // Where a followed redirect would land: must never be connected to.
+    let (target, followed) = stranger(SocketAddr::from(([127, 0, 0, 8], port)), None).await;
+    let redirect = format!(
+        "HTTP/1.1 301 Moved\r\nLocation: http://127.0.0.8:{port}/\x1b[2J\r\nContent-Length: 0\r\n\r\n"
+    );
+    let (redirector, _) = stranger(
+        SocketAddr::from(([127, 0, 0, 4], port)),
+        Some(redirect.into_bytes()),
+    )
+    .await;
+    let (slow, _) = stranger(SocketAddr::from(([127, 0, 0, 5], port)), None).await;
+    let mut huge = b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n".to_vec();
+    huge.resize(1 << 20, b'x');
+    let (flood, _) = stranger(SocketAddr::from(([127, 0, 0, 6], port)), Some(huge)).await;
+
+    let dns = DnsServer::start().await;
+    let hostile_value = format!(
+        "other.test; x=\"\x1b]0;owned\x07\x1b[31m\r\n\u{202e}{}",
+        "v".repeat(1000)
+    );
+    dns.set("caa-hostile.test", &[[127, 0, 0, 1].into()]);
+    dns.set_caa("caa-hostile.test", &[(0, "issue", &hostile_value)]);
+    dns.set("caa-upper.test", &[[127, 0, 0, 1].into()]);
+    dns.set_caa("caa-upper.test", &[(0, "ISSUE", "other.test")]);
+    dns.set("redirect.test", &[[127, 0, 0, 4].into()]);
+    dns.set("slow.test", &[[127, 0, 0, 5].into()]);
+    dns.set("huge.test", &[[127, 0, 0, 6].into()]);
+    let names = [
+        "caa-hostile.test",
+        "caa-upper.test",
+        "redirect.test",
+        "slow.test",
+        "huge.test",
+    ];
+    let backend = Backend::start("a").await;
+    let proxy = b
+        .proxy(&one_route(&names, &backend, ""), "http-01")
+        .arg("--dns-server")
+        .arg(dns.addr().to_string())
+        .arg("--acme-http-port")
+        .arg(port.to_string())
+        .arg("--public-addr")
+        .arg("127.0.0.1")
+        .start()
+        .await;
+
+    let o = proxyctl(&proxy, &["certs", "preflight"]).await;
+    let text = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}{}", stderr(&o));
+    assert!(text.contains("5 names, 5 would fail"), "{text}");
+    for bad in ['\x1b', '\x07', '\r', '\u{202e}'] {
+        assert!(!text.contains(bad), "{bad:?} reached the terminal:\n{text}");
+    }
+    let (_, v) = preflight_json(&proxy, &names).await;
+    let (r, detail) = result(&v, "caa-hostile.test", "caa");
+    assert_eq!(r, "fail", "{v:#}");
+    assert!(detail.contains("other.test"), "{detail}");
+    assert!(
+        !detail.contains('\x1b') && !detail.contains('\r'),
+        "{detail:?}"
+    );
+    assert_eq!(result(&v, "caa-upper.test", "caa").0, "fail", "{v:#}");
+    let (r, detail) = result(&v, "redirect.test", "http-01");
+    assert_eq!(r, "fail", "{v:#}");
+    assert!(
+        detail.contains("HTTP 301") && detail.contains("not followed"),
+        "{detail}"
+    );
+    assert!(!detail.contains('\x1b'), "{detail:?}");
+    let (r, detail) = result(&v, "slow.test", "http-01");
+    assert_eq!(r, "fail", "{v:#}");
+    assert!(detail.contains("no answer within"), "{detail}");
+    let (r, detail) = result(&v, "huge.test", "http-01");
+    assert_eq!(r, "fail", "{v:#}");
+    assert!(detail.contains("answer longer than"), "{detail}");
+    assert_eq!(
+        followed.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a redirect was followed"
+    );
+    for t in [target, redirector, slow, flood] {
+        t.abort();
+    }
+}
