@@ -42,7 +42,8 @@ pub enum Request {
     /// `POST /v1/certs/preflight?name=A&name=B`: why an ACME order for these names
     /// (none: every name ACME orders for) would fail -> [`Preflight`] (200, whatever the
     /// checks found), else an [`ErrorReply`] (409 ACME off, 404 a name not routed, 400
-    /// a bad query: an entry that is no host name, e.g. an empty `name=` or another key). A POST: it publishes a one-off HTTP-01 token while it runs.
+    /// a bad query: an entry that is no host name, e.g. an empty `name=` or another
+    /// key). A POST: it publishes a one-off HTTP-01 token while it runs.
     Preflight { names: Vec<String> },
     /// `GET /v1/health/live` -> [`Live`].
     Live,
