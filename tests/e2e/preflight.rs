@@ -384,6 +384,9 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
     dns.set_caa("caa-hostile.test", &[(0, "issue", &hostile_value)]);
     dns.set("caa-upper.test", &[[127, 0, 0, 1].into()]);
     dns.set_caa("caa-upper.test", &[(0, "ISSUE", "other.test")]);
+    dns.set("acct.test", &[[127, 0, 0, 1].into()]);
+    let other_account = format!("{CA}; accounturi=https://localhost/my-account/nobody");
+    dns.set_caa("acct.test", &[(0, "issue", &other_account)]);
     dns.set("redirect.test", &[[127, 0, 0, 4].into()]);
     dns.set("slow.test", &[[127, 0, 0, 5].into()]);
     dns.set("huge.test", &[[127, 0, 0, 6].into()]);
@@ -395,8 +398,10 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
         "huge.test",
     ];
     let backend = Backend::start("a").await;
+    let mut routed = names.to_vec();
+    routed.push("acct.test");
     let proxy = b
-        .proxy(&one_route(&names, &backend, ""), "http-01")
+        .proxy(&one_route(&routed, &backend, ""), "http-01")
         .arg("--dns-server")
         .arg(dns.addr().to_string())
         .arg("--acme-http-port")
@@ -409,7 +414,11 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
     let o = proxyctl(&proxy, &["certs", "preflight"]).await;
     let text = stdout(&o);
     assert_eq!(o.status.code(), Some(1), "{text}{}", stderr(&o));
-    assert!(text.contains("5 names, 5 would fail"), "{text}");
+    // acct.test: a failure once the proxy has its account, a warning before.
+    assert!(
+        text.contains("6 names, 5 would fail") || text.contains("6 names, 6 would fail"),
+        "{text}"
+    );
     for bad in ['\x1b', '\x07', '\r', '\u{202e}'] {
         assert!(!text.contains(bad), "{bad:?} reached the terminal:\n{text}");
     }
@@ -422,6 +431,14 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
         "{detail:?}"
     );
     assert_eq!(result(&v, "caa-upper.test", "caa").0, "fail", "{v:#}");
+    // RFC 8657 accounturi naming another account than this proxy's: never ok.
+    let (_, v2) = preflight_json(&proxy, &["acct.test"]).await;
+    let (r, detail) = result(&v2, "acct.test", "caa");
+    match r {
+        "fail" => assert!(detail.contains("another account"), "{detail}"),
+        "warn" => assert!(detail.contains("has none yet"), "{detail}"),
+        _ => panic!("accounturi of another account passed: {v2:#}"),
+    }
     let (r, detail) = result(&v, "redirect.test", "http-01");
     assert_eq!(r, "fail", "{v:#}");
     assert!(
