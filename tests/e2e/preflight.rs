@@ -387,6 +387,13 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
     dns.set("acct.test", &[[127, 0, 0, 1].into()]);
     let other_account = format!("{CA}; accounturi=https://localhost/my-account/nobody");
     dns.set_caa("acct.test", &[(0, "issue", &other_account)]);
+    // A CNAME loop (never resolves: fails, in bounded time) and a chain that ends at
+    // the proxy (passes through).
+    dns.set_cname("loop.test", "loop2.test");
+    dns.set_cname("loop2.test", "loop.test");
+    dns.set_cname("alias.test", "alias2.test");
+    dns.set_cname("alias2.test", "www.alias.test");
+    dns.set("www.alias.test", &[[127, 0, 0, 1].into()]);
     dns.set("redirect.test", &[[127, 0, 0, 4].into()]);
     dns.set("slow.test", &[[127, 0, 0, 5].into()]);
     dns.set("huge.test", &[[127, 0, 0, 6].into()]);
@@ -399,7 +406,7 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
     ];
     let backend = Backend::start("a").await;
     let mut routed = names.to_vec();
-    routed.push("acct.test");
+    routed.extend(["acct.test", "loop.test", "alias.test"]);
     let proxy = b
         .proxy(&one_route(&routed, &backend, ""), "http-01")
         .arg("--dns-server")
@@ -416,7 +423,7 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
     assert_eq!(o.status.code(), Some(1), "{text}{}", stderr(&o));
     // acct.test: a failure once the proxy has its account, a warning before.
     assert!(
-        text.contains("6 names, 5 would fail") || text.contains("6 names, 6 would fail"),
+        text.contains("8 names, 6 would fail") || text.contains("8 names, 7 would fail"),
         "{text}"
     );
     for bad in ['\x1b', '\x07', '\r', '\u{202e}'] {
@@ -432,7 +439,12 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
     );
     assert_eq!(result(&v, "caa-upper.test", "caa").0, "fail", "{v:#}");
     // RFC 8657 accounturi naming another account than this proxy's: never ok.
-    let (_, v2) = preflight_json(&proxy, &["acct.test"]).await;
+    let (_, v2) = preflight_json(&proxy, &["acct.test", "loop.test", "alias.test"]).await;
+    let (r, detail) = result(&v2, "loop.test", "dns");
+    assert_eq!(r, "fail", "{detail}");
+    let (r, detail) = result(&v2, "alias.test", "dns");
+    assert_eq!(r, "ok", "{detail}");
+    assert_eq!(result(&v2, "alias.test", "http-01").0, "ok", "{v2:#}");
     let (r, detail) = result(&v2, "acct.test", "caa");
     match r {
         "fail" => assert!(detail.contains("another account"), "{detail}"),

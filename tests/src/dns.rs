@@ -1,5 +1,5 @@
 //! A small authoritative DNS server on loopback, for the tests of upstream names and of
-//! the ACME preflight: UDP on `127.0.0.1:0`, A and CAA records from tables the test
+//! the ACME preflight: UDP on `127.0.0.1:0`, A, CAA and CNAME records from tables the test
 //! changes while it runs, a TTL the test chooses, NXDOMAIN for unknown names, and an
 //! empty answer (NOERROR) for other record types of a known name. Enough for a stub resolver; nothing more (no compression in
 //! questions, no EDNS in answers, no TCP).
@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 const TYPE_A: u16 = 1;
 const TYPE_CAA: u16 = 257;
+const TYPE_CNAME: u16 = 5;
 const CLASS_IN: u16 = 1;
 const RCODE_NXDOMAIN: u16 = 3;
 const RCODE_FORMERR: u16 = 1;
@@ -26,6 +27,8 @@ struct Zone {
     records: Mutex<HashMap<String, Vec<Ipv4Addr>>>,
     /// CAA records (flags, tag, value) by name.
     caa: Mutex<HashMap<String, Vec<Caa>>>,
+    /// CNAME target by name (answered alone, for every type: the resolver follows it).
+    cname: Mutex<HashMap<String, String>>,
     ttl: AtomicU32,
     queries: AtomicU64,
 }
@@ -81,6 +84,16 @@ impl DnsServer {
             .lock()
             .unwrap()
             .insert(normalize(name), records);
+    }
+
+    /// Answer every query for `name` with a CNAME to `target` (and nothing else: the
+    /// resolver asks for the target itself), from now on.
+    pub fn set_cname(&self, name: &str, target: &str) {
+        self.zone
+            .cname
+            .lock()
+            .unwrap()
+            .insert(normalize(name), normalize(target));
     }
 
     /// Answer NXDOMAIN for `name` from now on (its A and CAA records gone).
@@ -164,9 +177,19 @@ fn answer(q: &[u8], zone: &Zone) -> Option<Vec<u8>> {
 
     let records = zone.records.lock().unwrap().get(&name).cloned();
     let caa = zone.caa.lock().unwrap().get(&name).cloned();
-    let known = records.is_some() || caa.is_some();
+    let cname = zone.cname.lock().unwrap().get(&name).cloned();
+    let known = records.is_some() || caa.is_some() || cname.is_some();
     // Each answer record's type and data.
     let rdata: Vec<(u16, Vec<u8>)> = match qtype {
+        _ if cname.is_some() => {
+            let mut d = Vec::new();
+            for label in cname.unwrap_or_default().split('.') {
+                d.push(label.len() as u8);
+                d.extend_from_slice(label.as_bytes());
+            }
+            d.push(0);
+            vec![(TYPE_CNAME, d)]
+        }
         TYPE_A => records
             .unwrap_or_default()
             .iter()
