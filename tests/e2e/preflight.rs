@@ -394,6 +394,9 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
     dns.set_cname("alias.test", "alias2.test");
     dns.set_cname("alias2.test", "www.alias.test");
     dns.set("www.alias.test", &[[127, 0, 0, 1].into()]);
+    // A right, AAAA failing (SERVFAIL): the CA cannot look it up either.
+    dns.set("v6fail.test", &[[127, 0, 0, 1].into()]);
+    dns.servfail_aaaa("v6fail.test");
     dns.set("redirect.test", &[[127, 0, 0, 4].into()]);
     dns.set("slow.test", &[[127, 0, 0, 5].into()]);
     dns.set("huge.test", &[[127, 0, 0, 6].into()]);
@@ -406,7 +409,7 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
     ];
     let backend = Backend::start("a").await;
     let mut routed = names.to_vec();
-    routed.extend(["acct.test", "loop.test", "alias.test"]);
+    routed.extend(["acct.test", "loop.test", "alias.test", "v6fail.test"]);
     let proxy = b
         .proxy(&one_route(&routed, &backend, ""), "http-01")
         .arg("--dns-server")
@@ -423,7 +426,7 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
     assert_eq!(o.status.code(), Some(1), "{text}{}", stderr(&o));
     // acct.test: a failure once the proxy has its account, a warning before.
     assert!(
-        text.contains("8 names, 6 would fail") || text.contains("8 names, 7 would fail"),
+        text.contains("9 names, 7 would fail") || text.contains("9 names, 8 would fail"),
         "{text}"
     );
     for bad in ['\x1b', '\x07', '\r', '\u{202e}'] {
@@ -442,6 +445,10 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
     let (_, v2) = preflight_json(&proxy, &["acct.test", "loop.test", "alias.test"]).await;
     let (r, detail) = result(&v2, "loop.test", "dns");
     assert_eq!(r, "fail", "{detail}");
+    let (_, v3) = preflight_json(&proxy, &["v6fail.test"]).await;
+    let (r, detail) = result(&v3, "v6fail.test", "dns");
+    assert_eq!(r, "fail", "an AAAA lookup failure was hidden: {v3:#}");
+    assert!(detail.contains("AAAA"), "{detail}");
     let (r, detail) = result(&v2, "alias.test", "dns");
     assert_eq!(r, "ok", "{detail}");
     assert_eq!(result(&v2, "alias.test", "http-01").0, "ok", "{v2:#}");

@@ -18,6 +18,8 @@ const TYPE_CNAME: u16 = 5;
 const CLASS_IN: u16 = 1;
 const RCODE_NXDOMAIN: u16 = 3;
 const RCODE_FORMERR: u16 = 1;
+const RCODE_SERVFAIL: u16 = 2;
+const TYPE_AAAA: u16 = 28;
 
 /// One CAA record: flags, tag, value.
 type Caa = (u8, String, String);
@@ -29,6 +31,8 @@ struct Zone {
     caa: Mutex<HashMap<String, Vec<Caa>>>,
     /// CNAME target by name (answered alone, for every type: the resolver follows it).
     cname: Mutex<HashMap<String, String>>,
+    /// Names whose AAAA queries get SERVFAIL (a broken or hostile server).
+    servfail_aaaa: Mutex<std::collections::HashSet<String>>,
     ttl: AtomicU32,
     queries: AtomicU64,
 }
@@ -94,6 +98,15 @@ impl DnsServer {
             .lock()
             .unwrap()
             .insert(normalize(name), normalize(target));
+    }
+
+    /// Answer SERVFAIL to AAAA queries for `name` from now on (A and the rest as set).
+    pub fn servfail_aaaa(&self, name: &str) {
+        self.zone
+            .servfail_aaaa
+            .lock()
+            .unwrap()
+            .insert(normalize(name));
     }
 
     /// Answer NXDOMAIN for `name` from now on (its A and CAA records gone).
@@ -207,8 +220,10 @@ fn answer(q: &[u8], zone: &Zone) -> Option<Vec<u8>> {
             .collect(),
         _ => vec![],
     };
+    let servfail = qtype == TYPE_AAAA && zone.servfail_aaaa.lock().unwrap().contains(&name);
     let (rcode, answers) = match known {
         _ if qdcount != 1 => (RCODE_FORMERR, vec![]),
+        _ if servfail => (RCODE_SERVFAIL, vec![]),
         false => (RCODE_NXDOMAIN, vec![]),
         true if qclass == CLASS_IN => (0, rdata),
         true => (0, vec![]),
