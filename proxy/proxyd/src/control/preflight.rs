@@ -426,18 +426,46 @@ impl Drop for Token {
     }
 }
 
-/// A/AAAA of `name` (absolute: no search domains), sorted.
+/// A and AAAA of `name` (absolute: no search domains), sorted. Asked one type at a
+/// time: `lookup_ip` keeps the half that answered when the other fails, and a CA that
+/// gets SERVFAIL for either type does not validate.
 async fn lookup_addrs(resolver: &TokioResolver, name: &str) -> Result<Vec<IpAddr>, String> {
-    match tokio::time::timeout(DNS_TIMEOUT, resolver.lookup_ip(format!("{name}."))).await {
-        Ok(Ok(found)) => {
-            let mut ips: Vec<IpAddr> = found.iter().collect();
-            ips.sort();
-            ips.dedup();
-            Ok(ips)
+    let (a, aaaa) = tokio::join!(
+        lookup_type(resolver, name, RecordType::A),
+        lookup_type(resolver, name, RecordType::AAAA)
+    );
+    let mut ips = match (a, aaaa) {
+        (Ok(mut a), Ok(aaaa)) => {
+            a.extend(aaaa);
+            a
         }
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
+        (Err(a), Err(aaaa)) => return Err(format!("{a}; {aaaa}")),
+    };
+    ips.sort();
+    ips.dedup();
+    Ok(ips)
+}
+
+/// The addresses of one type (A or AAAA) of `name`; none: empty.
+async fn lookup_type(
+    resolver: &TokioResolver,
+    name: &str,
+    rtype: RecordType,
+) -> Result<Vec<IpAddr>, String> {
+    match tokio::time::timeout(DNS_TIMEOUT, resolver.lookup(format!("{name}."), rtype)).await {
+        Ok(Ok(found)) => Ok(found
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect()),
         Ok(Err(e)) if e.is_no_records_found() => Ok(Vec::new()),
-        Ok(Err(e)) => Err(format!("A/AAAA lookup failed: {e}")),
-        Err(_) => Err(format!("no A/AAAA answer within {DNS_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(format!("{rtype} lookup failed: {e}")),
+        Err(_) => Err(format!("no {rtype} answer within {DNS_TIMEOUT:?}")),
     }
 }
 
