@@ -344,9 +344,10 @@ fn select_names(routed: &[String], names: &[String]) -> Result<Vec<String>, Refu
         ));
     }
     let mut wanted: Vec<String> = Vec::with_capacity(names.len());
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
     for n in names {
         let n = n.trim_end_matches('.').to_ascii_lowercase();
-        if !wanted.contains(&n) {
+        if seen.insert(n.clone()) {
             wanted.push(n);
         }
     }
