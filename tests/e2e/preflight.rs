@@ -409,7 +409,13 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
     ];
     let backend = Backend::start("a").await;
     let mut routed = names.to_vec();
-    routed.extend(["acct.test", "loop.test", "alias.test", "v6fail.test"]);
+    routed.extend([
+        "acct.test",
+        "loop.test",
+        "alias.test",
+        "v6fail.test",
+        "*.wild.test",
+    ]);
     let proxy = b
         .proxy(&one_route(&routed, &backend, ""), "http-01")
         .arg("--dns-server")
@@ -445,6 +451,12 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
     let (_, v2) = preflight_json(&proxy, &["acct.test", "loop.test", "alias.test"]).await;
     let (r, detail) = result(&v2, "loop.test", "dns");
     assert_eq!(r, "fail", "{detail}");
+    // A wildcard, asked for by name (the default leaves it out): no challenge this
+    // proxy answers can prove it; its CAA is its base name's.
+    let (code, v4) = preflight_json(&proxy, &["*.wild.test"]).await;
+    assert_eq!(code, Some(1), "{v4:#}");
+    assert_eq!(result(&v4, "*.wild.test", "challenge").0, "fail", "{v4:#}");
+    assert!(result(&v4, "*.wild.test", "caa").0 != "fail", "{v4:#}");
     let (_, v3) = preflight_json(&proxy, &["v6fail.test"]).await;
     let (r, detail) = result(&v3, "v6fail.test", "dns");
     assert_eq!(r, "fail", "an AAAA lookup failure was hidden: {v3:#}");
