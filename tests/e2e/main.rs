@@ -17,6 +17,7 @@ mod health;
 mod http_listener;
 mod metrics;
 mod policy;
+mod preflight;
 mod reload;
 mod routing;
 mod soak;

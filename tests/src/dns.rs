@@ -1,7 +1,7 @@
-//! A small authoritative DNS server on loopback, for the tests of upstream names: UDP on
-//! `127.0.0.1:0`, A records from a table the test changes while it runs, a TTL the test
-//! chooses, NXDOMAIN for unknown names, and an empty answer (NOERROR) for other record
-//! types of a known name. Enough for a stub resolver; nothing more (no compression in
+//! A small authoritative DNS server on loopback, for the tests of upstream names and of
+//! the ACME preflight: UDP on `127.0.0.1:0`, A, CAA and CNAME records from tables the test
+//! changes while it runs, a TTL the test chooses, NXDOMAIN for unknown names, and an
+//! empty answer (NOERROR) for other record types of a known name. Enough for a stub resolver; nothing more (no compression in
 //! questions, no EDNS in answers, no TCP).
 
 use std::collections::HashMap;
@@ -13,13 +13,26 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 const TYPE_A: u16 = 1;
+const TYPE_CAA: u16 = 257;
+const TYPE_CNAME: u16 = 5;
 const CLASS_IN: u16 = 1;
 const RCODE_NXDOMAIN: u16 = 3;
 const RCODE_FORMERR: u16 = 1;
+const RCODE_SERVFAIL: u16 = 2;
+const TYPE_AAAA: u16 = 28;
+
+/// One CAA record: flags, tag, value.
+type Caa = (u8, String, String);
 
 #[derive(Default)]
 struct Zone {
     records: Mutex<HashMap<String, Vec<Ipv4Addr>>>,
+    /// CAA records (flags, tag, value) by name.
+    caa: Mutex<HashMap<String, Vec<Caa>>>,
+    /// CNAME target by name (answered alone, for every type: the resolver follows it).
+    cname: Mutex<HashMap<String, String>>,
+    /// Names whose AAAA queries get SERVFAIL (a broken or hostile server).
+    servfail_aaaa: Mutex<std::collections::HashSet<String>>,
     ttl: AtomicU32,
     queries: AtomicU64,
 }
@@ -63,9 +76,43 @@ impl DnsServer {
             .insert(normalize(name), addrs.to_vec());
     }
 
-    /// Answer NXDOMAIN for `name` from now on.
+    /// Answer CAA queries for `name` with these records (flags, tag, value) from now
+    /// on (RFC 8659 section 4.1's wire form).
+    pub fn set_caa(&self, name: &str, records: &[(u8, &str, &str)]) {
+        let records = records
+            .iter()
+            .map(|(f, t, v)| (*f, (*t).to_owned(), (*v).to_owned()))
+            .collect();
+        self.zone
+            .caa
+            .lock()
+            .unwrap()
+            .insert(normalize(name), records);
+    }
+
+    /// Answer every query for `name` with a CNAME to `target` (and nothing else: the
+    /// resolver asks for the target itself), from now on.
+    pub fn set_cname(&self, name: &str, target: &str) {
+        self.zone
+            .cname
+            .lock()
+            .unwrap()
+            .insert(normalize(name), normalize(target));
+    }
+
+    /// Answer SERVFAIL to AAAA queries for `name` from now on (A and the rest as set).
+    pub fn servfail_aaaa(&self, name: &str) {
+        self.zone
+            .servfail_aaaa
+            .lock()
+            .unwrap()
+            .insert(normalize(name));
+    }
+
+    /// Answer NXDOMAIN for `name` from now on (its A and CAA records gone).
     pub fn remove(&self, name: &str) {
         self.zone.records.lock().unwrap().remove(&normalize(name));
+        self.zone.caa.lock().unwrap().remove(&normalize(name));
     }
 
     pub fn set_ttl(&self, seconds: u32) {
@@ -142,11 +189,44 @@ fn answer(q: &[u8], zone: &Zone) -> Option<Vec<u8>> {
     let name = labels.join(".");
 
     let records = zone.records.lock().unwrap().get(&name).cloned();
-    let (rcode, addrs) = match records {
+    let caa = zone.caa.lock().unwrap().get(&name).cloned();
+    let cname = zone.cname.lock().unwrap().get(&name).cloned();
+    let known = records.is_some() || caa.is_some() || cname.is_some();
+    // Each answer record's type and data.
+    let rdata: Vec<(u16, Vec<u8>)> = match qtype {
+        _ if cname.is_some() => {
+            let mut d = Vec::new();
+            for label in cname.unwrap_or_default().split('.') {
+                d.push(label.len() as u8);
+                d.extend_from_slice(label.as_bytes());
+            }
+            d.push(0);
+            vec![(TYPE_CNAME, d)]
+        }
+        TYPE_A => records
+            .unwrap_or_default()
+            .iter()
+            .map(|a| (TYPE_A, a.octets().to_vec()))
+            .collect(),
+        TYPE_CAA => caa
+            .unwrap_or_default()
+            .iter()
+            .map(|(flags, tag, value)| {
+                let mut d = vec![*flags, tag.len() as u8];
+                d.extend_from_slice(tag.as_bytes());
+                d.extend_from_slice(value.as_bytes());
+                (TYPE_CAA, d)
+            })
+            .collect(),
+        _ => vec![],
+    };
+    let servfail = qtype == TYPE_AAAA && zone.servfail_aaaa.lock().unwrap().contains(&name);
+    let (rcode, answers) = match known {
         _ if qdcount != 1 => (RCODE_FORMERR, vec![]),
-        None => (RCODE_NXDOMAIN, vec![]),
-        Some(a) if qtype == TYPE_A && qclass == CLASS_IN => (0, a),
-        Some(_) => (0, vec![]),
+        _ if servfail => (RCODE_SERVFAIL, vec![]),
+        false => (RCODE_NXDOMAIN, vec![]),
+        true if qclass == CLASS_IN => (0, rdata),
+        true => (0, vec![]),
     };
     let ttl = zone.ttl.load(Ordering::SeqCst);
 
@@ -156,17 +236,17 @@ fn answer(q: &[u8], zone: &Zone) -> Option<Vec<u8>> {
     let out_flags = 0x8000 | (flags & 0x7800) | 0x0400 | (flags & 0x0100) | 0x0080 | rcode;
     r.extend_from_slice(&out_flags.to_be_bytes());
     r.extend_from_slice(&1u16.to_be_bytes()); // qdcount
-    r.extend_from_slice(&(addrs.len() as u16).to_be_bytes()); // ancount
+    r.extend_from_slice(&(answers.len() as u16).to_be_bytes()); // ancount
     r.extend_from_slice(&0u16.to_be_bytes()); // nscount
     r.extend_from_slice(&0u16.to_be_bytes()); // arcount
     r.extend_from_slice(question);
-    for a in addrs {
+    for (rtype, data) in answers {
         r.extend_from_slice(&0xC00Cu16.to_be_bytes()); // the name in the question
-        r.extend_from_slice(&TYPE_A.to_be_bytes());
+        r.extend_from_slice(&rtype.to_be_bytes());
         r.extend_from_slice(&CLASS_IN.to_be_bytes());
         r.extend_from_slice(&ttl.to_be_bytes());
-        r.extend_from_slice(&4u16.to_be_bytes());
-        r.extend_from_slice(&a.octets());
+        r.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        r.extend_from_slice(&data);
     }
     Some(r)
 }

@@ -36,6 +36,9 @@ pub struct PebbleOptions {
     /// Profiles (name, validity in seconds). Not empty: the current pebble
     /// ([`Pebble::current`]: ARI, profiles), which the test must have checked for.
     pub profiles: Vec<(&'static str, u64)>,
+    /// The directory's `meta.caaIdentities`. Not empty: the current pebble (Debian's
+    /// sends none), which the test must have checked for.
+    pub caa_identities: Vec<&'static str>,
 }
 
 pub struct Pebble {
@@ -89,14 +92,14 @@ impl Pebble {
     /// Starts the mock DNS and pebble, validating on these ports of 127.0.0.1, and waits
     /// until the directory answers.
     pub async fn start(http_port: u16, tls_port: u16, opts: PebbleOptions) -> Pebble {
-        let binary = if opts.profiles.is_empty() {
+        let binary = if opts.profiles.is_empty() && opts.caa_identities.is_empty() {
             assert!(
                 Pebble::available(),
                 "pebble is not installed: apt-get install -y pebble (bash .ci/test does it)"
             );
             PathBuf::from("/usr/bin/pebble")
         } else {
-            Pebble::current("pebble with profiles")
+            Pebble::current("pebble with profiles or caaIdentities")
                 .expect("the test checks Pebble::current() first")
         };
         let tmp = tempfile::Builder::new()
@@ -148,6 +151,9 @@ impl Pebble {
         });
         if opts.eab {
             config["pebble"]["externalAccountMACKeys"] = serde_json::json!({ EAB_KID: EAB_HMAC });
+        }
+        if !opts.caa_identities.is_empty() {
+            config["pebble"]["caaIdentities"] = serde_json::json!(opts.caa_identities);
         }
         if !opts.profiles.is_empty() {
             let profiles: serde_json::Map<String, serde_json::Value> = opts

@@ -181,6 +181,16 @@ pub(crate) async fn load_or_create(
     }
 }
 
+/// The URL of the stored account for `config`'s directory (RFC 8657 `accounturi`),
+/// read from its file without asking the CA; `None` when there is none yet or it
+/// cannot be read.
+pub(crate) fn stored_uri(store: &certs::Store, config: &Config) -> Option<String> {
+    let path = account_path(&store.acme_dir(), &config.directory);
+    let bytes = std::fs::read(path).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v["credentials"]["id"].as_str().map(str::to_owned)
+}
+
 /// Moves the stored account aside (the CA no longer knows it), so that the next
 /// [`load_or_create`] makes a new one.
 pub(crate) fn forget(store: &certs::Store, config: &Config) {

@@ -1,6 +1,8 @@
 //! The CA's directory, read without an account: the profiles it offers (RFC draft
 //! "ACME profiles", `meta.profiles`), which the daemon checks every configured profile
-//! against at start and at reload.
+//! against at start and at reload, and the domain names it recognises in CAA records
+//! (RFC 8555 section 9.7.6, `meta.caaIdentities`), which `proxyctl certs preflight`
+//! checks names' CAA records against.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,8 +18,22 @@ pub const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Profile name -> description, as the directory lists them (empty: no profiles).
 pub type Profiles = BTreeMap<String, String>;
 
+/// What the directory's `meta` says that this client uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub profiles: Profiles,
+    /// `meta.caaIdentities`: the issuer domain names of CAA records that allow this CA
+    /// (empty: the directory does not say).
+    pub caa_identities: Vec<String>,
+}
+
 /// GETs the directory and returns its `meta.profiles`.
 pub async fn fetch_profiles(config: &Config) -> Result<Profiles, Error> {
+    fetch_meta(config).await.map(|m| m.profiles)
+}
+
+/// GETs the directory and returns what its `meta` says.
+pub async fn fetch_meta(config: &Config) -> Result<Meta, Error> {
     let fail = |reason: String| Error::DirectoryFetch {
         directory: config.directory.clone(),
         reason,
@@ -45,25 +61,35 @@ pub async fn fetch_profiles(config: &Config) -> Result<Profiles, Error> {
     let body = tokio::time::timeout(DIRECTORY_TIMEOUT, fetch)
         .await
         .map_err(|_| fail(format!("no answer within {DIRECTORY_TIMEOUT:?}")))??;
-    parse_profiles(&body).map_err(fail)
+    parse_meta(&body).map_err(fail)
 }
 
 /// `meta.profiles` of a directory document.
 pub fn parse_profiles(body: &[u8]) -> Result<Profiles, String> {
+    parse_meta(body).map(|m| m.profiles)
+}
+
+/// The `meta` of a directory document (a document without `newOrder` is no directory).
+pub fn parse_meta(body: &[u8]) -> Result<Meta, String> {
     #[derive(serde::Deserialize)]
     struct Dir {
         #[serde(rename = "newOrder")]
         _new_order: String,
         #[serde(default)]
-        meta: Meta,
+        meta: RawMeta,
     }
     #[derive(serde::Deserialize, Default)]
-    struct Meta {
+    struct RawMeta {
         #[serde(default)]
         profiles: Profiles,
+        #[serde(default, rename = "caaIdentities")]
+        caa_identities: Vec<String>,
     }
     serde_json::from_slice::<Dir>(body)
-        .map(|d| d.meta.profiles)
+        .map(|d| Meta {
+            profiles: d.meta.profiles,
+            caa_identities: d.meta.caa_identities,
+        })
         .map_err(|e| format!("not an ACME directory: {e}"))
 }
 
@@ -96,6 +122,17 @@ mod tests {
         assert!(parse_profiles(br#"{"newOrder":"x"}"#).unwrap().is_empty());
         assert!(parse_profiles(b"<html>").is_err());
         assert!(parse_profiles(br#"{"meta":{}}"#).is_err());
+    }
+
+    #[test]
+    fn caa_identities_from_a_directory() {
+        let body = br#"{"newOrder":"https://ca.test/new-order","meta":{"caaIdentities":["ca.test","Other.Test"]}}"#;
+        let m = parse_meta(body).unwrap();
+        assert_eq!(m.caa_identities, ["ca.test", "Other.Test"]);
+        assert!(m.profiles.is_empty());
+        let m = parse_meta(br#"{"newOrder":"x","meta":{"profiles":{}}}"#).unwrap();
+        assert!(m.caa_identities.is_empty());
+        assert!(parse_meta(br#"{"newOrder":"x","meta":{"caaIdentities":"ca.test"}}"#).is_err());
     }
 
     #[test]

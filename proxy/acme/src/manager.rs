@@ -201,6 +201,20 @@ impl Manager {
         Ok((!problems.is_empty()).then_some(problems))
     }
 
+    /// The directory's `meta`, read now (for `proxyctl certs preflight`: the CA's
+    /// `caaIdentities`); the profiles read are kept for [`Manager::check_profiles`].
+    pub async fn directory_meta(&self) -> Result<crate::directory::Meta, Error> {
+        let meta = crate::directory::fetch_meta(&self.config).await?;
+        *self.offered.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta.profiles.clone());
+        Ok(meta)
+    }
+
+    /// This client's account URL at the CA (what a CAA `accounturi` must name), from
+    /// the stored account; `None` before the first order created one.
+    pub fn account_uri(&self) -> Option<String> {
+        account::stored_uri(self.host.certs().store(), &self.config)
+    }
+
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         certs::util::lock(&self.entries)
     }

@@ -39,6 +39,12 @@ pub enum Request {
     /// now -> [`Renewing`] (202), else an [`ErrorReply`] (400 no name, 409 ACME off,
     /// 404 no such certificate).
     Renew { name: String },
+    /// `POST /v1/certs/preflight?name=A&name=B`: why an ACME order for these names
+    /// (none: every name ACME orders for) would fail -> [`Preflight`] (200, whatever the
+    /// checks found), else an [`ErrorReply`] (409 ACME off, 404 a name not routed, 400
+    /// a bad query: an entry that is no host name, e.g. an empty `name=` or another
+    /// key). A POST: it publishes a one-off HTTP-01 token while it runs.
+    Preflight { names: Vec<String> },
     /// `GET /v1/health/live` -> [`Live`].
     Live,
     /// `GET /v1/health/ready` -> [`Readiness`] (200 ready, 503 not).
@@ -52,7 +58,10 @@ pub enum Request {
 impl Request {
     pub fn method(&self) -> &'static str {
         match self {
-            Request::Reload | Request::Renew { .. } | Request::Handover => "POST",
+            Request::Reload
+            | Request::Renew { .. }
+            | Request::Preflight { .. }
+            | Request::Handover => "POST",
             _ => "GET",
         }
     }
@@ -65,6 +74,11 @@ impl Request {
             Request::Diff => "/v1/diff".into(),
             Request::Certs => "/v1/certs".into(),
             Request::Renew { name } => format!("/v1/certs/renew?name={name}"),
+            Request::Preflight { names } if names.is_empty() => "/v1/certs/preflight".into(),
+            Request::Preflight { names } => {
+                let query: Vec<String> = names.iter().map(|n| format!("name={n}")).collect();
+                format!("/v1/certs/preflight?{}", query.join("&"))
+            }
             Request::Live => "/v1/health/live".into(),
             Request::Ready => "/v1/health/ready".into(),
             Request::Handover => "/v1/upgrade/handover".into(),
@@ -87,6 +101,14 @@ impl Request {
                     .unwrap_or("")
                     .to_owned(),
             },
+            ("POST", "/v1/certs/preflight") => Request::Preflight {
+                names: query
+                    .unwrap_or("")
+                    .split('&')
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| kv.strip_prefix("name=").unwrap_or(kv).to_owned())
+                    .collect(),
+            },
             ("GET", "/v1/health/live") => Request::Live,
             ("GET", "/v1/health/ready") => Request::Ready,
             ("POST", "/v1/upgrade/handover") => Request::Handover,
@@ -100,6 +122,7 @@ impl Request {
         match self {
             Request::Reload | Request::Diff => matches!(status, 200 | 422),
             Request::Renew { .. } => status == 202,
+            Request::Preflight { .. } => status == 200,
             Request::Ready => matches!(status, 200 | 503),
             Request::Handover => matches!(status, 200 | 409 | 500 | 503),
             Request::Status | Request::Certs | Request::Live => status == 200,
@@ -379,6 +402,74 @@ pub struct Renewing {
     /// The certificate (group id) being renewed.
     pub renewing: String,
     pub name: String,
+}
+
+/// `POST /v1/certs/preflight`: for each name, each check and what it found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preflight {
+    /// The ACME directory the checks are for.
+    pub directory: String,
+    /// Its `meta.caaIdentities` (empty: it names none, or it could not be read).
+    pub caa_identities: Vec<String>,
+    /// Where the names must point: `--public-addr`, else the listeners' addresses that
+    /// are not wildcards (empty: the DNS check cannot judge).
+    pub public_addrs: Vec<String>,
+    /// The port of the HTTP-01 self-check (`--acme-http-port`, 80 but for test CAs).
+    pub http_port: u16,
+    pub names: Vec<PreflightName>,
+    /// No check failed (warnings allowed).
+    pub ok: bool,
+}
+
+impl Preflight {
+    /// Whether any check of any name failed (what `ok` says, recomputed).
+    pub fn any_failed(&self) -> bool {
+        self.names
+            .iter()
+            .flat_map(|n| &n.checks)
+            .any(|c| c.result == CheckResult::Fail)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreflightName {
+    pub name: String,
+    pub checks: Vec<PreflightCheck>,
+}
+
+/// One check of one name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreflightCheck {
+    /// `dns` (A/AAAA point at this proxy), `caa` (CAA allows the CA), `http-01` (the
+    /// name's port 80 reaches this proxy) or `challenge` (a wildcard: no challenge this
+    /// proxy answers can prove it).
+    pub check: String,
+    pub result: CheckResult,
+    /// What was found, for a person (addresses, the CAA record, the HTTP answer).
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckResult {
+    Ok,
+    /// Cannot judge (not a failure).
+    Warn,
+    /// An order would fail for this reason.
+    Fail,
+    /// Not run (what it needs failed first).
+    Skipped,
+}
+
+impl CheckResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckResult::Ok => "ok",
+            CheckResult::Warn => "warn",
+            CheckResult::Fail => "FAIL",
+            CheckResult::Skipped => "skipped",
+        }
+    }
 }
 
 /// `POST /v1/upgrade/handover`.

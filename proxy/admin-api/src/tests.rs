@@ -459,6 +459,51 @@ fn handover() {
 }
 
 #[test]
+fn preflight() {
+    let p = round_trip::<Preflight>(
+        r#"
+{
+  "caa_identities": [
+    "ca.test"
+  ],
+  "directory": "https://127.0.0.1:14000/dir",
+  "http_port": 80,
+  "names": [
+    {
+      "checks": [
+        {
+          "check": "dns",
+          "detail": "resolves to 127.0.0.2, not to this proxy (127.0.0.1)",
+          "result": "fail"
+        },
+        {
+          "check": "caa",
+          "detail": "no CAA record: any CA may issue",
+          "result": "ok"
+        },
+        {
+          "check": "http-01",
+          "detail": "no address",
+          "result": "skipped"
+        }
+      ],
+      "name": "a.test"
+    }
+  ],
+  "ok": false,
+  "public_addrs": [
+    "127.0.0.1"
+  ]
+}"#,
+    );
+    assert!(p.any_failed());
+    let e = decode_err::<Preflight>(
+        r#"{"directory":"d","caa_identities":[],"public_addrs":[],"http_port":80,"names":[{"name":"a","checks":[{"check":"dns","detail":"","result":"bad"}]}],"ok":true}"#,
+    );
+    assert!(e.contains("unknown variant `bad`"), "{e}");
+}
+
+#[test]
 fn requests_parse_back_from_their_method_and_path() {
     for r in [
         Request::Status,
@@ -467,6 +512,10 @@ fn requests_parse_back_from_their_method_and_path() {
         Request::Certs,
         Request::Renew {
             name: "a.test".into(),
+        },
+        Request::Preflight { names: vec![] },
+        Request::Preflight {
+            names: vec!["a.test".into(), "b.test".into()],
         },
         Request::Live,
         Request::Ready,

@@ -92,6 +92,14 @@ enum CertsAction {
         /// A name of the certificate.
         name: String,
     },
+    /// Why an ACME order for these names would fail, before placing one: A/AAAA records
+    /// not pointing at this proxy, a CAA record forbidding the CA, port 80 not reaching
+    /// this proxy. One line per name and check; exit 0 when no check failed, 1 when
+    /// one did (warnings: cannot judge).
+    Preflight {
+        /// Routed names (default: every name ACME orders certificates for).
+        names: Vec<String>,
+    },
 }
 
 /// How a command ended, for the exit status.
@@ -137,6 +145,9 @@ fn run(cli: &Cli) -> Result<Outcome> {
         Command::Certs {
             action: Some(CertsAction::Renew { name }),
         } => certs_renew(cli, name),
+        Command::Certs {
+            action: Some(CertsAction::Preflight { names }),
+        } => certs_preflight(cli, names),
         Command::Routes { action } => generate::run(cli, action),
         Command::Upgrade(opts) => upgrade::run(cli, opts),
     }
@@ -618,6 +629,87 @@ fn certs_renew(cli: &Cli, name: &str) -> Result<Outcome> {
         ))?;
     }
     Ok(Outcome::Ok)
+}
+
+/// `proxyctl certs preflight [NAME...]`.
+fn certs_preflight(cli: &Cli, names: &[String]) -> Result<Outcome> {
+    for name in names {
+        let host = name.strip_prefix("*.").unwrap_or(name);
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+        {
+            output(writeln!(
+                io::stderr(),
+                "proxyctl: {name:?} is not a host name"
+            ))?;
+            return Ok(Outcome::Failed);
+        }
+    }
+    let request = Request::Preflight {
+        names: names.to_vec(),
+    };
+    let v = match ask::<admin_api::Preflight>(cli, &request)? {
+        Ok((_, Ok(v))) => v,
+        Ok((_, Err(e))) => return refused(cli, &e),
+        Err(outcome) => return Ok(outcome),
+    };
+    // A reply whose `ok` contradicts its checks counts as failed either way.
+    let failed = v.any_failed() || !v.ok;
+    if cli.json {
+        output(print_json(&to_json(&v)))?;
+    } else {
+        let mut out = io::stdout().lock();
+        let width = v.names.iter().map(|n| n.name.len()).max().unwrap_or(0);
+        for n in &v.names {
+            for c in &n.checks {
+                output(writeln!(
+                    out,
+                    "{:<width$}  {:<9} {:<7} {}",
+                    n.name,
+                    c.check,
+                    c.result.as_str(),
+                    // DNS answers and HTTP answers: no control bytes to the terminal.
+                    printable(&c.detail),
+                ))?;
+            }
+        }
+        let failing = v
+            .names
+            .iter()
+            .filter(|n| {
+                n.checks
+                    .iter()
+                    .any(|c| c.result == admin_api::CheckResult::Fail)
+            })
+            .count();
+        output(writeln!(
+            out,
+            "preflight for {}: {} name{}, {}",
+            v.directory,
+            v.names.len(),
+            if v.names.len() == 1 { "" } else { "s" },
+            match failing {
+                0 => "no check failed".to_string(),
+                n => format!("{n} would fail"),
+            }
+        ))?;
+    }
+    Ok(if failed { Outcome::Failed } else { Outcome::Ok })
+}
+
+/// `text` with control characters escaped.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A reply as JSON for `--json` (keys sorted, as the daemon sends them).

@@ -83,6 +83,18 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = AcmeFallback::Local, value_name = "local|none")]
     pub acme_fallback: AcmeFallback,
 
+    /// This proxy's public address, where routed names must point (checked by
+    /// `proxyctl certs preflight`). Repeatable. Default: the --http and --https
+    /// addresses that are not wildcards (0.0.0.0, [::]).
+    #[arg(long = "public-addr", value_name = "IP")]
+    pub public_addr: Vec<std::net::IpAddr>,
+
+    /// Port where the ACME CA validates HTTP-01: 80 with every public CA, another only
+    /// with a test CA. `proxyctl certs preflight` fetches a one-off token from each
+    /// name's addresses on it.
+    #[arg(long, default_value_t = 80, value_name = "PORT")]
+    pub acme_http_port: u16,
+
     /// Port written into http->https redirects (default: the port of the first --https
     /// address; omitted when it is 443).
     #[arg(long, value_name = "PORT")]

@@ -64,6 +64,11 @@ pub struct Config {
     /// The ACME client's configuration, with `--acme-directory`.
     pub acme: Option<acme::Config>,
     pub acme_fallback: AcmeFallback,
+    /// Where routed names must point (`--public-addr`, else the listeners' addresses
+    /// that are not wildcards); empty: unknown.
+    pub public_addrs: Vec<std::net::IpAddr>,
+    /// `--acme-http-port`: where the CA validates HTTP-01 (the preflight's self-check).
+    pub acme_http_port: u16,
     /// Port in http->https redirects; `None` for 443.
     pub redirect_port: Option<u16>,
     pub dns_server: Vec<SocketAddr>,
@@ -168,6 +173,10 @@ impl Config {
             .public_https_port
             .or_else(|| args.https.first().map(|a| a.port()))
             .filter(|p| *p != 443);
+        if args.acme_http_port == 0 {
+            error("--acme-http-port", "0 is no port".into());
+        }
+        let public_addrs = public_addrs(&args);
         let config = Config {
             routes,
             certs_store,
@@ -181,6 +190,8 @@ impl Config {
             local_cert_lifetime: args.local_cert_lifetime,
             acme,
             acme_fallback: args.acme_fallback,
+            public_addrs,
+            acme_http_port: args.acme_http_port,
             redirect_port,
             dns_server: args.dns_server,
             log_format: args.log_format,
@@ -212,6 +223,24 @@ impl Config {
 
 /// The ACME flags -> `acme::Config`; `None` without `--acme-directory` (or with an error,
 /// then reported through `error`).
+/// `--public-addr`, else the --http and --https addresses that are not wildcards
+/// (0.0.0.0 and [::] say nothing about where the names must point), each once.
+fn public_addrs(args: &Args) -> Vec<std::net::IpAddr> {
+    let mut addrs: Vec<std::net::IpAddr> = if args.public_addr.is_empty() {
+        args.http
+            .iter()
+            .chain(&args.https)
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .collect()
+    } else {
+        args.public_addr.clone()
+    };
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
 fn acme_config(args: &Args, error: &mut impl FnMut(&'static str, String)) -> Option<acme::Config> {
     let Some(dir) = &args.acme_directory else {
         for (flag, given) in [
@@ -384,6 +413,34 @@ mod tests {
         );
         let text = ConfigErrors(e).to_string();
         assert!(text.ends_with("flags: 3 errors"), "{text}");
+    }
+
+    fn config(flags: &[&str]) -> Config {
+        let args =
+            Args::try_parse_from(std::iter::once("proxyd").chain(flags.iter().copied())).unwrap();
+        Config::from_args(args).unwrap()
+    }
+
+    #[test]
+    fn public_addresses_default_to_the_listeners_that_are_not_wildcards() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(config(&[]).public_addrs.is_empty());
+        let c = config(&[
+            "--http",
+            "0.0.0.0:80",
+            "--http",
+            "192.0.2.7:80",
+            "--https",
+            "192.0.2.7:443",
+            "--https",
+            "[2001:db8::7]:443",
+        ]);
+        assert_eq!(c.public_addrs, [ip("192.0.2.7"), ip("2001:db8::7")]);
+        let c = config(&["--http", "192.0.2.7:80", "--public-addr", "198.51.100.1"]);
+        assert_eq!(c.public_addrs, [ip("198.51.100.1")]);
+        assert_eq!(c.acme_http_port, 80);
+        let e = errors(&["--acme-http-port", "0"]);
+        assert_eq!(e[0].flag, "--acme-http-port");
     }
 
     #[test]

@@ -383,6 +383,11 @@ fn admin_services(
         pingora::apps::http_app::HttpServer::new_app(AdminApp {
             control: control.clone(),
             handover: handover.clone(),
+            preflight: Arc::new(crate::control::preflight::Preflight {
+                dns_servers: config.dns_server.clone(),
+                public_addrs: config.public_addrs.clone(),
+                http_port: config.acme_http_port,
+            }),
         }),
     );
     admin.add_uds(

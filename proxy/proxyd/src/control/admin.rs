@@ -8,6 +8,7 @@
 //! | `GET /v1/diff`         | what a reload would change, applying nothing      |
 //! | `GET /v1/certs`        | certificates: names, issuer, not-after, next renewal, last error |
 //! | `POST /v1/certs/renew?name=NAME` | order a new ACME certificate for NAME's group now |
+//! | `POST /v1/certs/preflight?name=NAME` | why an ACME order for NAME (repeatable; none: every ACME name) would fail (`preflight.rs`) |
 //! | `GET /v1/health/live`  | the process answers                               |
 //! | `GET /v1/health/ready` | 200 when every listener is listening (table in force), else 503; certificates reported (`readiness.rs`) |
 //! | `POST /v1/upgrade/handover` | send copies of the listening sockets to the process waiting on `--upgrade-socket`, and keep serving (`handover.rs`; `proxyctl upgrade`) |
@@ -29,6 +30,7 @@ use crate::control::reload::Control;
 pub struct AdminApp {
     pub control: Arc<Control>,
     pub handover: Arc<crate::control::handover::Handover>,
+    pub preflight: Arc<crate::control::preflight::Preflight>,
 }
 
 #[async_trait]
@@ -55,6 +57,15 @@ impl ServeHttp for AdminApp {
             Request::Renew { name } => {
                 match crate::control::acme_service::renew(&self.control.shared, &name) {
                     Ok(renewing) => json_response(StatusCode::ACCEPTED, &renewing),
+                    Err((code, error)) => json_response(
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                        &error,
+                    ),
+                }
+            }
+            Request::Preflight { names } => {
+                match self.preflight.run(&self.control.shared, &names).await {
+                    Ok(reply) => json_response(StatusCode::OK, &reply),
                     Err((code, error)) => json_response(
                         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                         &error,
