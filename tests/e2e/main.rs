@@ -19,6 +19,7 @@ mod metrics;
 mod policy;
 mod reload;
 mod routing;
+mod served;
 mod soak;
 mod startup;
 mod tls;

@@ -71,6 +71,7 @@
 //! and `mv` it into `certs/`.
 
 pub mod fsutil;
+mod leaf;
 mod ledger;
 mod local;
 mod manager;
@@ -86,6 +87,7 @@ use std::path::PathBuf;
 pub use ledger::{
     FailedValidation, Hold, HoldScope, Ledger, OrderOutcome, OrderRecord, LEDGER_KEEP_SECS,
 };
+pub use leaf::{sha256_hex, LeafId};
 pub use local::{LocalIssuer, LEAF_LIFETIME, LOCAL_CA_NAME};
 pub use manager::{CertInfo, CertManager, EnsureReport, MaintainReport};
 pub use parse::{cert_id, normalize_name};

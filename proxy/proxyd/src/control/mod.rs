@@ -1,5 +1,5 @@
 //! What changes what the request path sees: reload ([`reload`]), the admin API
-//! ([`admin`]), DNS ([`dns`]), the certificate store ([`store_watch`], [`renewal`]), ACME
+//! ([`admin`]), DNS ([`dns`]), the certificate store ([`store_watch`], [`renewal`], [`served`]: served == stored), ACME
 //! ([`acme_service`]) and the process's life ([`handover`], [`daemon`]).
 
 pub mod acme_service;
@@ -9,4 +9,5 @@ pub mod dns;
 pub mod handover;
 pub mod reload;
 pub mod renewal;
+pub mod served;
 pub mod store_watch;

@@ -1,0 +1,341 @@
+//! Served == stored: the daemon connects to its own HTTPS listener for each routed name
+//! and compares the leaf it is served with the certificate on disk.
+//!
+//! - After start every name is served as stored: `proxyctl certs` says `served ok`,
+//!   `proxyctl certs --check` exits 0, the mismatch gauge is 0.
+//! - A certificate swapped on disk behind the daemon's back (a valid one the daemon has
+//!   not read yet, or files the store's re-read rejects) is a mismatch within the check's
+//!   interval: in `GET /v1/certs`, the metric, one log line, and `proxyctl certs --check`
+//!   exits 1 naming it. Once the daemon serves what is stored (a reload reads the files
+//!   again) it clears, with one more log line.
+//! - A certificate closer to its expiry than `--expiry-threshold` fails `--check`.
+//!
+//! What is waited on is the admin API's state, never a fixed sleep.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tests::{http_get, wait_until, Backend, Proxy};
+
+use crate::cert_ageing::{leaf_on_disk, try_served_leaf, Leaf};
+use crate::one_route;
+use crate::reload::proxyctl;
+
+const POLL: Duration = Duration::from_millis(100);
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// `GET /v1/certs` through `proxyctl --json certs`.
+async fn certs_json(proxy: &Proxy) -> serde_json::Value {
+    let out = proxyctl(proxy, &["--json", "certs"]).await;
+    assert!(
+        out.status.success(),
+        "proxyctl certs: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// The `served` entry of `name`, once `pred` holds for it.
+async fn wait_served(
+    proxy: &Proxy,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_until(what, WITHIN, POLL, || async {
+        let v = certs_json(proxy).await;
+        v["served"]["names"]
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == name)
+            .filter(|n| pred(n))
+            .cloned()
+    })
+    .await
+}
+
+async fn scrape(metrics: SocketAddr) -> String {
+    let resp = wait_until("the metrics listener", WITHIN, POLL, || async {
+        http_get(metrics, "monitoring", "/metrics").await.ok()
+    })
+    .await;
+    assert_eq!(resp.status, 200);
+    resp.text()
+}
+
+fn gauge(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `proxyctl certs --check ARGS`: (exit code, stdout).
+async fn check(proxy: &Proxy, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["certs", "--check"];
+    all.extend_from_slice(args);
+    let out = proxyctl(proxy, &all).await;
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A self-signed certificate for `names` and its key, PEM: valid, but not from the
+/// daemon's local CA.
+fn other_certificate(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Replace a file of `certs/<id>/` the way a careless admin would not (atomically, so
+/// the daemon never reads half a file; what it reads is what the test means).
+fn replace(store: &Path, id: &str, file: &str, text: &str) {
+    let dir = store.join("certs").join(id);
+    let tmp = dir.join(format!(".{file}.test"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+async fn served(proxy: &Proxy, sni: &str) -> Leaf {
+    try_served_leaf(proxy.https_addr(), sni)
+        .await
+        .unwrap_or_else(|e| panic!("{sni}: {e:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_equals_stored_after_start() {
+    let a = Backend::start("a").await;
+    let metrics = tests::free_addr();
+    let routes = one_route(&["a.test", "www.a.test"], &a, "") + &one_route(&["b.test"], &a, "");
+    let proxy = Proxy::builder(&routes)
+        .arg("--verify-served-interval")
+        .arg("1s")
+        .arg("--metrics")
+        .arg(metrics.to_string())
+        .start()
+        .await;
+    for name in ["a.test", "www.a.test", "b.test"] {
+        let n = wait_served(&proxy, name, "the first check", |n| {
+            n["state"] != "unchecked"
+        })
+        .await;
+        assert_eq!(n["state"], "match", "{n}");
+        assert_eq!(n["reason"], serde_json::Value::Null, "{n}");
+        assert_eq!(n["served_sha256"], n["stored_sha256"], "{n}");
+        assert_eq!(n["served_sha256"].as_str().map(str::len), Some(64), "{n}");
+    }
+    let v = certs_json(&proxy).await;
+    assert_eq!(v["served"]["interval_secs"], 1, "{v}");
+
+    let out = proxyctl(&proxy, &["certs"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for id in ["a.test", "b.test"] {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no row for {id}: {text}"));
+        assert!(row.contains("served ok"), "{text}");
+    }
+    // Not a terminal: no colour codes.
+    assert!(!text.contains('\x1b'), "{text:?}");
+
+    let (code, out) = check(&proxy, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("certificates: OK: 3 names, 3 served == stored"), "{out}");
+
+    let scrape = scrape(metrics).await;
+    assert_eq!(
+        gauge(&scrape, "proxyd_certificate_served_mismatch{name=\"a.test\"}"),
+        Some(0.0),
+        "{scrape}"
+    );
+    assert!(
+        gauge(
+            &scrape,
+            "proxyd_certificate_served_checks_total{result=\"match\"}"
+        )
+        .is_some_and(|n| n >= 3.0),
+        "{scrape}"
+    );
+    assert!(!proxy.log().contains("differs from the stored one"), "{}", proxy.log_tail(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_swapped_on_disk_is_a_mismatch_until_served() {
+    let a = Backend::start("a").await;
+    let metrics = tests::free_addr();
+    let routes = one_route(&["a.test"], &a, "") + &one_route(&["b.test"], &a, "");
+    let proxy = Proxy::builder(&routes)
+        .arg("--verify-served-interval")
+        .arg("1s")
+        // The timer would read the new files again and serve them: not in this test's
+        // window (a reload does it below).
+        .arg("--cert-check-interval")
+        .arg("1h")
+        .arg("--metrics")
+        .arg(metrics.to_string())
+        .start()
+        .await;
+    let store = proxy.certs_store().to_path_buf();
+    wait_served(&proxy, "a.test", "a first match", |n| n["state"] == "match").await;
+    let before = served(&proxy, "a.test").await;
+
+    // Behind the daemon's back: another valid certificate for a.test, key and chain.
+    let (chain, key) = other_certificate(&["a.test"]);
+    replace(&store, "a.test", "key.pem", &key);
+    replace(&store, "a.test", "fullchain.pem", &chain);
+    let swapped = leaf_on_disk(&store, "a.test");
+    assert_ne!(swapped.serial, before.serial);
+
+    let n = wait_served(&proxy, "a.test", "the mismatch", |n| n["state"] == "mismatch").await;
+    let reason = n["reason"].as_str().unwrap();
+    assert!(reason.contains("certs/a.test on disk is"), "{n}");
+    assert_ne!(n["served_sha256"], n["stored_sha256"], "{n}");
+    // Still served: the check only looks.
+    assert_eq!(served(&proxy, "a.test").await, before);
+    // b.test was not touched.
+    let b = wait_served(&proxy, "b.test", "b.test checked", |n| n["state"] != "unchecked").await;
+    assert_eq!(b["state"], "match", "{b}");
+
+    let scrape = scrape(metrics).await;
+    assert_eq!(
+        gauge(&scrape, "proxyd_certificate_served_mismatch{name=\"a.test\"}"),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        gauge(&scrape, "proxyd_certificate_served_mismatch{name=\"b.test\"}"),
+        Some(0.0),
+        "{scrape}"
+    );
+
+    let (code, out) = check(&proxy, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("a.test: MISMATCH"), "{out}");
+    assert!(!out.contains("b.test"), "{out}");
+    let table = proxyctl(&proxy, &["certs"]).await;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("a.test") && l.contains("served MISMATCH")),
+        "{table}"
+    );
+
+    // Several checks later, still one warning line: logged when it starts.
+    let seen = certs_json(&proxy).await["served"]["last_run"]
+        .as_u64()
+        .unwrap();
+    wait_until("two more checks", WITHIN, POLL, || async {
+        let v = certs_json(&proxy).await;
+        (v["served"]["last_run"].as_u64()? >= seen + 2).then_some(())
+    })
+    .await;
+    let warnings = proxy
+        .log()
+        .matches("served certificate differs from the stored one")
+        .count();
+    assert_eq!(warnings, 1, "{}", proxy.log_tail(30));
+
+    // A reload reads the changed files: the daemon serves what is stored again, and
+    // the check says so (it runs after every change of what is served).
+    let out = proxyctl(&proxy, &["reload"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    wait_served(&proxy, "a.test", "the mismatch to clear", |n| n["state"] == "match").await;
+    assert_eq!(served(&proxy, "a.test").await.serial, swapped.serial);
+    let (code, out) = check(&proxy, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        proxy.log().contains("served certificate is the stored one again"),
+        "{}",
+        proxy.log_tail(30)
+    );
+    let scrape = scrape(metrics).await;
+    assert_eq!(
+        gauge(&scrape, "proxyd_certificate_served_mismatch{name=\"a.test\"}"),
+        Some(0.0),
+        "{scrape}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_the_store_rejects_are_a_lasting_mismatch() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::builder(&one_route(&["a.test"], &a, ""))
+        .arg("--verify-served-interval")
+        .arg("1s")
+        // The timer re-reads the store every 200 ms: the broken files are read (and
+        // rejected) long before the check looks.
+        .arg("--cert-check-interval")
+        .arg("200ms")
+        .start()
+        .await;
+    let store = proxy.certs_store().to_path_buf();
+    wait_served(&proxy, "a.test", "a first match", |n| n["state"] == "match").await;
+    let before = served(&proxy, "a.test").await;
+
+    // A chain whose key is not key.pem: the re-read refuses it, the old copy stays
+    // served from memory, and what is on disk is not what is served.
+    let (chain, _key) = other_certificate(&["a.test"]);
+    replace(&store, "a.test", "fullchain.pem", &chain);
+
+    let n = wait_served(&proxy, "a.test", "the mismatch", |n| n["state"] == "mismatch").await;
+    assert!(
+        n["reason"].as_str().unwrap().contains("certs/a.test on disk is"),
+        "{n}"
+    );
+    assert_eq!(served(&proxy, "a.test").await, before);
+    let (code, out) = check(&proxy, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("a.test: MISMATCH"), "{out}");
+
+    // It lasts: the timer keeps the old copy served, the check keeps finding it.
+    let first = n["checked_at"].as_u64().unwrap();
+    let later = wait_served(&proxy, "a.test", "a later check", |n| {
+        n["checked_at"].as_u64().is_some_and(|t| t > first)
+    })
+    .await;
+    assert_eq!(later["state"], "mismatch", "{later}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_closer_to_expiry_than_the_threshold_fails_the_check() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::builder(&one_route(&["a.test"], &a, ""))
+        .arg("--verify-served-interval")
+        .arg("1s")
+        .arg("--local-cert-lifetime")
+        .arg("1h")
+        .start()
+        .await;
+    wait_served(&proxy, "a.test", "a first match", |n| n["state"] == "match").await;
+
+    // An hour's certificate: fine against the default (an eighth of its lifetime) and
+    // against 30 minutes, not against 2 hours.
+    let (code, out) = check(&proxy, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = check(&proxy, &["--expiry-threshold", "30m"]).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = check(&proxy, &["--expiry-threshold", "2h"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("a.test: EXPIRING: certificate a.test expires in"), "{out}");
+    assert!(!out.contains("MISMATCH"), "{out}");
+
+    // --json for scripts: the same verdict.
+    let out = proxyctl(&proxy, &["--json", "certs", "--check", "--expiry-threshold", "2h"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["problems"].as_array().map(Vec::len), Some(1), "{v}");
+
+    // A threshold without --check is a usage error.
+    let out = proxyctl(&proxy, &["certs", "--expiry-threshold", "2h"]).await;
+    assert_eq!(out.status.code(), Some(2));
+}
