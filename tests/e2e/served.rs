@@ -164,6 +164,10 @@ async fn served_equals_stored_after_start() {
         .is_some_and(|n| n >= 3.0),
         "{scrape}"
     );
+    // The check's own connections are clean ones: no client error counted for them.
+    for line in scrape.lines().filter(|l| l.starts_with("proxyd_client_errors_total{")) {
+        assert!(line.ends_with(" 0"), "{line}");
+    }
     assert!(!proxy.log().contains("differs from the stored one"), "{}", proxy.log_tail(20));
 }
 

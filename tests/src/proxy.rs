@@ -150,6 +150,18 @@ impl ProxyBuilder {
         self
     }
 
+    /// `--verify-served-interval 0` unless the test gave that flag: the served == stored
+    /// check opens TLS connections of its own to the listener (counted in the handshake
+    /// metrics, holding a slot of `--max-conns-per-ip`), which tests that count those
+    /// would see. Tests of the check (`served.rs`) turn it on.
+    fn served_check_off(&self) -> Vec<OsString> {
+        if self.args.iter().any(|a| a == "--verify-served-interval") {
+            vec![]
+        } else {
+            vec!["--verify-served-interval".into(), "0".into()]
+        }
+    }
+
     /// Spawn proxyd and wait until it reports itself ready on its admin socket (every
     /// one of its ports is a listening socket of that process; see `Proxy::ready`) and,
     /// with the local issuer, its CA is on disk. Panics with the tail of its log if it exits or is not
@@ -230,6 +242,7 @@ impl ProxyBuilder {
             .arg("--upgrade-socket")
             .arg(dir.join("upgrade.sock"))
             .args(&self.args)
+            .args(self.served_check_off())
             .current_dir(&dir)
             // The log is a file read by people in test output: no colour codes.
             .env("NO_COLOR", "1")

@@ -646,7 +646,7 @@ impl<'a> Served<'a> {
             if out.state.is_none_or(|s| rank(n.state) > rank(s)) {
                 out.state = Some(n.state);
                 if let Some(r) = &n.reason {
-                    out.problem = Some((&n.name, r));
+                    out.problem = Some((n.name.as_str(), r.as_str()));
                 }
             }
         }
@@ -882,5 +882,73 @@ mod time_tests {
         );
         assert_eq!(super::unix_time(Some(951_782_400)), "2000-02-29T00:00:00Z");
         assert_eq!(super::unix_time(None), "-");
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use admin_api::{Certs, ServedCheck, ServedName, ServedState};
+
+    use super::{check_problems, default_threshold};
+
+    const DAY: i64 = 86_400;
+
+    fn name(n: &str, state: ServedState, reason: Option<&str>, life: (i64, i64)) -> ServedName {
+        ServedName {
+            name: n.into(),
+            cert: n.into(),
+            not_before: life.0,
+            not_after: life.1,
+            state,
+            reason: reason.map(Into::into),
+            checked_at: Some(1),
+            served_sha256: None,
+            stored_sha256: None,
+        }
+    }
+
+    fn certs(names: Vec<ServedName>) -> Certs {
+        Certs {
+            acme: None,
+            groups: None,
+            certificates: vec![],
+            served: ServedCheck {
+                interval_secs: 300,
+                last_run: Some(1),
+                names,
+            },
+        }
+    }
+
+    #[test]
+    fn the_default_threshold_is_an_eighth_of_the_lifetime_at_most_14_days() {
+        assert_eq!(default_threshold(160 * 3600), 20 * 3600);
+        assert_eq!(default_threshold(90 * DAY), 90 * DAY / 8);
+        assert_eq!(default_threshold(365 * DAY), 14 * DAY);
+        assert_eq!(default_threshold(-5), 0);
+    }
+
+    #[test]
+    fn mismatches_unreachable_listeners_and_near_expiry_are_problems() {
+        let now = 1_000 * DAY;
+        let fresh = (now - DAY, now + 89 * DAY);
+        let v = certs(vec![
+            name("ok.test", ServedState::Match, None, fresh),
+            name("unchecked.test", ServedState::Unchecked, None, fresh),
+            name("bad.test", ServedState::Mismatch, Some("x\u{1b}[2J"), fresh),
+            name("down.test", ServedState::Unreachable, Some("refused"), fresh),
+            // 160 h, 10 h left: below its eighth (20 h).
+            name("short.test", ServedState::Match, None, (now - 150 * 3600, now + 10 * 3600)),
+        ]);
+        let p = check_problems(&v, None, now);
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(p[0].starts_with("bad.test: MISMATCH") && !p[0].contains('\u{1b}'), "{p:?}");
+        assert!(p[1].starts_with("down.test: UNREACHABLE"), "{p:?}");
+        assert!(p[2].starts_with("short.test: EXPIRING"), "{p:?}");
+        // A fixed threshold applies to all: 100 days catches every name.
+        let all = check_problems(&v, Some(std::time::Duration::from_secs(100 * DAY as u64)), now);
+        assert_eq!(all.iter().filter(|l| l.contains("EXPIRING")).count(), 5);
+        // All well: nothing.
+        assert!(check_problems(&certs(vec![name("ok.test", ServedState::Match, None, fresh)]), None, now).is_empty());
     }
 }
