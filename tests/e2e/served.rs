@@ -77,8 +77,7 @@ async fn check(proxy: &Proxy, args: &[&str]) -> (i32, String) {
     let out = proxyctl(proxy, &all).await;
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
 
@@ -148,27 +147,37 @@ async fn served_equals_stored_after_start() {
 
     let (code, out) = check(&proxy, &[]).await;
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("certificates: OK: 3 names, 3 served == stored"), "{out}");
+    assert!(
+        out.contains("certificates: OK: 3 names, 3 served == stored"),
+        "{out}"
+    );
 
-    let scrape = scrape(metrics).await;
+    let text = scrape(metrics).await;
     assert_eq!(
-        gauge(&scrape, "proxyd_certificate_served_mismatch{name=\"a.test\"}"),
+        gauge(&text, "proxyd_certificate_served_mismatch{name=\"a.test\"}"),
         Some(0.0),
-        "{scrape}"
+        "{text}"
     );
     assert!(
         gauge(
-            &scrape,
+            &text,
             "proxyd_certificate_served_checks_total{result=\"match\"}"
         )
         .is_some_and(|n| n >= 3.0),
-        "{scrape}"
+        "{text}"
     );
     // The check's own connections are clean ones: no client error counted for them.
-    for line in scrape.lines().filter(|l| l.starts_with("proxyd_client_errors_total{")) {
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("proxyd_client_errors_total{"))
+    {
         assert!(line.ends_with(" 0"), "{line}");
     }
-    assert!(!proxy.log().contains("differs from the stored one"), "{}", proxy.log_tail(20));
+    assert!(
+        !proxy.log().contains("differs from the stored one"),
+        "{}",
+        proxy.log_tail(20)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,26 +207,32 @@ async fn a_certificate_swapped_on_disk_is_a_mismatch_until_served() {
     let swapped = leaf_on_disk(&store, "a.test");
     assert_ne!(swapped.serial, before.serial);
 
-    let n = wait_served(&proxy, "a.test", "the mismatch", |n| n["state"] == "mismatch").await;
+    let n = wait_served(&proxy, "a.test", "the mismatch", |n| {
+        n["state"] == "mismatch"
+    })
+    .await;
     let reason = n["reason"].as_str().unwrap();
     assert!(reason.contains("certs/a.test on disk is"), "{n}");
     assert_ne!(n["served_sha256"], n["stored_sha256"], "{n}");
     // Still served: the check only looks.
     assert_eq!(served(&proxy, "a.test").await, before);
     // b.test was not touched.
-    let b = wait_served(&proxy, "b.test", "b.test checked", |n| n["state"] != "unchecked").await;
+    let b = wait_served(&proxy, "b.test", "b.test checked", |n| {
+        n["state"] != "unchecked"
+    })
+    .await;
     assert_eq!(b["state"], "match", "{b}");
 
-    let scrape = scrape(metrics).await;
+    let text = scrape(metrics).await;
     assert_eq!(
-        gauge(&scrape, "proxyd_certificate_served_mismatch{name=\"a.test\"}"),
+        gauge(&text, "proxyd_certificate_served_mismatch{name=\"a.test\"}"),
         Some(1.0),
-        "{scrape}"
+        "{text}"
     );
     assert_eq!(
-        gauge(&scrape, "proxyd_certificate_served_mismatch{name=\"b.test\"}"),
+        gauge(&text, "proxyd_certificate_served_mismatch{name=\"b.test\"}"),
         Some(0.0),
-        "{scrape}"
+        "{text}"
     );
 
     let (code, out) = check(&proxy, &[]).await;
@@ -251,21 +266,30 @@ async fn a_certificate_swapped_on_disk_is_a_mismatch_until_served() {
     // A reload reads the changed files: the daemon serves what is stored again, and
     // the check says so (it runs after every change of what is served).
     let out = proxyctl(&proxy, &["reload"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    wait_served(&proxy, "a.test", "the mismatch to clear", |n| n["state"] == "match").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_served(&proxy, "a.test", "the mismatch to clear", |n| {
+        n["state"] == "match"
+    })
+    .await;
     assert_eq!(served(&proxy, "a.test").await.serial, swapped.serial);
     let (code, out) = check(&proxy, &[]).await;
     assert_eq!(code, 0, "{out}");
     assert!(
-        proxy.log().contains("served certificate is the stored one again"),
+        proxy
+            .log()
+            .contains("served certificate is the stored one again"),
         "{}",
         proxy.log_tail(30)
     );
-    let scrape = scrape(metrics).await;
+    let text = scrape(metrics).await;
     assert_eq!(
-        gauge(&scrape, "proxyd_certificate_served_mismatch{name=\"a.test\"}"),
+        gauge(&text, "proxyd_certificate_served_mismatch{name=\"a.test\"}"),
         Some(0.0),
-        "{scrape}"
+        "{text}"
     );
 }
 
@@ -290,9 +314,15 @@ async fn files_the_store_rejects_are_a_lasting_mismatch() {
     let (chain, _key) = other_certificate(&["a.test"]);
     replace(&store, "a.test", "fullchain.pem", &chain);
 
-    let n = wait_served(&proxy, "a.test", "the mismatch", |n| n["state"] == "mismatch").await;
+    let n = wait_served(&proxy, "a.test", "the mismatch", |n| {
+        n["state"] == "mismatch"
+    })
+    .await;
     assert!(
-        n["reason"].as_str().unwrap().contains("certs/a.test on disk is"),
+        n["reason"]
+            .as_str()
+            .unwrap()
+            .contains("certs/a.test on disk is"),
         "{n}"
     );
     assert_eq!(served(&proxy, "a.test").await, before);
@@ -329,11 +359,18 @@ async fn a_name_closer_to_expiry_than_the_threshold_fails_the_check() {
     assert_eq!(code, 0, "{out}");
     let (code, out) = check(&proxy, &["--expiry-threshold", "2h"]).await;
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("a.test: EXPIRING: certificate a.test expires in"), "{out}");
+    assert!(
+        out.contains("a.test: EXPIRING: certificate a.test expires in"),
+        "{out}"
+    );
     assert!(!out.contains("MISMATCH"), "{out}");
 
     // --json for scripts: the same verdict.
-    let out = proxyctl(&proxy, &["--json", "certs", "--check", "--expiry-threshold", "2h"]).await;
+    let out = proxyctl(
+        &proxy,
+        &["--json", "certs", "--check", "--expiry-threshold", "2h"],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false, "{v}");

@@ -84,10 +84,10 @@ pub mod util;
 
 use std::path::PathBuf;
 
+pub use leaf::{sha256_hex, LeafId};
 pub use ledger::{
     FailedValidation, Hold, HoldScope, Ledger, OrderOutcome, OrderRecord, LEDGER_KEEP_SECS,
 };
-pub use leaf::{sha256_hex, LeafId};
 pub use local::{LocalIssuer, LEAF_LIFETIME, LOCAL_CA_NAME};
 pub use manager::{CertInfo, CertManager, EnsureReport, MaintainReport};
 pub use parse::{cert_id, normalize_name};

@@ -168,8 +168,7 @@ impl CertResolver {
 fn same_certs(a: &CertMap, b: &CertMap) -> bool {
     fn same(a: &HashMap<String, Arc<StoredCert>>, b: &HashMap<String, Arc<StoredCert>>) -> bool {
         a.len() == b.len()
-            && a
-                .iter()
+            && a.iter()
                 .all(|(name, c)| b.get(name).is_some_and(|d| Arc::ptr_eq(c, d)))
     }
     same(&a.exact, &b.exact) && same(&a.wildcard, &b.wildcard)

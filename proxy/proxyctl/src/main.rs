@@ -936,19 +936,41 @@ mod check_tests {
             name("ok.test", ServedState::Match, None, fresh),
             name("unchecked.test", ServedState::Unchecked, None, fresh),
             name("bad.test", ServedState::Mismatch, Some("x\u{1b}[2J"), fresh),
-            name("down.test", ServedState::Unreachable, Some("refused"), fresh),
+            name(
+                "down.test",
+                ServedState::Unreachable,
+                Some("refused"),
+                fresh,
+            ),
             // 160 h, 10 h left: below its eighth (20 h).
-            name("short.test", ServedState::Match, None, (now - 150 * 3600, now + 10 * 3600)),
+            name(
+                "short.test",
+                ServedState::Match,
+                None,
+                (now - 150 * 3600, now + 10 * 3600),
+            ),
         ]);
         let p = check_problems(&v, None, now);
         assert_eq!(p.len(), 3, "{p:#?}");
-        assert!(p[0].starts_with("bad.test: MISMATCH") && !p[0].contains('\u{1b}'), "{p:?}");
+        assert!(
+            p[0].starts_with("bad.test: MISMATCH") && !p[0].contains('\u{1b}'),
+            "{p:?}"
+        );
         assert!(p[1].starts_with("down.test: UNREACHABLE"), "{p:?}");
         assert!(p[2].starts_with("short.test: EXPIRING"), "{p:?}");
         // A fixed threshold applies to all: 100 days catches every name.
-        let all = check_problems(&v, Some(std::time::Duration::from_secs(100 * DAY as u64)), now);
+        let all = check_problems(
+            &v,
+            Some(std::time::Duration::from_secs(100 * DAY as u64)),
+            now,
+        );
         assert_eq!(all.iter().filter(|l| l.contains("EXPIRING")).count(), 5);
         // All well: nothing.
-        assert!(check_problems(&certs(vec![name("ok.test", ServedState::Match, None, fresh)]), None, now).is_empty());
+        assert!(check_problems(
+            &certs(vec![name("ok.test", ServedState::Match, None, fresh)]),
+            None,
+            now
+        )
+        .is_empty());
     }
 }

@@ -59,9 +59,11 @@ pub struct ServedVerifier {
 impl BackgroundService for ServedVerifier {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let checks = self.shared.served.clone();
-        checks.set_interval_secs(self.interval.as_secs().max(u64::from(
-            !self.interval.is_zero(),
-        )));
+        checks.set_interval_secs(
+            self.interval
+                .as_secs()
+                .max(u64::from(!self.interval.is_zero())),
+        );
         if self.interval.is_zero() || self.listeners.is_empty() {
             tracing::info!("served == stored check off");
             return;
@@ -80,7 +82,11 @@ impl BackgroundService for ServedVerifier {
                 seen = Some(changes);
                 next = Instant::now() + self.interval;
                 let (results, counts) = check(&self.shared, &targets, &client).await;
-                checks.record(results, counts, certs::util::unix_u64(std::time::SystemTime::now()));
+                checks.record(
+                    results,
+                    counts,
+                    certs::util::unix_u64(std::time::SystemTime::now()),
+                );
                 continue;
             }
             tokio::select! {
@@ -179,7 +185,10 @@ pub async fn check(
                 let leaf = tokio::time::timeout(CONNECT_TIMEOUT, served_leaf(addr, &sni, client))
                     .await
                     .unwrap_or_else(|_| {
-                        Err(format!("no handshake within {}s", CONNECT_TIMEOUT.as_secs()))
+                        Err(format!(
+                            "no handshake within {}s",
+                            CONNECT_TIMEOUT.as_secs()
+                        ))
                     });
                 (i, addr, leaf)
             });
