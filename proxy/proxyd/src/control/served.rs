@@ -46,6 +46,9 @@ const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// checked as `served-check.example.org`).
 const WILDCARD_LABEL: &str = "served-check";
 
+/// What one listener answered: the leaf it served (DER), or why there is none.
+type Answer = (SocketAddr, Result<Vec<u8>, String>);
+
 /// Background service: runs [`check`] after every change of what is served and every
 /// `interval` (zero: never).
 pub struct ServedVerifier {
@@ -194,7 +197,7 @@ pub async fn check(
             });
         }
     }
-    let mut served: Vec<Vec<(SocketAddr, Result<Vec<u8>, String>)>> = vec![vec![]; held.len()];
+    let mut served: Vec<Vec<Answer>> = vec![vec![]; held.len()];
     while let Some(done) = tasks.join_next().await {
         if let Ok((i, addr, leaf)) = done {
             served[i].push((addr, leaf));
@@ -224,7 +227,7 @@ fn judge(
     id: &str,
     in_memory: &[u8],
     on_disk: &Result<LeafId, String>,
-    answers: &[(SocketAddr, Result<Vec<u8>, String>)],
+    answers: &[Answer],
     counts: &mut Counts,
     now: u64,
 ) -> NameCheck {
