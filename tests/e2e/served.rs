@@ -383,3 +383,39 @@ async fn a_name_closer_to_expiry_than_the_threshold_fails_the_check() {
     let out = proxyctl(&proxy, &["certs", "--expiry-threshold", "2h"]).await;
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The check's own connections come from loopback like any client's and count against
+/// `--max-conns-per-ip`: a cap below the check's parallelism must not make the daemon
+/// refuse itself and report its names unreachable (a false alarm that fails
+/// `proxyctl certs --check` every interval).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_stays_under_a_small_max_conns_per_ip() {
+    let a = Backend::start("a").await;
+    let names: Vec<String> = (0..6).map(|i| format!("n{i}.test")).collect();
+    let routes: String = names
+        .iter()
+        .map(|n| one_route(&[n.as_str()], &a, ""))
+        .collect();
+    let proxy = Proxy::builder(&routes)
+        .arg("--verify-served-interval")
+        .arg("1s")
+        .arg("--max-conns-per-ip")
+        .arg("2")
+        .start()
+        .await;
+    // Two complete runs, so that the second cannot be the first's leftovers.
+    for _ in 0..2 {
+        let first = certs_json(&proxy).await["served"]["last_run"].as_u64();
+        wait_until("a run of the check", WITHIN, POLL, || async {
+            let v = certs_json(&proxy).await;
+            (v["served"]["last_run"].as_u64() > first).then_some(())
+        })
+        .await;
+    }
+    let v = certs_json(&proxy).await;
+    for n in v["served"]["names"].as_array().unwrap() {
+        assert_eq!(n["state"], "match", "{n}");
+    }
+    let (code, out) = check(&proxy, &[]).await;
+    assert_eq!(code, 0, "{out}");
+}
