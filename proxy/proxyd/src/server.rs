@@ -479,6 +479,7 @@ fn background_services(
             shared: shared.clone(),
             listeners: config.https.clone(),
             interval: config.verify_served_interval,
+            max_conns_per_ip: config.limits.max_conns_per_ip,
         },
     )));
     Ok(services)

@@ -56,6 +56,9 @@ pub struct ServedVerifier {
     /// The `--https` addresses.
     pub listeners: Vec<SocketAddr>,
     pub interval: Duration,
+    /// `--max-conns-per-ip` (0: none): the check's connections come from loopback and
+    /// count against it like any client's, so it opens at most half of it at once.
+    pub max_conns_per_ip: u32,
 }
 
 #[async_trait]
@@ -84,7 +87,20 @@ impl BackgroundService for ServedVerifier {
                 }
                 seen = Some(changes);
                 next = Instant::now() + self.interval;
-                let (results, counts) = check(&self.shared, &targets, &client).await;
+                let parallel = parallelism(self.max_conns_per_ip);
+                // A run can take long (listeners that accept and never answer: one
+                // CONNECT_TIMEOUT per name, `parallel` at a time): shutdown does not wait
+                // for it.
+                let (results, counts) = tokio::select! {
+                    r = check(&self.shared, &targets, &client, parallel) => r,
+                    _ = shutdown.changed() => return,
+                };
+                // What is served changed during the run (an install, a reload): what it
+                // found may compare the new leaf with the old one. Run again at once
+                // (`seen` is the count from before the run) rather than report it.
+                if self.shared.certs.resolver().changes() != changes {
+                    continue;
+                }
                 checks.record(
                     results,
                     counts,
@@ -119,6 +135,16 @@ async fn wait_listening(shared: &Shared, https: &[SocketAddr], shutdown: &mut Sh
     }
 }
 
+/// Connections the check opens at once: [`PARALLEL`], or half of `--max-conns-per-ip`
+/// (at least one) when that is lower, so that the daemon never refuses its own check (a
+/// connection just closed may still hold its slot for a moment).
+pub fn parallelism(max_conns_per_ip: u32) -> usize {
+    match max_conns_per_ip {
+        0 => PARALLEL,
+        cap => PARALLEL.min(usize::try_from(cap / 2).unwrap_or(PARALLEL).max(1)),
+    }
+}
+
 /// Where to connect for a listen address: a wildcard address on the loopback address
 /// of its family.
 pub fn reachable(listen: SocketAddr) -> SocketAddr {
@@ -146,6 +172,7 @@ pub async fn check(
     shared: &Arc<Shared>,
     listeners: &[SocketAddr],
     client: &Arc<ClientConfig>,
+    parallel: usize,
 ) -> (BTreeMap<String, NameCheck>, Counts) {
     let names = shared.snapshot.load().table.names();
     let resolver = shared.certs.resolver();
@@ -176,8 +203,8 @@ pub async fn check(
     .await
     .unwrap_or_default();
 
-    // Every (name, listener), PARALLEL at a time.
-    let permits = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+    // Every (name, listener), `parallel` at a time.
+    let permits = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (_, sni, _)) in held.iter().enumerate() {
         for addr in listeners {
@@ -426,6 +453,15 @@ mod tests {
         assert_eq!(reachable(b), "[::1]:8443".parse().unwrap());
         let c: SocketAddr = "127.0.0.2:443".parse().unwrap();
         assert_eq!(reachable(c), c);
+    }
+
+    #[test]
+    fn parallelism_stays_under_half_the_per_ip_cap() {
+        assert_eq!(parallelism(0), PARALLEL);
+        assert_eq!(parallelism(256), PARALLEL);
+        assert_eq!(parallelism(6), 3);
+        assert_eq!(parallelism(2), 1);
+        assert_eq!(parallelism(1), 1);
     }
 
     #[test]
