@@ -88,6 +88,19 @@ mod tests {
         assert!(LeafId::of_der(b"junk").is_err());
     }
 
+    /// A `fullchain.pem` grown huge (a runaway write, a wrong file copied over it) is
+    /// read by the check on every run: an error, not gigabytes in memory.
+    #[test]
+    fn a_huge_chain_file_is_refused_without_reading_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fullchain.pem");
+        let f = std::fs::File::create(&path).unwrap();
+        // Sparse: 64 GiB on paper, nothing on disk.
+        f.set_len(64 << 30).unwrap();
+        let e = LeafId::of_chain_file(&path).unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+    }
+
     fn certs_now() -> i64 {
         crate::util::unix_now()
     }

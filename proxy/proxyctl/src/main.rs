@@ -920,6 +920,30 @@ mod check_tests {
         }
     }
 
+    /// A certificate id is a directory name under `certs/` (any UTF-8 a file system
+    /// takes): with control bytes or a newline it must not reach the terminal raw, nor
+    /// split one problem into two lines for a monitoring script.
+    #[test]
+    fn hostile_ids_and_names_are_escaped_in_check_lines() {
+        let now = 1_000 * DAY;
+        let mut n = name(
+            "a.test",
+            ServedState::Mismatch,
+            Some("r"),
+            (now - 150 * 3600, now + 3600),
+        );
+        n.cert = "x\u{1b}[2J\nFAKE: ok".into();
+        n.name = "b.test\u{7}".into();
+        let p = check_problems(&certs(vec![n]), None, now);
+        assert_eq!(p.len(), 2, "{p:#?}");
+        for line in &p {
+            assert!(
+                !line.chars().any(|c| c.is_control()),
+                "control bytes in {line:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_default_threshold_is_an_eighth_of_the_lifetime_at_most_14_days() {
         assert_eq!(default_threshold(160 * 3600), 20 * 3600);
