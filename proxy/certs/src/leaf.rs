@@ -4,6 +4,10 @@
 
 use std::path::Path;
 
+/// The most of a `fullchain.pem` read to find its leaf (a chain of a few certificates is
+/// a few KiB): a file grown huge is an error, not that much memory on every check.
+pub const MAX_CHAIN_FILE: u64 = 1 << 20;
+
 /// A leaf certificate by fingerprint and expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeafId {
@@ -33,7 +37,18 @@ impl LeafId {
     /// The leaf (first certificate) of a `fullchain.pem` on disk, read now (nothing
     /// cached: a file changed behind the daemon's back shows).
     pub fn of_chain_file(path: &Path) -> Result<LeafId, String> {
-        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        use std::io::Read;
+        let mut pem = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CHAIN_FILE + 1).read_to_end(&mut pem))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if pem.len() as u64 > MAX_CHAIN_FILE {
+            return Err(format!(
+                "{}: too large (over {} KiB; a chain is a few KiB)",
+                path.display(),
+                MAX_CHAIN_FILE / 1024
+            ));
+        }
         let first = rustls_pemfile::certs(&mut pem.as_slice())
             .next()
             .ok_or_else(|| format!("{}: no certificate in it", path.display()))?

@@ -673,7 +673,12 @@ impl<'a> Served<'a> {
     fn explain(&self, out: &mut impl Write) -> Result<()> {
         if let Some((name, reason)) = self.problem {
             // Built from files on disk and peers' answers: no control bytes to a terminal.
-            output(writeln!(out, "  served {name}: {}", reason.escape_debug()))?;
+            output(writeln!(
+                out,
+                "  served {}: {}",
+                name.escape_debug(),
+                reason.escape_debug()
+            ))?;
         }
         Ok(())
     }
@@ -710,11 +715,11 @@ fn check_problems(
         match n.state {
             S::Mismatch => problems.push(format!(
                 "{}: MISMATCH: served certificate is not the stored one: {why}",
-                n.name
+                n.name.escape_debug()
             )),
             S::Unreachable => problems.push(format!(
                 "{}: UNREACHABLE: served == stored not checked: {why}",
-                n.name
+                n.name.escape_debug()
             )),
             S::Match | S::Unchecked => {}
         }
@@ -726,8 +731,9 @@ fn check_problems(
         if left < limit {
             problems.push(format!(
                 "{}: EXPIRING: certificate {} {} (not_after {}), threshold {}",
-                n.name,
-                n.cert,
+                // The id is a directory name on disk: no control bytes to the terminal.
+                n.name.escape_debug(),
+                n.cert.escape_debug(),
                 if left <= 0 {
                     "has expired".to_string()
                 } else {
