@@ -419,3 +419,47 @@ async fn the_check_stays_under_a_small_max_conns_per_ip() {
     let (code, out) = check(&proxy, &[]).await;
     assert_eq!(code, 0, "{out}");
 }
+
+/// The path production takes: `--verify-served-interval` not given (the harness turns
+/// the check off for every other test), so its default (5 min) applies and the first run
+/// comes at start. Over two listeners, one of them IPv6 loopback, and a wildcard route
+/// (checked with a name under it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_interval_checks_at_start_over_ipv6_and_a_wildcard() {
+    let a = Backend::start("a").await;
+    let v6 = std::net::TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let routes = one_route(&["a.test"], &a, "") + &one_route(&["*.w.test"], &a, "");
+    let metrics = tests::free_addr();
+    let proxy = Proxy::builder(&routes)
+        .served_check_default()
+        .arg("--https")
+        .arg(v6.to_string())
+        .arg("--metrics")
+        .arg(metrics.to_string())
+        .start()
+        .await;
+    for name in ["a.test", "*.w.test"] {
+        let n = wait_served(&proxy, name, "the first check", |n| {
+            n["state"] != "unchecked"
+        })
+        .await;
+        assert_eq!(n["state"], "match", "{n}");
+    }
+    let v = certs_json(&proxy).await;
+    assert_eq!(v["served"]["interval_secs"], 300, "{v}");
+    // Both listeners were asked, for both names: 4 connections that matched.
+    let text = proxy.log();
+    assert!(!text.contains("served == stored not checked"), "{text}");
+    let m = scrape(metrics).await;
+    assert!(
+        gauge(&m, "proxyd_certificate_served_checks_total{result=\"match\"}")
+            .is_some_and(|n| n >= 4.0),
+        "{m}"
+    );
+    let (code, out) = check(&proxy, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 served == stored"), "{out}");
+}

@@ -103,9 +103,18 @@ pub struct ProxyBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     store_tmpfs: Option<String>,
+    /// Leave `--verify-served-interval` at proxyd's default (see `served_check_off`).
+    served_check_default: bool,
 }
 
 impl ProxyBuilder {
+    /// Start proxyd without `--verify-served-interval`, so that its default applies
+    /// (the builder otherwise turns the served == stored check off).
+    pub fn served_check_default(mut self) -> Self {
+        self.served_check_default = true;
+        self
+    }
+
     /// Put the certificate store on its own tmpfs of this size (e.g. `"1m"`), mounted in
     /// a private mount namespace of proxyd (`unshare --map-root-user --mount`), so a test
     /// can fill it or make it read-only ([`Proxy::remount_store`]) without touching the
@@ -155,7 +164,9 @@ impl ProxyBuilder {
     /// metrics, holding a slot of `--max-conns-per-ip`), which tests that count those
     /// would see. Tests of the check (`served.rs`) turn it on.
     fn served_check_off(&self) -> Vec<OsString> {
-        if self.args.iter().any(|a| a == "--verify-served-interval") {
+        if self.served_check_default
+            || self.args.iter().any(|a| a == "--verify-served-interval")
+        {
             vec![]
         } else {
             vec!["--verify-served-interval".into(), "0".into()]
@@ -371,6 +382,7 @@ impl Proxy {
             args: vec![],
             envs: vec![],
             store_tmpfs: None,
+            served_check_default: false,
         }
     }
 
