@@ -455,8 +455,11 @@ async fn the_default_interval_checks_at_start_over_ipv6_and_a_wildcard() {
     assert!(!text.contains("served == stored not checked"), "{text}");
     let m = scrape(metrics).await;
     assert!(
-        gauge(&m, "proxyd_certificate_served_checks_total{result=\"match\"}")
-            .is_some_and(|n| n >= 4.0),
+        gauge(
+            &m,
+            "proxyd_certificate_served_checks_total{result=\"match\"}"
+        )
+        .is_some_and(|n| n >= 4.0),
         "{m}"
     );
     let (code, out) = check(&proxy, &[]).await;

@@ -164,9 +164,7 @@ impl ProxyBuilder {
     /// metrics, holding a slot of `--max-conns-per-ip`), which tests that count those
     /// would see. Tests of the check (`served.rs`) turn it on.
     fn served_check_off(&self) -> Vec<OsString> {
-        if self.served_check_default
-            || self.args.iter().any(|a| a == "--verify-served-interval")
-        {
+        if self.served_check_default || self.args.iter().any(|a| a == "--verify-served-interval") {
             vec![]
         } else {
             vec!["--verify-served-interval".into(), "0".into()]

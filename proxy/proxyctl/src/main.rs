@@ -926,6 +926,46 @@ mod check_tests {
         }
     }
 
+    /// An expired certificate (still held: nothing better was issued) is a problem
+    /// under any threshold, and says so; a 160-hour one past its default threshold too.
+    #[test]
+    fn expired_and_short_lived_certificates_fail_the_check() {
+        let now = 1_000 * DAY;
+        let v = certs(vec![
+            name(
+                "gone.test",
+                ServedState::Match,
+                None,
+                (now - 90 * DAY, now - 60),
+            ),
+            // 160 h, 19 h left: under an eighth (20 h).
+            name(
+                "short.test",
+                ServedState::Match,
+                None,
+                (now - 141 * 3600, now + 19 * 3600),
+            ),
+            // 160 h, 21 h left: fine.
+            name(
+                "fine.test",
+                ServedState::Match,
+                None,
+                (now - 139 * 3600, now + 21 * 3600),
+            ),
+        ]);
+        let p = check_problems(&v, None, now);
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(
+            p[0].starts_with("gone.test: EXPIRING") && p[0].contains("has expired"),
+            "{p:?}"
+        );
+        assert!(p[1].starts_with("short.test: EXPIRING"), "{p:?}");
+        // The smallest threshold still catches the expired one.
+        let p = check_problems(&v, Some(std::time::Duration::from_secs(1)), now);
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].contains("has expired"), "{p:?}");
+    }
+
     /// A certificate id is a directory name under `certs/` (any UTF-8 a file system
     /// takes): with control bytes or a newline it must not reach the terminal raw, nor
     /// split one problem into two lines for a monitoring script.
