@@ -466,3 +466,20 @@ async fn the_default_interval_checks_at_start_over_ipv6_and_a_wildcard() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("2 served == stored"), "{out}");
 }
+
+/// A routed name for which the daemon holds no certificate at all (no local issuer, no
+/// ACME, nothing in the store) is served with no TLS for it: `proxyctl certs --check`,
+/// which monitoring relies on, must not call that OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_name_without_a_certificate_fails_the_check() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::builder(&one_route(&["bare.test"], &a, ""))
+        .local_issuer(false)
+        .arg("--verify-served-interval")
+        .arg("1s")
+        .start()
+        .await;
+    let (code, out) = check(&proxy, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("bare.test: NO CERTIFICATE"), "{out}");
+}
