@@ -328,6 +328,10 @@ pub struct ServedCheck {
     pub last_run: Option<u64>,
     /// Every routed name with a certificate held, sorted.
     pub names: Vec<ServedName>,
+    /// Routed names for which no certificate is held at all (nothing to check: served
+    /// without TLS for them), sorted. Absent from older daemons.
+    #[serde(default)]
+    pub uncovered: Vec<String>,
 }
 
 /// One routed name in the served == stored check.

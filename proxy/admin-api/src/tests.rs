@@ -374,7 +374,8 @@ fn certs_without_acme_has_no_groups() {
         "state": "mismatch",
         "stored_sha256": "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
       }
-    ]
+    ],
+    "uncovered": []
   }
 }"#,
     );
@@ -436,7 +437,10 @@ fn certs_with_acme() {
   "served": {
     "interval_secs": 0,
     "last_run": null,
-    "names": []
+    "names": [],
+    "uncovered": [
+      "bare.test"
+    ]
   }
 }"#,
     );

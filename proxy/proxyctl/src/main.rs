@@ -744,8 +744,15 @@ fn check_problems(
             ));
         }
     }
+    for name in &v.served.uncovered {
+        problems.push(format!(
+            "{}: NO CERTIFICATE: routed, none held for it",
+            name.escape_debug()
+        ));
+    }
     for g in v.groups.iter().flatten() {
-        if g.not_after.is_none() {
+        // Its names are listed above one by one when the daemon says which.
+        if g.not_after.is_none() && !g.names.iter().any(|n| v.served.uncovered.contains(n)) {
             problems.push(format!(
                 "{}: NO CERTIFICATE: none covers {} yet",
                 g.id,
@@ -922,6 +929,7 @@ mod check_tests {
                 interval_secs: 300,
                 last_run: Some(1),
                 names,
+                uncovered: vec![],
             },
         }
     }

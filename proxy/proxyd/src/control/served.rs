@@ -321,11 +321,12 @@ pub fn reply(shared: &Shared) -> admin_api::ServedCheck {
     let checks: &ServedChecks = &shared.served;
     let results = checks.results();
     let resolver = shared.certs.resolver();
-    let names = shared
-        .snapshot
-        .load()
-        .table
-        .names()
+    let routed = shared.snapshot.load().table.names();
+    // None valid now, and none held at all (an expired one is in `names`, with its
+    // expiry).
+    let mut uncovered = shared.certs.uncovered(&routed);
+    uncovered.retain(|n| resolver.lookup(&sni_for(n)).is_none());
+    let names = routed
         .into_iter()
         .filter_map(|name| {
             let cert = resolver.lookup(&sni_for(&name))?;
@@ -347,6 +348,7 @@ pub fn reply(shared: &Shared) -> admin_api::ServedCheck {
         interval_secs: checks.interval_secs(),
         last_run: checks.last_run(),
         names,
+        uncovered,
     }
 }
 
