@@ -472,6 +472,19 @@ mod tests {
         assert_eq!(sni_for("a.example.org"), "a.example.org");
     }
 
+    /// A name none of whose connections came back (a task that panicked, no listener)
+    /// was not checked: not a match.
+    #[test]
+    fn judge_without_any_answer_is_no_match() {
+        let mut counts = Counts::default();
+        let none = judge("a.test", b"x", &Err("gone".into()), &[], &mut counts, 5);
+        assert!(
+            matches!(none.outcome, Outcome::Unreachable(_)),
+            "{:?}",
+            none.outcome
+        );
+    }
+
     #[test]
     fn judge_names_the_first_problem() {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
