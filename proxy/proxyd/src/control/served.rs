@@ -304,6 +304,9 @@ fn judge(
     let outcome = match (mismatch, unreachable) {
         (Some(m), _) => Outcome::Mismatch(m),
         (None, Some(u)) => Outcome::Unreachable(u),
+        (None, None) if answers.is_empty() => {
+            Outcome::Unreachable("no listener answered the check".into())
+        }
         (None, None) => Outcome::Match,
     };
     NameCheck {
