@@ -390,6 +390,17 @@ async fn a_name_closer_to_expiry_than_the_threshold_fails_the_check() {
 /// `proxyctl certs --check` every interval).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_check_stays_under_a_small_max_conns_per_ip() {
+    check_under_cap("2").await;
+}
+
+/// The smallest cap: one connection at a time, each opened only once the one before is
+/// closed on both sides (else the daemon would still count it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_stays_under_a_max_conns_per_ip_of_one() {
+    check_under_cap("1").await;
+}
+
+async fn check_under_cap(cap: &str) {
     let a = Backend::start("a").await;
     let names: Vec<String> = (0..6).map(|i| format!("n{i}.test")).collect();
     let routes: String = names
@@ -400,7 +411,7 @@ async fn the_check_stays_under_a_small_max_conns_per_ip() {
         .arg("--verify-served-interval")
         .arg("1s")
         .arg("--max-conns-per-ip")
-        .arg("2")
+        .arg(cap)
         .start()
         .await;
     // Two complete runs, so that the second cannot be the first's leftovers.
