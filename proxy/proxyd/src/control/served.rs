@@ -40,6 +40,9 @@ use crate::observe::served::{Counts, NameCheck, Outcome, ServedChecks};
 pub const PARALLEL: usize = 8;
 /// For TCP connect and the TLS handshake together, per connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection, once its leaf is had and close_notify sent, waits for the
+/// daemon to close its side.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the resolver is looked at for a change (one atomic load).
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// The label put in front of a wildcard route's parent to check it (`*.example.org` is
@@ -386,8 +389,15 @@ async fn served_leaf(
         .and_then(|chain| chain.first())
         .map(|c| c.as_ref().to_vec())
         .ok_or_else(|| "no certificate served".to_string());
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tls.shutdown().await;
+    // Until the daemon has closed its side too (it still counts the connection against
+    // `--max-conns-per-ip` until then: the next one would be refused), for a moment.
+    let mut sink = [0u8; 512];
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
     leaf
 }
 
