@@ -34,15 +34,15 @@ const WITHIN: Duration = Duration::from_secs(60);
 
 /// The parts of a served leaf certificate the tests look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Leaf {
-    serial: String,
-    not_before: i64,
-    not_after: i64,
-    names: Vec<String>,
+pub(crate) struct Leaf {
+    pub(crate) serial: String,
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
+    pub(crate) names: Vec<String>,
 }
 
 impl Leaf {
-    fn parse(der: &[u8]) -> Leaf {
+    pub(crate) fn parse(der: &[u8]) -> Leaf {
         use x509_parser::prelude::{FromDer, X509Certificate};
         let (_, cert) = X509Certificate::from_der(der).expect("a served leaf parses");
         Leaf {
@@ -104,7 +104,7 @@ impl ServerCertVerifier for Recorder {
 
 /// The leaf the proxy presents for `sni` on a fresh connection (no resumption: a new
 /// client each time), or why there is none.
-async fn try_served_leaf(addr: SocketAddr, sni: &str) -> anyhow::Result<Leaf> {
+pub(crate) async fn try_served_leaf(addr: SocketAddr, sni: &str) -> anyhow::Result<Leaf> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let recorder = Arc::new(Recorder {
         leaf: Mutex::new(None),
@@ -129,7 +129,7 @@ async fn served_leaf(proxy: &Proxy, sni: &str) -> Leaf {
 }
 
 /// The leaf of `certs-store/certs/<id>/fullchain.pem`.
-fn leaf_on_disk(store: &Path, id: &str) -> Leaf {
+pub(crate) fn leaf_on_disk(store: &Path, id: &str) -> Leaf {
     let pem = std::fs::read_to_string(store.join("certs").join(id).join("fullchain.pem"))
         .unwrap_or_else(|e| panic!("{id}: {e}"));
     let chain = tests::client::certs_from_pem(&pem).unwrap();

@@ -20,6 +20,7 @@ mod policy;
 mod preflight;
 mod reload;
 mod routing;
+mod served;
 mod soak;
 mod startup;
 mod tls;

@@ -103,9 +103,18 @@ pub struct ProxyBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     store_tmpfs: Option<String>,
+    /// Leave `--verify-served-interval` at proxyd's default (see `served_check_off`).
+    served_check_default: bool,
 }
 
 impl ProxyBuilder {
+    /// Start proxyd without `--verify-served-interval`, so that its default applies
+    /// (the builder otherwise turns the served == stored check off).
+    pub fn served_check_default(mut self) -> Self {
+        self.served_check_default = true;
+        self
+    }
+
     /// Put the certificate store on its own tmpfs of this size (e.g. `"1m"`), mounted in
     /// a private mount namespace of proxyd (`unshare --map-root-user --mount`), so a test
     /// can fill it or make it read-only ([`Proxy::remount_store`]) without touching the
@@ -148,6 +157,18 @@ impl ProxyBuilder {
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.envs.push((key.into(), value.into()));
         self
+    }
+
+    /// `--verify-served-interval 0` unless the test gave that flag: the served == stored
+    /// check opens TLS connections of its own to the listener (counted in the handshake
+    /// metrics, holding a slot of `--max-conns-per-ip`), which tests that count those
+    /// would see. Tests of the check (`served.rs`) turn it on.
+    fn served_check_off(&self) -> Vec<OsString> {
+        if self.served_check_default || self.args.iter().any(|a| a == "--verify-served-interval") {
+            vec![]
+        } else {
+            vec!["--verify-served-interval".into(), "0".into()]
+        }
     }
 
     /// Spawn proxyd and wait until it reports itself ready on its admin socket (every
@@ -230,6 +251,7 @@ impl ProxyBuilder {
             .arg("--upgrade-socket")
             .arg(dir.join("upgrade.sock"))
             .args(&self.args)
+            .args(self.served_check_off())
             .current_dir(&dir)
             // The log is a file read by people in test output: no colour codes.
             .env("NO_COLOR", "1")
@@ -358,6 +380,7 @@ impl Proxy {
             args: vec![],
             envs: vec![],
             store_tmpfs: None,
+            served_check_default: false,
         }
     }
 

@@ -334,6 +334,77 @@ pub struct Certs {
     pub groups: Option<Vec<CertGroup>>,
     /// Certificates held; with ACME only those no group above lists.
     pub certificates: Vec<CertInfo>,
+    /// Served == stored: what each listener serves for each routed name against the
+    /// certificate on disk.
+    pub served: ServedCheck,
+}
+
+/// The served == stored check (`--verify-served-interval`): for each routed name, the
+/// leaf a TLS client gets from each of the daemon's own HTTPS listeners, compared with
+/// the one in the store (read from disk) and the one held in memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedCheck {
+    /// Seconds between two checks on the timer; 0: the check is off.
+    pub interval_secs: u64,
+    /// When the last check finished (unix seconds); `None`: none yet.
+    #[serde(deserialize_with = "present")]
+    pub last_run: Option<u64>,
+    /// Every routed name with a certificate held, sorted.
+    pub names: Vec<ServedName>,
+    /// Routed names for which no certificate is held at all (nothing to check: served
+    /// without TLS for them), sorted. Absent from older daemons.
+    #[serde(default)]
+    pub uncovered: Vec<String>,
+}
+
+/// One routed name in the served == stored check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedName {
+    /// The routed name (a wildcard route is checked with a name under it).
+    pub name: String,
+    /// The id of the certificate held for it.
+    pub cert: String,
+    /// Of the certificate held (unix seconds).
+    pub not_before: i64,
+    pub not_after: i64,
+    pub state: ServedState,
+    /// Why, when not `match`: one line.
+    #[serde(deserialize_with = "present")]
+    pub reason: Option<String>,
+    /// When this name was last checked (unix seconds).
+    #[serde(deserialize_with = "present")]
+    pub checked_at: Option<u64>,
+    /// SHA-256 of the leaf served then (the first listener that answered).
+    #[serde(deserialize_with = "present")]
+    pub served_sha256: Option<String>,
+    /// SHA-256 of the leaf in `certs/<cert>/fullchain.pem` then.
+    #[serde(deserialize_with = "present")]
+    pub stored_sha256: Option<String>,
+}
+
+/// The outcome of the served == stored check for one name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServedState {
+    /// Every listener serves the leaf on disk, which is the one held.
+    Match,
+    /// A listener serves another leaf than the store's (or the store's cannot be read).
+    Mismatch,
+    /// A listener could not be reached or refused the handshake.
+    Unreachable,
+    /// Not checked yet (or the check is off).
+    Unchecked,
+}
+
+impl ServedState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServedState::Match => "match",
+            ServedState::Mismatch => "mismatch",
+            ServedState::Unreachable => "unreachable",
+            ServedState::Unchecked => "unchecked",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

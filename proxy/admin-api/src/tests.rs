@@ -358,10 +358,29 @@ fn certs_without_acme_has_no_groups() {
       "not_before": 1764950000,
       "replace_at": 1787000000
     }
-  ]
+  ],
+  "served": {
+    "interval_secs": 300,
+    "last_run": 1764950100,
+    "names": [
+      {
+        "cert": "a.test",
+        "checked_at": 1764950100,
+        "name": "a.test",
+        "not_after": 1798215041,
+        "not_before": 1764950000,
+        "reason": "served 0123456789abcdef (until 2026-12-25T16:10:41Z), stored fedcba9876543210 (until 2026-12-26T16:10:41Z)",
+        "served_sha256": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "state": "mismatch",
+        "stored_sha256": "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+      }
+    ],
+    "uncovered": []
+  }
 }"#,
     );
     assert_eq!(c.groups, None);
+    assert_eq!(c.served.names[0].state, ServedState::Mismatch);
 }
 
 #[test]
@@ -414,7 +433,15 @@ fn certs_with_acme() {
       "ordering": true,
       "profile": null
     }
-  ]
+  ],
+  "served": {
+    "interval_secs": 0,
+    "last_run": null,
+    "names": [],
+    "uncovered": [
+      "bare.test"
+    ]
+  }
 }"#,
     );
     let groups = c.groups.unwrap();

@@ -71,6 +71,7 @@
 //! and `mv` it into `certs/`.
 
 pub mod fsutil;
+mod leaf;
 mod ledger;
 mod local;
 mod manager;
@@ -83,6 +84,7 @@ pub mod util;
 
 use std::path::PathBuf;
 
+pub use leaf::{sha256_hex, LeafId};
 pub use ledger::{
     FailedValidation, Hold, HoldScope, Ledger, OrderOutcome, OrderRecord, LEDGER_KEEP_SECS,
 };

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -29,6 +30,10 @@ pub struct CertResolver {
     /// ACME TLS-ALPN-01 (RFC 8737) challenge certificates by name, answered only to
     /// clients that offer ALPN `acme-tls/1`. Empty but for the seconds of a validation.
     acme: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    /// How many times the map changed (a swap that serves other certificates than the
+    /// one before): what the daemon's served == stored check watches to run after every
+    /// install, reload and store re-read.
+    changes: AtomicU64,
 }
 
 /// The ALPN protocol of TLS-ALPN-01 validations.
@@ -55,7 +60,14 @@ impl CertResolver {
         CertResolver {
             map: ArcSwap::from_pointee(CertMap::default()),
             acme: ArcSwap::from_pointee(HashMap::new()),
+            changes: AtomicU64::new(0),
         }
+    }
+
+    /// How many swaps so far changed what is served (a swap with the same certificates
+    /// for the same names does not count).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// Answers TLS-ALPN-01 validations for `name` with `key` (a self-signed certificate
@@ -120,7 +132,10 @@ impl CertResolver {
                     .and_then(|(_, parent)| wildcard.get(parent))
                     .is_some_and(|w| w.valid_at(now))
         });
-        self.map.store(Arc::new(map));
+        let old = self.map.swap(Arc::new(map));
+        if !same_certs(&old, &self.map.load()) {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Exact name first, then `*.parent` (one label only). Input normalised: lower case,
@@ -147,6 +162,16 @@ impl CertResolver {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The same certificate objects under the same names.
+fn same_certs(a: &CertMap, b: &CertMap) -> bool {
+    fn same(a: &HashMap<String, Arc<StoredCert>>, b: &HashMap<String, Arc<StoredCert>>) -> bool {
+        a.len() == b.len()
+            && a.iter()
+                .all(|(name, c)| b.get(name).is_some_and(|d| Arc::ptr_eq(c, d)))
+    }
+    same(&a.exact, &b.exact) && same(&a.wildcard, &b.wildcard)
 }
 
 fn normalize(sni: &str) -> Cow<'_, str> {

@@ -67,10 +67,22 @@ enum Command {
     Diff,
     /// Generation, last reload, listeners, upstream health, certificates.
     Status,
-    /// Certificates: names, issuer, not-after, next renewal, last error.
+    /// Certificates: names, issuer, not-after, next renewal, last error, and whether
+    /// each is served as stored.
     Certs {
         #[command(subcommand)]
         action: Option<CertsAction>,
+        /// For monitoring and CI: print one line per problem (a name served with another
+        /// certificate than the stored one, a listener the check could not reach, a name
+        /// closer to expiry than the threshold, or without a certificate) and exit 1 if
+        /// there is any, 0 otherwise.
+        #[arg(long)]
+        check: bool,
+        /// With --check: how close to its expiry a certificate may be, e.g. `14d`, `36h`.
+        /// Default: an eighth of each certificate's lifetime, at most 14 days (11 days
+        /// for 90-day certificates, 20 hours for 160-hour ones).
+        #[arg(long, requires = "check", value_parser = parse_threshold, value_name = "DURATION")]
+        expiry_threshold: Option<std::time::Duration>,
     },
     /// Routes generated from the inventory (offline, no daemon needed).
     Routes {
@@ -141,9 +153,19 @@ fn run(cli: &Cli) -> Result<Outcome> {
         Command::Reload => reload(cli, Request::Reload),
         Command::Diff => reload(cli, Request::Diff),
         Command::Status => status(cli),
-        Command::Certs { action: None } => certs(cli),
+        Command::Certs {
+            action: None,
+            check: false,
+            ..
+        } => certs(cli),
+        Command::Certs {
+            action: None,
+            check: true,
+            expiry_threshold,
+        } => certs_check(cli, *expiry_threshold),
         Command::Certs {
             action: Some(CertsAction::Renew { name }),
+            ..
         } => certs_renew(cli, name),
         Command::Certs {
             action: Some(CertsAction::Preflight { names }),
@@ -526,6 +548,7 @@ fn certs(cli: &Cli) -> Result<Outcome> {
         output(print_json(&to_json(&v)))?;
         return Ok(Outcome::Ok);
     }
+    let color = use_color();
     let mut out = io::stdout().lock();
     match &v.acme {
         Some(a) => output(writeln!(
@@ -540,9 +563,10 @@ fn certs(cli: &Cli) -> Result<Outcome> {
     }
     let secs = |t: Option<i64>| t.and_then(|t| u64::try_from(t).ok());
     for g in v.groups.iter().flatten() {
+        let served = Served::of(&v.served, &g.id);
         output(writeln!(
             out,
-            "{:<30} {:<10} until {}  renew {}  {}",
+            "{:<30} {:<10} until {}  renew {}  served {}  {}",
             g.id,
             g.issuer
                 .as_deref()
@@ -556,8 +580,10 @@ fn certs(cli: &Cli) -> Result<Outcome> {
             } else {
                 unix_time(secs(g.next_renewal))
             },
+            served.word(color),
             json_text(&g.names)
         ))?;
+        served.explain(&mut out)?;
         if g.profile.is_some() || g.issued_profile.is_some() {
             let issued = match (&g.issued_profile, &g.profile) {
                 (Some(i), Some(p)) if i == p => String::new(),
@@ -585,16 +611,235 @@ fn certs(cli: &Cli) -> Result<Outcome> {
         }
     }
     for c in &v.certificates {
+        let served = Served::of(&v.served, &c.id);
         output(writeln!(
             out,
-            "{:<30} {:<10} until {}  renew -  {}",
+            "{:<30} {:<10} until {}  renew -  served {}  {}",
             c.id,
             c.issuer,
             unix_time(Some(c.not_after)),
+            served.word(color),
             json_text(&c.names)
+        ))?;
+        served.explain(&mut out)?;
+    }
+    if v.served.interval_secs == 0 {
+        output(writeln!(
+            out,
+            "served == stored: off (--verify-served-interval 0)"
         ))?;
     }
     Ok(Outcome::Ok)
+}
+
+/// Whether a certificate is served as stored, over the names it serves.
+struct Served<'a> {
+    /// The worst state of its names (`None`: no name checked).
+    state: Option<admin_api::ServedState>,
+    /// The first problem's name and reason.
+    problem: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> Served<'a> {
+    fn of(check: &'a admin_api::ServedCheck, cert: &str) -> Served<'a> {
+        use admin_api::ServedState as S;
+        let rank = |s: S| match s {
+            S::Unchecked => 0,
+            S::Match => 1,
+            S::Unreachable => 2,
+            S::Mismatch => 3,
+        };
+        let mut out = Served {
+            state: None,
+            problem: None,
+        };
+        for n in check.names.iter().filter(|n| n.cert == cert) {
+            if out.state.is_none_or(|s| rank(n.state) > rank(s)) {
+                out.state = Some(n.state);
+                if let Some(r) = &n.reason {
+                    out.problem = Some((n.name.as_str(), r.as_str()));
+                }
+            }
+        }
+        out
+    }
+
+    /// `ok`, `MISMATCH`, `UNREACHABLE` or `-`; in red on a terminal when not ok.
+    fn word(&self, color: bool) -> String {
+        use admin_api::ServedState as S;
+        let word = match self.state {
+            Some(S::Match) => return "ok".into(),
+            None | Some(S::Unchecked) => return "-".into(),
+            Some(S::Mismatch) => "MISMATCH",
+            Some(S::Unreachable) => "UNREACHABLE",
+        };
+        if color {
+            format!("\x1b[31m{word}\x1b[0m")
+        } else {
+            word.into()
+        }
+    }
+
+    /// The reason on a line of its own, under the certificate's.
+    fn explain(&self, out: &mut impl Write) -> Result<()> {
+        if let Some((name, reason)) = self.problem {
+            // Built from files on disk and peers' answers: no control bytes to a terminal.
+            output(writeln!(
+                out,
+                "  served {}: {}",
+                name.escape_debug(),
+                reason.escape_debug()
+            ))?;
+        }
+        Ok(())
+    }
+}
+
+/// Colours only for a person: stdout a terminal, and no `NO_COLOR`.
+fn use_color() -> bool {
+    use std::io::IsTerminal;
+    io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `--expiry-threshold`: a duration as in routes.toml (`14d`, `36h`).
+fn parse_threshold(s: &str) -> Result<std::time::Duration, String> {
+    routes::check::duration("--expiry-threshold", s)
+}
+
+/// The default expiry threshold for a certificate of this lifetime: an eighth of it, at
+/// most 14 days. Renewals happen at a third of the lifetime left, ARI windows end at a
+/// sixth at the latest: closer than an eighth means renewal is late.
+fn default_threshold(lifetime_secs: i64) -> i64 {
+    (lifetime_secs / 8).clamp(0, 14 * 86_400)
+}
+
+/// What `proxyctl certs --check` reports: one line per problem (empty: all well).
+fn check_problems(
+    v: &admin_api::Certs,
+    threshold: Option<std::time::Duration>,
+    now: i64,
+) -> Vec<String> {
+    use admin_api::ServedState as S;
+    let mut problems = Vec::new();
+    for n in &v.served.names {
+        let why = n.reason.as_deref().unwrap_or("").escape_debug().to_string();
+        match n.state {
+            S::Mismatch => problems.push(format!(
+                "{}: MISMATCH: served certificate is not the stored one: {why}",
+                n.name.escape_debug()
+            )),
+            S::Unreachable => problems.push(format!(
+                "{}: UNREACHABLE: served == stored not checked: {why}",
+                n.name.escape_debug()
+            )),
+            S::Match | S::Unchecked => {}
+        }
+        let limit = match threshold {
+            Some(t) => i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+            None => default_threshold(n.not_after - n.not_before),
+        };
+        let left = n.not_after - now;
+        if left < limit {
+            problems.push(format!(
+                "{}: EXPIRING: certificate {} {} (not_after {}), threshold {}",
+                // The id is a directory name on disk: no control bytes to the terminal.
+                n.name.escape_debug(),
+                n.cert.escape_debug(),
+                if left <= 0 {
+                    "has expired".to_string()
+                } else {
+                    format!("expires in {}", roughly(left))
+                },
+                unix_time(u64::try_from(n.not_after).ok()),
+                roughly(limit)
+            ));
+        }
+    }
+    for name in &v.served.uncovered {
+        problems.push(format!(
+            "{}: NO CERTIFICATE: routed, none held for it",
+            name.escape_debug()
+        ));
+    }
+    for g in v.groups.iter().flatten() {
+        // Its names are listed above one by one when the daemon says which.
+        if g.not_after.is_none() && !g.names.iter().any(|n| v.served.uncovered.contains(n)) {
+            problems.push(format!(
+                "{}: NO CERTIFICATE: none covers {} yet",
+                g.id,
+                json_text(&g.names)
+            ));
+        }
+    }
+    problems
+}
+
+/// `3 days`, `20 hours`, `5 minutes`: rounded down (a threshold or time left is never
+/// shown larger than it is).
+fn roughly(secs: i64) -> String {
+    let s = secs.max(0);
+    if s >= 2 * 86_400 {
+        format!("{} days", s / 86_400)
+    } else if s >= 2 * 3600 {
+        format!("{} hours", s / 3600)
+    } else {
+        format!("{} minutes", s / 60)
+    }
+}
+
+/// `proxyctl certs --check [--expiry-threshold DURATION]`.
+fn certs_check(cli: &Cli, threshold: Option<std::time::Duration>) -> Result<Outcome> {
+    let v = match ask::<admin_api::Certs>(cli, &Request::Certs)? {
+        Ok((_, Ok(v))) => v,
+        Ok((_, Err(e))) => return refused(cli, &e),
+        Err(outcome) => return Ok(outcome),
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let problems = check_problems(&v, threshold, now);
+    let checked = v
+        .served
+        .names
+        .iter()
+        .filter(|n| n.state == admin_api::ServedState::Match)
+        .count();
+    if cli.json {
+        output(print_json(&json!({
+            "ok": problems.is_empty(),
+            "problems": problems,
+            "names": v.served.names.len(),
+            "served_as_stored": checked,
+            "served_check": v.served.interval_secs > 0,
+        })))?;
+    } else {
+        let mut out = io::stdout().lock();
+        for p in &problems {
+            output(writeln!(out, "{p}"))?;
+        }
+        let check = if v.served.interval_secs == 0 {
+            " (served == stored check off)".to_string()
+        } else {
+            format!(", {checked} served == stored")
+        };
+        if problems.is_empty() {
+            output(writeln!(
+                out,
+                "certificates: OK: {} names{check}",
+                v.served.names.len()
+            ))?;
+        } else {
+            output(writeln!(
+                out,
+                "certificates: {} problem{}{check}",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            ))?;
+        }
+    }
+    Ok(if problems.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    })
 }
 
 /// `proxyctl certs renew NAME`.
@@ -742,5 +987,160 @@ mod time_tests {
         );
         assert_eq!(super::unix_time(Some(951_782_400)), "2000-02-29T00:00:00Z");
         assert_eq!(super::unix_time(None), "-");
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use admin_api::{Certs, ServedCheck, ServedName, ServedState};
+
+    use super::{check_problems, default_threshold};
+
+    const DAY: i64 = 86_400;
+
+    fn name(n: &str, state: ServedState, reason: Option<&str>, life: (i64, i64)) -> ServedName {
+        ServedName {
+            name: n.into(),
+            cert: n.into(),
+            not_before: life.0,
+            not_after: life.1,
+            state,
+            reason: reason.map(Into::into),
+            checked_at: Some(1),
+            served_sha256: None,
+            stored_sha256: None,
+        }
+    }
+
+    fn certs(names: Vec<ServedName>) -> Certs {
+        Certs {
+            acme: None,
+            groups: None,
+            certificates: vec![],
+            served: ServedCheck {
+                interval_secs: 300,
+                last_run: Some(1),
+                names,
+                uncovered: vec![],
+            },
+        }
+    }
+
+    /// An expired certificate (still held: nothing better was issued) is a problem
+    /// under any threshold, and says so; a 160-hour one past its default threshold too.
+    #[test]
+    fn expired_and_short_lived_certificates_fail_the_check() {
+        let now = 1_000 * DAY;
+        let v = certs(vec![
+            name(
+                "gone.test",
+                ServedState::Match,
+                None,
+                (now - 90 * DAY, now - 60),
+            ),
+            // 160 h, 19 h left: under an eighth (20 h).
+            name(
+                "short.test",
+                ServedState::Match,
+                None,
+                (now - 141 * 3600, now + 19 * 3600),
+            ),
+            // 160 h, 21 h left: fine.
+            name(
+                "fine.test",
+                ServedState::Match,
+                None,
+                (now - 139 * 3600, now + 21 * 3600),
+            ),
+        ]);
+        let p = check_problems(&v, None, now);
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(
+            p[0].starts_with("gone.test: EXPIRING") && p[0].contains("has expired"),
+            "{p:?}"
+        );
+        assert!(p[1].starts_with("short.test: EXPIRING"), "{p:?}");
+        // The smallest threshold still catches the expired one.
+        let p = check_problems(&v, Some(std::time::Duration::from_secs(1)), now);
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].contains("has expired"), "{p:?}");
+    }
+
+    /// A certificate id is a directory name under `certs/` (any UTF-8 a file system
+    /// takes): with control bytes or a newline it must not reach the terminal raw, nor
+    /// split one problem into two lines for a monitoring script.
+    #[test]
+    fn hostile_ids_and_names_are_escaped_in_check_lines() {
+        let now = 1_000 * DAY;
+        let mut n = name(
+            "a.test",
+            ServedState::Mismatch,
+            Some("r"),
+            (now - 150 * 3600, now + 3600),
+        );
+        n.cert = "x\u{1b}[2J\nFAKE: ok".into();
+        n.name = "b.test\u{7}".into();
+        let p = check_problems(&certs(vec![n]), None, now);
+        assert_eq!(p.len(), 2, "{p:#?}");
+        for line in &p {
+            assert!(
+                !line.chars().any(|c| c.is_control()),
+                "control bytes in {line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_threshold_is_an_eighth_of_the_lifetime_at_most_14_days() {
+        assert_eq!(default_threshold(160 * 3600), 20 * 3600);
+        assert_eq!(default_threshold(90 * DAY), 90 * DAY / 8);
+        assert_eq!(default_threshold(365 * DAY), 14 * DAY);
+        assert_eq!(default_threshold(-5), 0);
+    }
+
+    #[test]
+    fn mismatches_unreachable_listeners_and_near_expiry_are_problems() {
+        let now = 1_000 * DAY;
+        let fresh = (now - DAY, now + 89 * DAY);
+        let v = certs(vec![
+            name("ok.test", ServedState::Match, None, fresh),
+            name("unchecked.test", ServedState::Unchecked, None, fresh),
+            name("bad.test", ServedState::Mismatch, Some("x\u{1b}[2J"), fresh),
+            name(
+                "down.test",
+                ServedState::Unreachable,
+                Some("refused"),
+                fresh,
+            ),
+            // 160 h, 10 h left: below its eighth (20 h).
+            name(
+                "short.test",
+                ServedState::Match,
+                None,
+                (now - 150 * 3600, now + 10 * 3600),
+            ),
+        ]);
+        let p = check_problems(&v, None, now);
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(
+            p[0].starts_with("bad.test: MISMATCH") && !p[0].contains('\u{1b}'),
+            "{p:?}"
+        );
+        assert!(p[1].starts_with("down.test: UNREACHABLE"), "{p:?}");
+        assert!(p[2].starts_with("short.test: EXPIRING"), "{p:?}");
+        // A fixed threshold applies to all: 100 days catches every name.
+        let all = check_problems(
+            &v,
+            Some(std::time::Duration::from_secs(100 * DAY as u64)),
+            now,
+        );
+        assert_eq!(all.iter().filter(|l| l.contains("EXPIRING")).count(), 5);
+        // All well: nothing.
+        assert!(check_problems(
+            &certs(vec![name("ok.test", ServedState::Match, None, fresh)]),
+            None,
+            now
+        )
+        .is_empty());
     }
 }

@@ -168,6 +168,11 @@ pub struct Args {
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub store_check_interval: std::time::Duration,
 
+    /// How often each routed name's certificate, as the HTTPS listeners serve it, is
+    /// compared with the one on disk (also after every certificate change); `0`: off.
+    #[arg(long, default_value = "5m", value_parser = parse_interval, value_name = "DURATION")]
+    pub verify_served_interval: std::time::Duration,
+
     /// For tests only: the lifetime of certificates from the local CA (default 30 days),
     /// e.g. `20s`, to watch them renewed while the daemon runs.
     #[arg(long, hide = true, value_parser = parse_duration, value_name = "DURATION")]
@@ -271,6 +276,14 @@ fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
 /// `30s`, `500ms`, `5m`: the forms of durations in routes.toml.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     routes::check::duration("duration", s)
+}
+
+/// A duration, or `0` for none (off).
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 /// `65536`, `64k`, `1m`: the forms of sizes in routes.toml (not `unlimited`).

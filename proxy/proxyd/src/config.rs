@@ -81,6 +81,8 @@ pub struct Config {
     pub limits: ClientLimits,
     pub store_check_interval: Duration,
     pub cert_check_interval: Duration,
+    /// The served == stored check's timer (`control/served.rs`); zero: off.
+    pub verify_served_interval: Duration,
     pub upgrade_socket: PathBuf,
     pub upgrade: bool,
     pub daemon: bool,
@@ -208,6 +210,7 @@ impl Config {
             },
             store_check_interval: args.store_check_interval,
             cert_check_interval: args.cert_check_interval,
+            verify_served_interval: args.verify_served_interval,
             upgrade_socket,
             upgrade: args.upgrade,
             daemon: args.daemon,

@@ -427,7 +427,8 @@ fn metrics_service(
 }
 
 /// Returns the background services: the access log's writer, the daemon's ready signal
-/// (with `-d`), log summaries, the certificate timer and the certificate store check.
+/// (with `-d`), log summaries, the certificate timer, the certificate store check and the served ==
+/// stored check.
 /// Fails only when the launcher's pipe cannot be made (`-d`).
 fn background_services(
     config: &Config,
@@ -475,6 +476,15 @@ fn background_services(
             shared: shared.clone(),
             health: store_health,
             interval: config.store_check_interval,
+        },
+    )));
+    services.push(Box::new(background_service(
+        "served == stored check",
+        crate::control::served::ServedVerifier {
+            shared: shared.clone(),
+            listeners: config.https.clone(),
+            interval: config.verify_served_interval,
+            max_conns_per_ip: config.limits.max_conns_per_ip,
         },
     )));
     Ok(services)

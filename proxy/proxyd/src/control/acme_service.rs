@@ -114,6 +114,7 @@ pub fn certs_reply(shared: &Shared) -> admin_api::Certs {
             acme: None,
             groups: None,
             certificates: held.into_iter().map(cert_info).collect(),
+            served: crate::control::served::reply(shared),
         },
         Some(m) => {
             let groups = m.status();
@@ -131,6 +132,7 @@ pub fn certs_reply(shared: &Shared) -> admin_api::Certs {
                 }),
                 groups: Some(groups.into_iter().map(cert_group).collect()),
                 certificates: others,
+                served: crate::control::served::reply(shared),
             }
         }
     }

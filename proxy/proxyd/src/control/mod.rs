@@ -1,6 +1,7 @@
 //! What changes what the request path sees: reload ([`reload`]), the admin API
-//! ([`admin`]), DNS ([`dns`]), the certificate store ([`store_watch`], [`renewal`]), ACME
-//! ([`acme_service`], [`preflight`]) and the process's life ([`handover`], [`daemon`]).
+//! ([`admin`]), DNS ([`dns`]), the certificate store ([`store_watch`], [`renewal`],
+//! [`served`]: served == stored), ACME ([`acme_service`], [`preflight`]) and the process's
+//! life ([`handover`], [`daemon`]).
 
 pub mod acme_service;
 pub mod admin;
@@ -10,4 +11,5 @@ pub mod handover;
 pub mod preflight;
 pub mod reload;
 pub mod renewal;
+pub mod served;
 pub mod store_watch;

@@ -36,6 +36,8 @@ pub struct Shared {
     /// Upstream failures by (route id, upstream address): the first logged at once,
     /// the others summed up once per interval (`logging.rs`).
     pub upstream_failures: Arc<crate::observe::logging::Repeats<(String, String)>>,
+    /// Served == stored: the findings of `control/served.rs`.
+    pub served: Arc<crate::observe::served::ServedChecks>,
 }
 
 impl Shared {
@@ -55,6 +57,7 @@ impl Shared {
             acme: std::sync::OnceLock::new(),
             client_errors: Default::default(),
             upstream_failures: Default::default(),
+            served: Default::default(),
         })
     }
 

@@ -263,6 +263,11 @@ pub struct Metrics {
     cert_not_after: IntGaugeVec,
     cert_expiring: IntGaugeVec,
     cert_errors: IntCounter,
+    served_mismatch: IntGaugeVec,
+    served_unreachable: IntGaugeVec,
+    /// match, mismatch, unreachable.
+    served_checks: [IntCounter; 3],
+    served_last_check: IntGauge,
     acme_orders_placed: IntCounter,
     acme_orders: IntCounterVec,
     acme_failures: IntGaugeVec,
@@ -389,6 +394,13 @@ impl Metrics {
              at debug only).",
             &["reason"],
         );
+        let served_checks = counter_vec(
+            &r,
+            "proxyd_certificate_served_checks_total",
+            "Connections of the served == stored check to the daemon's own HTTPS listeners, by \
+             result (match, mismatch, unreachable).",
+            &["result"],
+        );
         let acme_orders = counter_vec(
             &r,
             "proxyd_acme_orders_total",
@@ -444,6 +456,28 @@ impl Metrics {
                 "proxyd_certificate_errors_total",
                 "Certificates that could not be issued, renewed, saved or archived (at start, \
                  on reloads, on the renewal timer); what was served before stays served.",
+            ),
+            served_mismatch: gauge_vec(
+                &r,
+                "proxyd_certificate_served_mismatch",
+                "1 when a listener serves another leaf for the name than the store holds on \
+                 disk (or the store's cannot be read), 0 when they are the same; per routed \
+                 name checked.",
+                &["name"],
+            ),
+            served_unreachable: gauge_vec(
+                &r,
+                "proxyd_certificate_served_unreachable",
+                "1 when the served == stored check could not reach a listener for the name \
+                 (connect or handshake failed), else 0.",
+                &["name"],
+            ),
+            served_checks: ["match", "mismatch", "unreachable"]
+                .map(|v| served_checks.with_label_values(&[v])),
+            served_last_check: gauge(
+                &r,
+                "proxyd_certificate_served_last_check_timestamp_seconds",
+                "When the served == stored check last ran, unix seconds (0: not yet, or off).",
             ),
             acme_orders_placed: counter(
                 &r,
@@ -645,6 +679,24 @@ impl Metrics {
                     .set(i64::from(c.expiring));
             }
         }
+
+        self.served_mismatch.reset();
+        self.served_unreachable.reset();
+        for (name, check) in shared.served.results().iter() {
+            let state = check.outcome.state();
+            self.served_mismatch
+                .with_label_values(&[name.as_str()])
+                .set(i64::from(state == admin_api::ServedState::Mismatch));
+            self.served_unreachable
+                .with_label_values(&[name.as_str()])
+                .set(i64::from(state == admin_api::ServedState::Unreachable));
+        }
+        let counts = shared.served.counts();
+        catch_up(&self.served_checks[0], counts.matched);
+        catch_up(&self.served_checks[1], counts.mismatched);
+        catch_up(&self.served_checks[2], counts.unreachable);
+        self.served_last_check
+            .set(shared.served.last_run().map_or(0, |t| t as i64));
 
         if let Some(acme) = shared.acme.get() {
             let placed = acme.orders_placed();
