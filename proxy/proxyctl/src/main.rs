@@ -517,11 +517,25 @@ fn certs(cli: &Cli) -> Result<Outcome> {
     }
     let mut out = io::stdout().lock();
     match &v.acme {
-        Some(a) => output(writeln!(
-            out,
-            "ACME: {} ({} first), {} orders since start",
-            a.directory, a.challenge, a.orders_placed
-        ))?,
+        Some(a) => {
+            output(writeln!(
+                out,
+                "ACME: {} ({} first), {} orders since start, {} recorded in the store",
+                a.directory,
+                a.challenge,
+                a.orders_placed,
+                a.orders_recorded
+                    .map_or_else(|| "? (ledger unreadable)".to_string(), |n| n.to_string())
+            ))?;
+            if !a.budget.is_empty() {
+                // From the store (registered domains): no control bytes to the terminal.
+                output(writeln!(
+                    out,
+                    "  budget: {}",
+                    a.budget.join(", ").escape_debug()
+                ))?;
+            }
+        }
         None => output(writeln!(
             out,
             "ACME: off (local issuer and certificates dropped in by hand)"
@@ -561,6 +575,13 @@ fn certs(cli: &Cli) -> Result<Outcome> {
                     .as_deref()
                     .unwrap_or("(CA default)")
                     .escape_debug()
+            ))?;
+        }
+        if let Some(t) = g.rate_limited_until {
+            output(writeln!(
+                out,
+                "  held by the CA's rate limit until {} (no order before, not even a forced one)",
+                unix_time(secs(Some(t)))
             ))?;
         }
         if let Some(e) = &g.last_error {
