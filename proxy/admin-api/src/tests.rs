@@ -370,12 +370,12 @@ fn certs_with_acme() {
         r#"
 {
   "acme": {
-    "challenge": "http-01",
-    "directory": "https://127.0.0.1:14000/dir",
     "budget": [
       "account orders 3/300 per 3h",
       "a.test certificates 2/50 per 7d"
     ],
+    "challenge": "http-01",
+    "directory": "https://127.0.0.1:14000/dir",
     "orders_placed": 3,
     "orders_recorded": 41
   },
