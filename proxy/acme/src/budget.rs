@@ -462,4 +462,35 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn orders_recorded_after_now_still_count_when_the_clock_jumped_back() {
+        // Five certificates for a.test recorded; then the clock is set back an hour
+        // (NTP step, a VM restored from a snapshot): the records are "in the future".
+        let mut l = Ledger::default();
+        for i in 0..5 {
+            l.orders.push(order(
+                NOW + HOUR - i,
+                &["a.test"],
+                OrderOutcome::Issued,
+                false,
+            ));
+        }
+        let r = check(&l, &names(&["a.test"]), false, NOW, &LE).unwrap_err();
+        // Counted as if placed now: frees a full window later, never earlier.
+        assert_eq!(r.until, NOW + 7 * DAY, "{r}");
+        assert_eq!(
+            usage(&l, &[names(&["a.test"])], NOW, &LE)[1].to_string(),
+            "a.test certificates 5/50 per 7d"
+        );
+        // A record far in the future (hand-edited) cannot overflow the arithmetic.
+        l.orders
+            .push(order(i64::MAX, &["a.test"], OrderOutcome::Issued, false));
+        assert_eq!(
+            check(&l, &names(&["a.test"]), false, NOW, &LE)
+                .unwrap_err()
+                .until,
+            NOW + 7 * DAY
+        );
+    }
 }
