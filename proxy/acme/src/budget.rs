@@ -95,8 +95,16 @@ fn sorted(names: &[String]) -> Vec<String> {
 
 /// With `times` (unix seconds) of the events that count, at most `limit.max` in a
 /// window: `None` when one more fits at `now`, else the first time one more fits.
-fn frees_at(mut times: Vec<i64>, limit: Limit, now: i64) -> Option<i64> {
-    times.retain(|t| *t > now - limit.window && *t <= now);
+///
+/// A time after `now` (the clock was set back since it was recorded) counts as `now`:
+/// the order was placed, and its window is not allowed to end earlier than a full
+/// window from now.
+fn frees_at(times: Vec<i64>, limit: Limit, now: i64) -> Option<i64> {
+    let mut times: Vec<i64> = times
+        .into_iter()
+        .map(|t| t.min(now))
+        .filter(|t| *t > now - limit.window)
+        .collect();
     if (times.len() as u64) < u64::from(limit.max) {
         return None;
     }
@@ -201,7 +209,8 @@ pub fn check(
 /// account's orders, and each registered domain of `groups` (the certificate groups'
 /// names). For `proxyctl certs` and the metrics.
 pub fn usage(ledger: &Ledger, groups: &[Vec<String>], now: i64, limits: &Limits) -> Vec<Usage> {
-    let in_window = |at: i64, l: Limit| at > now - l.window && at <= now;
+    // Like frees_at: a record after `now` (the clock was set back) counts.
+    let in_window = |at: i64, l: Limit| at > now - l.window;
     let mut out = vec![Usage {
         scope: "account".into(),
         used: ledger

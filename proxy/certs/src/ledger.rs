@@ -90,11 +90,14 @@ pub enum HoldScope {
 }
 
 impl Ledger {
-    /// Drops what no limit looks at any more.
+    /// Drops what no limit looks at any more, and entries dated more than
+    /// [`LEDGER_KEEP_SECS`] after `now` (a clock that was far ahead, or a hand edit):
+    /// they would otherwise count for ever. Entries a little after `now` (the clock
+    /// was set back) are kept; the budget counts them as placed now.
     pub fn prune(&mut self, now: i64) {
-        let keep = now - LEDGER_KEEP_SECS;
-        self.orders.retain(|o| o.at >= keep);
-        self.failed_validations.retain(|f| f.at >= keep);
+        let keep = now.saturating_sub(LEDGER_KEEP_SECS)..=now.saturating_add(LEDGER_KEEP_SECS);
+        self.orders.retain(|o| keep.contains(&o.at));
+        self.failed_validations.retain(|f| keep.contains(&f.at));
         self.holds.retain(|h| h.until > now);
     }
 }
@@ -200,6 +203,9 @@ mod tests {
                 l.orders
                     .push(order(now - LEDGER_KEEP_SECS - 1, OrderOutcome::Issued));
                 l.orders.push(order(now - 10, OrderOutcome::Placed));
+                // Far in the future (a clock that was years ahead): dropped.
+                l.orders
+                    .push(order(now + LEDGER_KEEP_SECS + 1, OrderOutcome::Issued));
                 l.holds.push(Hold {
                     scope: HoldScope::Account,
                     until: now - 1,
