@@ -1348,4 +1348,79 @@ mod tests {
         );
         assert!(best_cover(&held, &names, Some("local")).is_none());
     }
+
+    /// Review: a newOrder whose answer never came (the CA unreachable: refused, reset,
+    /// timed out) cannot have been finalized by us, so it is no certificate. Recorded
+    /// `placed` for ever, it counted as one: five attempts during a CA outage locked
+    /// the names out for 7 days ("5 certificates for a.test in 7d").
+    #[tokio::test]
+    async fn new_orders_without_an_answer_do_not_count_as_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = certs::Store::open(dir.path()).unwrap();
+        let host = NoHost(certs::CertManager::new(
+            store,
+            None,
+            Arc::new(certs::CertResolver::new()),
+        ));
+        let config = Config {
+            directory: ISSUER.into(),
+            ca_root: None,
+            contact: Vec::new(),
+            challenge: ChallengeKind::Http01,
+            eab: None,
+            profile: None,
+        };
+        let m = Manager::new(config, Arc::new(host));
+        // A CA that is down: a loopback port nobody listens on.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url = |p: &str| format!("https://127.0.0.1:{port}/{p}");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let creds: instant_acme::AccountCredentials = serde_json::from_value(serde_json::json!({
+            "id": url("acct/1"),
+            "key_pkcs8": base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                key.serialize_der()
+            ),
+            "directory": null,
+            "urls": {
+                "newNonce": url("nonce"),
+                "newAccount": url("account"),
+                "newOrder": url("order"),
+            },
+        }))
+        .unwrap();
+        let account = Account::builder()
+            .unwrap()
+            .from_credentials(creds)
+            .await
+            .unwrap();
+        let names = vec!["a.test".to_owned()];
+        let ids = [Identifier::Dns("a.test".into())];
+        for _ in 0..5 {
+            // As `check` does: place, then record how the attempt ended.
+            let mut attempt = Attempt::default();
+            let sent = m
+                .place(&account, "a.test", &ids, None, None, &mut attempt)
+                .await
+                .unwrap();
+            assert!(sent.is_err());
+            m.record_end(&attempt, OrderOutcome::Failed, None);
+        }
+        let ledger = m.host.certs().store().read_ledger(&m.ledger_key()).unwrap();
+        // Still counted as orders (the CA may have created them)...
+        assert_eq!(ledger.orders.len(), 5, "{ledger:?}");
+        assert_eq!(ledger.orders_total, 5);
+        // ...but not as certificates.
+        let r = budget::check(
+            &ledger,
+            &names,
+            false,
+            certs::util::unix_now(),
+            &Limits::LETS_ENCRYPT,
+        );
+        assert_eq!(r, Ok(()), "{ledger:#?}");
+    }
 }
