@@ -1001,11 +1001,15 @@ impl Manager {
         if let Some(r) = replaces {
             new_order = new_order.replaces(r);
         }
+        // Known to the attempt before it is sent: however the attempt ends (no answer,
+        // its timeout dropping it mid-request), record_end settles the record. An
+        // order whose answer never came cannot have been finalized by us, so `failed`
+        // (still one of the account's orders) is right; only a crash leaves `placed`.
+        attempt.order = Some(rid.clone());
         let r = account.new_order(&new_order).await;
         match &r {
             Ok(_) => {
                 self.orders_placed.fetch_add(1, Ordering::Relaxed);
-                attempt.order = Some(rid);
             }
             Err(instant_acme::Error::Api(_)) => {
                 let taken_out = self.update_ledger(|l| {
@@ -1068,7 +1072,7 @@ impl Manager {
 /// What one attempt did, for the ledger and the next attempt.
 #[derive(Debug, Default)]
 struct Attempt {
-    /// The ledger id of the order the CA created.
+    /// The ledger id of the attempt's (last) new order, set before it is sent.
     order: Option<String>,
     /// The challenge type answered (the last authorization's).
     answered: Option<ChallengeKind>,
