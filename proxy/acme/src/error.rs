@@ -132,6 +132,9 @@ pub enum Error {
     /// The ledger of orders could not be read or written (nothing was sent).
     #[error("ACME ledger: {0}")]
     Ledger(#[source] certs::StoreError),
+    /// The local budget of the CA's limits refuses the order (nothing was sent).
+    #[error("{0}")]
+    Budget(crate::budget::Refusal),
     /// `proxyctl certs renew` for a name no route asks a certificate for.
     #[error("{0}: not a name this proxy orders certificates for")]
     NotOrdered(String),

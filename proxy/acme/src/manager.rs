@@ -1353,12 +1353,9 @@ mod tests {
         assert!(best_cover(&held, &names, Some("local")).is_none());
     }
 
-    /// Review: a newOrder whose answer never came (the CA unreachable: refused, reset,
-    /// timed out) cannot have been finalized by us, so it is no certificate. Recorded
-    /// `placed` for ever, it counted as one: five attempts during a CA outage locked
-    /// the names out for 7 days ("5 certificates for a.test in 7d").
-    #[tokio::test]
-    async fn new_orders_without_an_answer_do_not_count_as_certificates() {
+    /// A manager on a fresh store, and an account at a CA that is down (a loopback
+    /// port nobody listens on): every request fails without an answer.
+    async fn manager_with_a_ca_that_is_down() -> (Arc<Manager>, Account, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = certs::Store::open(dir.path()).unwrap();
         let host = NoHost(certs::CertManager::new(
@@ -1401,6 +1398,16 @@ mod tests {
             .from_credentials(creds)
             .await
             .unwrap();
+        (m, account, dir)
+    }
+
+    /// Review: a newOrder whose answer never came (the CA unreachable: refused, reset,
+    /// timed out) cannot have been finalized by us, so it is no certificate. Recorded
+    /// `placed` for ever, it counted as one: five attempts during a CA outage locked
+    /// the names out for 7 days ("5 certificates for a.test in 7d").
+    #[tokio::test]
+    async fn new_orders_without_an_answer_do_not_count_as_certificates() {
+        let (m, account, _dir) = manager_with_a_ca_that_is_down().await;
         let names = vec!["a.test".to_owned()];
         let ids = [Identifier::Dns("a.test".into())];
         for _ in 0..5 {
@@ -1426,5 +1433,50 @@ mod tests {
             &Limits::LETS_ENCRYPT,
         );
         assert_eq!(r, Ok(()), "{ledger:#?}");
+    }
+
+    /// Review: the budget was checked on a ledger read before the order, and the order
+    /// written in a later, separate update: two orders at once (the 4 concurrent
+    /// orders of one proxyd, or two proxyd on one store) both saw room for one more
+    /// and both were sent. The check must be made under the ledger's lock, in the
+    /// update that records the order.
+    #[tokio::test]
+    async fn the_budget_is_checked_again_under_the_ledger_lock_when_recording_the_order() {
+        let (m, account, _dir) = manager_with_a_ca_that_is_down().await;
+        let now = certs::util::unix_now();
+        m.update_ledger(|l| {
+            for i in 0..4 {
+                l.orders.push(OrderRecord {
+                    at: now - 60 - i,
+                    id: format!("seed{i}"),
+                    cert: "a.test".into(),
+                    names: vec!["a.test".into()],
+                    replaces: false,
+                    profile: None,
+                    outcome: OrderOutcome::Issued,
+                });
+            }
+        })
+        .unwrap();
+        // Both attempts checked the budget on this ledger: 4 of 5, room for one.
+        let seen = m.host.certs().store().read_ledger(&m.ledger_key()).unwrap();
+        let names = vec!["a.test".to_owned()];
+        assert!(budget::check(&seen, &names, false, now, &Limits::LETS_ENCRYPT).is_ok());
+        let ids = [Identifier::Dns("a.test".into())];
+        let (mut one, mut two) = (Attempt::default(), Attempt::default());
+        let first = m
+            .place(&account, "a.test", &ids, None, None, &mut one)
+            .await;
+        assert!(matches!(first, Ok(Err(_))), "sent (and no answer)");
+        let second = m
+            .place(&account, "a.test", &ids, None, None, &mut two)
+            .await;
+        assert!(
+            matches!(second, Err(Error::Budget(_))),
+            "the 6th order for a.test in 7 days was sent: {:?}",
+            second.map(|r| r.map(|_| ()))
+        );
+        let ledger = m.host.certs().store().read_ledger(&m.ledger_key()).unwrap();
+        assert_eq!(ledger.orders.len(), 5, "{ledger:#?}");
     }
 }
