@@ -154,10 +154,13 @@ impl Error {
     }
 
     /// When the CA said ordering again is pointless (rate limit with a time in its
-    /// problem's detail).
+    /// problem's detail), or the local budget refused the order until when.
     pub fn retry_after(&self) -> Option<SystemTime> {
         match self {
             Error::RateLimited { retry_after, .. } => *retry_after,
+            Error::Budget(r) => u64::try_from(r.until)
+                .ok()
+                .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t)),
             _ => None,
         }
     }

@@ -928,8 +928,8 @@ impl Manager {
 
     /// Places one new order. With `replaces` refused (e.g. `alreadyReplaced`: an
     /// error answer, so no order), one order without it. The inner result is the CA's
-    /// answer; the outer error is a ledger that could not be written (then nothing was
-    /// sent).
+    /// answer; the outer error is a ledger that could not be written or the budget
+    /// refusing the order (then nothing was sent).
     async fn new_order(
         &self,
         account: &Account,
@@ -989,11 +989,24 @@ impl Manager {
             outcome: OrderOutcome::Placed,
         };
         let rid = record.id.clone();
+        // The budget again, under the ledger's lock and in the update that records the
+        // order: the check in `check` may be stale (other orders of this process, or
+        // of another proxyd on the store, recorded since).
+        let now = record.at;
         self.update_ledger(|l| {
+            budget::check(
+                l,
+                &record.names,
+                record.replaces,
+                now,
+                &Limits::LETS_ENCRYPT,
+            )?;
             l.orders.push(record);
             l.orders_total += 1;
+            Ok(())
         })
-        .map_err(Error::Ledger)?;
+        .map_err(Error::Ledger)?
+        .map_err(Error::Budget)?;
         let mut new_order = NewOrder::new(identifiers);
         if let Some(p) = profile {
             new_order = new_order.profile(p);
