@@ -262,6 +262,27 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// Review: the last error carries the CA's problem detail (a `rateLimited`
+    /// answer's, now kept in the ledger and meta.json too) and file contents: bytes
+    /// chosen by the CA or whoever edits the store must not drive the terminal.
+    #[test]
+    fn a_last_error_with_control_bytes_does_not_reach_the_terminal_raw() {
+        let g: admin_api::CertGroup = serde_json::from_value(serde_json::json!({
+            "id": "a.test", "names": ["a.test"], "profile": null, "issued_profile": null,
+            "issuer": null, "not_after": null, "next_renewal": null, "ari_window": null,
+            "failures": 1, "last_attempt": null, "next_attempt": null,
+            "rate_limited_until": null, "ordering": false,
+            "last_error": "new order: rate limited: too many\u{1b}[2J\u{1b}]0;owned\u{7}\r\nfake line",
+        }))
+        .unwrap();
+        let line = last_error_line(&g).unwrap();
+        assert!(
+            !line.chars().any(|c| c.is_control()),
+            "control bytes in {line:?}"
+        );
+        assert!(line.contains("rate limited: too many"), "{line}");
+    }
+
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
@@ -584,14 +605,8 @@ fn certs(cli: &Cli) -> Result<Outcome> {
                 unix_time(secs(Some(t)))
             ))?;
         }
-        if let Some(e) = &g.last_error {
-            output(writeln!(
-                out,
-                "  last error ({} in a row, at {}; next attempt {}): {e}",
-                g.failures,
-                unix_time(secs(g.last_attempt)),
-                unix_time(secs(g.next_attempt))
-            ))?;
+        if let Some(line) = last_error_line(g) {
+            output(writeln!(out, "{line}"))?;
         }
     }
     for c in &v.certificates {
@@ -605,6 +620,18 @@ fn certs(cli: &Cli) -> Result<Outcome> {
         ))?;
     }
     Ok(Outcome::Ok)
+}
+
+/// The `last error` line of a certificate group, when it has one.
+fn last_error_line(g: &admin_api::CertGroup) -> Option<String> {
+    let e = g.last_error.as_ref()?;
+    let secs = |t: Option<i64>| t.and_then(|t| u64::try_from(t).ok());
+    Some(format!(
+        "  last error ({} in a row, at {}; next attempt {}): {e}",
+        g.failures,
+        unix_time(secs(g.last_attempt)),
+        unix_time(secs(g.next_attempt))
+    ))
 }
 
 /// `proxyctl certs renew NAME`.
