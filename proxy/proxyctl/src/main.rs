@@ -627,10 +627,12 @@ fn last_error_line(g: &admin_api::CertGroup) -> Option<String> {
     let e = g.last_error.as_ref()?;
     let secs = |t: Option<i64>| t.and_then(|t| u64::try_from(t).ok());
     Some(format!(
-        "  last error ({} in a row, at {}; next attempt {}): {e}",
+        "  last error ({} in a row, at {}; next attempt {}): {}",
         g.failures,
         unix_time(secs(g.last_attempt)),
-        unix_time(secs(g.next_attempt))
+        unix_time(secs(g.next_attempt)),
+        // The CA's problem detail, files on disk: no control bytes to the terminal.
+        e.escape_debug()
     ))
 }
 
