@@ -1331,6 +1331,15 @@ mod tests {
             rate_limit_hold(&ledger, &meta, "a.test", now).unwrap().0,
             cap
         );
+        // Review: "ends after the cap" must hold when time passes. The cap was taken
+        // from each look's own `now`, so a hold 100 days ahead (or written while the
+        // clock was ahead) was pushed back at every look and held for 100 days.
+        let later = cap + 1;
+        assert_eq!(
+            rate_limit_hold(&ledger, &meta, "a.test", later),
+            None,
+            "still held after the cap"
+        );
         assert_eq!(
             hold_scope("a.test", "too many new orders (300) from this account"),
             HoldScope::Account
