@@ -511,6 +511,24 @@ impl Manager {
                 };
             }
         };
+        // A hold beyond the cap (written by hand, or while the clock was ahead) is
+        // brought down to it on disk, so that it ends then and is not pushed back by
+        // every later look.
+        let mut ledger = ledger;
+        let (meta_clamped, ledger_clamped) = clamp_holds(&mut ledger, &mut meta, unix(now));
+        if meta_clamped {
+            tracing::warn!(cert = %id, "ACME: a rate-limit hold beyond {}s ahead in meta.json; shortened", schedule::RATE_LIMIT_MAX.as_secs());
+            if let Err(e) = store.write_meta(id, &meta) {
+                tracing::warn!(cert = %id, "ACME: {e}");
+            }
+        }
+        if ledger_clamped {
+            tracing::warn!(cert = %id, "ACME: a rate-limit hold beyond {}s ahead in the ledger; shortened", schedule::RATE_LIMIT_MAX.as_secs());
+            let mut copy = meta.clone();
+            if let Err(e) = self.update_ledger(|l| clamp_holds(l, &mut copy, unix(now))) {
+                tracing::warn!(cert = %id, "ACME: {e}");
+            }
+        }
         // The CA's `rateLimited` holds even a forced renewal: an order before it ends
         // only earns the same answer.
         if let Some((until, detail)) = rate_limit_hold(&ledger, &meta, id, unix(now)) {
@@ -1112,6 +1130,24 @@ fn hold_scope(id: &str, detail: &str) -> HoldScope {
     }
 }
 
+/// Brings the rate-limit holds of `meta` and `ledger` that end more than
+/// [`schedule::RATE_LIMIT_MAX`] after `now` down to that; (meta changed, ledger
+/// changed). The caller writes them back, so the cap is fixed once and ends.
+fn clamp_holds(ledger: &mut Ledger, meta: &mut Meta, now: i64) -> (bool, bool) {
+    let cap = now.saturating_add(schedule::RATE_LIMIT_MAX.as_secs() as i64);
+    let mut meta_changed = false;
+    if let Some(t) = meta.rate_limited_until.filter(|t| *t > cap) {
+        meta.rate_limited_until = Some(cap);
+        meta_changed = t != cap;
+    }
+    let mut ledger_changed = false;
+    for h in ledger.holds.iter_mut().filter(|h| h.until > cap) {
+        h.until = cap;
+        ledger_changed = true;
+    }
+    (meta_changed, ledger_changed)
+}
+
 /// The latest rate-limit hold on certificate `id` at `now` (unix seconds): its own
 /// (`meta.json`, the ledger) or the account's. Capped like the backoff
 /// ([`schedule::RATE_LIMIT_MAX`]), so a hold written by hand ends too.
@@ -1333,7 +1369,15 @@ mod tests {
         );
         // Review: "ends after the cap" must hold when time passes. The cap was taken
         // from each look's own `now`, so a hold 100 days ahead (or written while the
-        // clock was ahead) was pushed back at every look and held for 100 days.
+        // clock was ahead) was pushed back at every look and held for 100 days. `check`
+        // now writes the clamped holds back (clamp_holds) at the first look.
+        ledger.holds.push(Hold {
+            scope: HoldScope::Account,
+            until: now + 200 * 86_400,
+            detail: "by hand".into(),
+        });
+        assert_eq!(clamp_holds(&mut ledger, &mut meta, now), (true, true));
+        assert_eq!(clamp_holds(&mut ledger, &mut meta, now), (false, false));
         let later = cap + 1;
         assert_eq!(
             rate_limit_hold(&ledger, &meta, "a.test", later),
