@@ -502,4 +502,29 @@ mod tests {
             NOW + 7 * DAY
         );
     }
+
+    /// Review: registered domains at the edges of the Public Suffix List.
+    #[test]
+    fn registered_domains_at_the_edges_of_the_list() {
+        // A name that is itself a public suffix: its own scope, no panic.
+        assert_eq!(registered_domain("co.uk"), "co.uk");
+        assert_eq!(registered_domain("uk"), "uk");
+        // Unknown TLDs (the default rule "*"): the last two labels.
+        assert_eq!(registered_domain("x.y.a.test"), "a.test");
+        // IDN in punycode, an IDN TLD too.
+        assert_eq!(
+            registered_domain("www.xn--bcher-kva.de"),
+            "xn--bcher-kva.de"
+        );
+        assert_eq!(
+            registered_domain("a.b.xn--e1afmkfd.xn--p1ai"),
+            "xn--e1afmkfd.xn--p1ai"
+        );
+        // Case and a trailing dot name the same domain.
+        assert_eq!(registered_domain("WWW.Example.ORG."), "example.org");
+        // Degenerate input: itself, no panic.
+        assert_eq!(registered_domain(""), "");
+        assert_eq!(registered_domain("."), "");
+        assert_eq!(registered_domain("a..b"), registered_domain("a..b"));
+    }
 }
