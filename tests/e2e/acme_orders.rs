@@ -167,6 +167,10 @@ async fn a_rate_limited_answer_holds_until_retry_after_across_a_restart() {
     let _ = proxy.kill();
     drop(proxy);
     let proxy = start().await;
+    // Forced, so the persisted backoff (also `until`) cannot be what holds it: only
+    // the hold read back from the store does.
+    let out = proxyctl(&proxy, &["certs", "renew", "a.test"]).await;
+    assert!(out.status.success(), "{out:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         front.new_orders(),
