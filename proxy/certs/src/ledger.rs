@@ -238,4 +238,20 @@ mod tests {
         assert!(store.update_ledger("acct", 0, |_| ()).is_err());
         assert!(store.read_ledger("../x").is_err());
     }
+
+    /// Review: a ledger grown huge (by hand, a runaway writer, a disk error) is read
+    /// whole on every look, every metrics scrape and every `proxyctl certs`: it must
+    /// be refused by its size, with a clear error, before it is read into memory.
+    #[test]
+    fn a_huge_ledger_is_refused_by_its_size_before_it_is_read() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        std::fs::create_dir_all(t.path().join("acme/ledger")).unwrap();
+        let f = std::fs::File::create(t.path().join("acme/ledger/acct.json")).unwrap();
+        // Sparse: no disk used.
+        f.set_len(4 << 30).unwrap();
+        let e = store.read_ledger("acct").unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+        assert!(store.update_ledger("acct", 0, |_| ()).is_err());
+    }
 }
