@@ -165,15 +165,36 @@ impl Store {
     }
 }
 
+/// Larger than any ledger this client writes (8 days of Let's Encrypt's limits are some
+/// 20 000 orders, a few MB): refused unread.
+pub const LEDGER_MAX_BYTES: u64 = 64 << 20;
+
 fn read_ledger_file(path: &std::path::Path) -> Result<Ledger, StoreError> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::BadFile {
-            path: path.to_path_buf(),
-            reason: format!("{e} (the ACME budget cannot be counted; fix or delete it)"),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ledger::default()),
-        Err(e) => Err(StoreError::io(path, e)),
+    use std::io::Read;
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ledger::default()),
+        Err(e) => return Err(StoreError::io(path, e)),
+    };
+    let bad = |reason: String| StoreError::BadFile {
+        path: path.to_path_buf(),
+        reason: format!("{reason} (the ACME budget cannot be counted; fix or delete it)"),
+    };
+    let too_large = || bad(format!("too large (over {LEDGER_MAX_BYTES} bytes)"));
+    let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
+    if len > LEDGER_MAX_BYTES {
+        return Err(too_large());
     }
+    // Bounded too while reading (the file may grow meanwhile): one byte more than
+    // allowed tells a file at the limit from a larger one.
+    let mut bytes = Vec::new();
+    file.take(LEDGER_MAX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| StoreError::io(path, e))?;
+    if bytes.len() as u64 > LEDGER_MAX_BYTES {
+        return Err(too_large());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]
