@@ -309,4 +309,29 @@ mod tests {
         // Huge but numeric: capped, never an overflow.
         assert!(parse_retry_after("18446744073709551615", now).is_some());
     }
+
+    /// Review: hostile Retry-After values (held): several values, signs, spaces,
+    /// obsolete date forms, dates before the epoch; nothing panics, and what is not
+    /// a delay or a date is none (the caller then holds for RATE_LIMIT_DEFAULT).
+    #[test]
+    fn hostile_retry_after_values() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for bad in [
+            "120, 60",
+            "+120",
+            "1 20",
+            "0x10",
+            "120s",
+            "Sun, 06 Nov 1994 08:49:37 GMT, 5",
+            "Thu, 01 Jan 1960 00:00:00 GMT",
+            "\u{1b}[2J",
+        ] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
+        // RFC 850 and asctime forms are still HTTP dates; a past one is returned as
+        // is (schedule::retry_at then keeps the backoff).
+        assert!(parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now).is_some());
+        assert!(parse_retry_after("Sun Nov  6 08:49:37 1994", now).is_some());
+        assert_eq!(parse_retry_after(" 0 ", now), Some(now));
+    }
 }
