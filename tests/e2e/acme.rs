@@ -56,11 +56,21 @@ pub(crate) async fn bench(validate: Validate, opts: PebbleOptions) -> Bench {
 
 impl Bench {
     pub(crate) fn proxy(&self, routes: &str, challenge: &str) -> ProxyBuilder {
+        self.proxy_with_directory(routes, challenge, &self.pebble.directory_url())
+    }
+
+    /// Like [`Bench::proxy`], with another directory URL (a front before pebble).
+    pub(crate) fn proxy_with_directory(
+        &self,
+        routes: &str,
+        challenge: &str,
+        directory: &str,
+    ) -> ProxyBuilder {
         Proxy::builder(routes)
             .http_addr(self.http)
             .https_addr(self.https)
             .arg("--acme-directory")
-            .arg(self.pebble.directory_url())
+            .arg(directory)
             .arg("--acme-ca-root")
             .arg(self.pebble.https_ca_path())
             .arg("--acme-contact")
@@ -222,26 +232,6 @@ async fn tls_alpn01_fresh_store_gets_a_certificate_for_every_name() {
         proxy.log_tail(30)
     );
     assert!(!proxy.certs_store().join("local-ca").join("ca.pem").exists());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_challenge_type_falls_back_to_the_other() {
-    // TLS-ALPN-01 asked for, but pebble cannot reach it: HTTP-01 must save the day.
-    let b = bench(Validate::OnlyHttp01, PebbleOptions::default()).await;
-    let a = Backend::start("a").await;
-    let proxy = b
-        .proxy(&one_route(&["a.test"], &a, ""), "tls-alpn-01")
-        .start()
-        .await;
-    let root = b.pebble.root_pem().await;
-    wait_served(b.https, &root, "a.test").await;
-    assert!(
-        proxy.log().contains("trying http-01"),
-        "{}",
-        proxy.log_tail(30)
-    );
-    assert_eq!(b.pebble.orders(), 2, "one order per challenge type");
-    assert_eq!(meta(proxy.certs_store(), "a.test")["failures"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,9 +435,9 @@ async fn a_rejected_challenge_backs_off_instead_of_looping() {
     served_by(b.https, &proxy.ca_pem(), "bad.test")
         .await
         .unwrap();
-    // good.test: 1 order; bad.test: 1 attempt = 2 orders (http-01, then tls-alpn-01).
+    // good.test: 1 order; bad.test: 1 attempt = 1 order (issue 13: never two).
     let orders = b.pebble.orders();
-    assert_eq!(orders, 3, "{}", b.pebble.log_tail(40));
+    assert_eq!(orders, 2, "{}", b.pebble.log_tail(40));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(b.pebble.orders(), orders, "orders go on: a loop");
 

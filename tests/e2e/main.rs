@@ -6,6 +6,7 @@
 
 mod acme;
 mod acme_lifetimes;
+mod acme_orders;
 mod body_limits;
 mod browser;
 mod cert_ageing;

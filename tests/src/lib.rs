@@ -5,6 +5,7 @@
 //! Nothing here sleeps to synchronise: readiness is polled against a deadline
 //! ([`wait_until`]).
 
+pub mod acme_front;
 pub mod backend;
 pub mod body;
 pub mod client;

@@ -235,6 +235,22 @@ impl Pebble {
         format!("https://localhost:{}/dir", self.acme.port())
     }
 
+    /// Pebble's ACME listener.
+    pub fn acme_addr(&self) -> SocketAddr {
+        self.acme
+    }
+
+    /// Pebble's own HTTPS certificate and key (for a front that proxyd must trust as it
+    /// trusts pebble: [`crate::acme_front::AcmeFront`]).
+    pub fn https_cert_and_key(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("cert.pem"), self.dir.join("key.pem"))
+    }
+
+    /// The CA of pebble's own HTTPS certificate, as PEM.
+    pub fn https_ca_pem(&self) -> &str {
+        &self.https_ca_pem
+    }
+
     /// `--acme-ca-root` for proxyd: the CA of pebble's own HTTPS certificate.
     pub fn https_ca_path(&self) -> PathBuf {
         self.dir.join("https-ca.pem")

@@ -1,15 +1,18 @@
 //! The ACME account: created once per directory, kept in `acme/accounts/` (0600).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use certs::util::unix_now;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{
-    Account, AccountBuilder, AccountCredentials, BodyWrapper, ExternalAccountKey, HttpClient,
-    NewAccount,
+    Account, AccountBuilder, AccountCredentials, BodyWrapper, BytesResponse, ExternalAccountKey,
+    HttpClient, NewAccount,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -30,7 +33,14 @@ struct StoredAccount {
 
 /// `acme/accounts/<host>_<path>.json` for a directory URL.
 pub(crate) fn account_path(acme_dir: &Path, directory: &str) -> PathBuf {
-    let slug: String = directory
+    acme_dir
+        .join("accounts")
+        .join(format!("{}.json", slug(directory)))
+}
+
+/// The file-name-safe key of a directory URL: the account file's and the ledger's name.
+pub(crate) fn slug(directory: &str) -> String {
+    directory
         .trim_start_matches("https://")
         .chars()
         .map(|c| {
@@ -40,17 +50,78 @@ pub(crate) fn account_path(acme_dir: &Path, directory: &str) -> PathBuf {
                 '_'
             }
         })
-        .collect();
-    acme_dir.join("accounts").join(format!("{slug}.json"))
+        .collect()
 }
 
-/// An HTTP client for the directory: the platform's roots, or with `--acme-ca-root`
-/// the system roots plus that file's certificates. ring only.
+/// An HTTP client for the directory: the system roots, plus `--acme-ca-root`'s
+/// certificates when given, wrapped in [`Recording`] (instant-acme does not hand the
+/// CA's Retry-After on). ring only.
 fn builder(config: &Config) -> Result<AccountBuilder, Error> {
-    if config.ca_root.is_none() {
-        return Account::builder().map_err(Error::HttpClient);
+    Ok(Account::builder_with_http(Box::new(Recording(
+        http_client(config)?,
+    ))))
+}
+
+tokio::task_local! {
+    /// Where [`Recording`] notes the Retry-After of a 429 or 503 answer to a request
+    /// made inside [`retry_after_scope`].
+    static RETRY_AFTER: Arc<Mutex<Option<SystemTime>>>;
+}
+
+/// Runs `f` and returns, with its result, the latest Retry-After of a 429 or 503
+/// answer the CA gave to a request `f` made (as a time; `None` when it sent none).
+/// Task-local, so the orders running at once each see only their own answers.
+pub(crate) async fn retry_after_scope<T>(f: impl Future<Output = T>) -> (T, Option<SystemTime>) {
+    let cell = Arc::new(Mutex::new(None));
+    let r = RETRY_AFTER.scope(cell.clone(), f).await;
+    let at = *certs::util::lock(&cell);
+    (r, at)
+}
+
+/// The HTTP client instant-acme uses, noting the CA's Retry-After (RFC 9110 section
+/// 10.2.3: seconds or an HTTP date) on 429 and 503 answers for [`retry_after_scope`].
+struct Recording(Box<dyn HttpClient>);
+
+impl HttpClient for Recording {
+    fn request(
+        &self,
+        req: http::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        // Taken now: `request` is called from the task that awaits the answer.
+        let cell = RETRY_AFTER.try_with(Arc::clone).ok();
+        let fut = self.0.request(req);
+        Box::pin(async move {
+            let r = fut.await?;
+            let status = r.parts.status;
+            if let Some(cell) = cell {
+                if status == http::StatusCode::TOO_MANY_REQUESTS
+                    || status == http::StatusCode::SERVICE_UNAVAILABLE
+                {
+                    let at = r
+                        .parts
+                        .headers
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                    if at.is_some() {
+                        *certs::util::lock(&cell) = at;
+                    }
+                }
+            }
+            Ok(r)
+        })
     }
-    Ok(Account::builder_with_http(http_client(config)?))
+}
+
+/// A Retry-After value: delay-seconds or an HTTP date. `None` for anything else.
+pub(crate) fn parse_retry_after(v: &str, now: SystemTime) -> Option<SystemTime> {
+    let v = v.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = v.parse().ok()?;
+        // Absurd values are capped later (schedule::retry_at); keep the sum finite.
+        return now.checked_add(Duration::from_secs(secs.min(10 * 365 * 86_400)));
+    }
+    httpdate::parse_http_date(v).ok()
 }
 
 /// A plain HTTPS client for the CA: the system roots, plus `--acme-ca-root`'s
@@ -229,5 +300,48 @@ mod tests {
         );
         let p = account_path(Path::new("/s/acme"), "https://127.0.0.1:14000/dir");
         assert_eq!(p, Path::new("/s/acme/accounts/127.0.0.1_14000_dir.json"));
+    }
+
+    #[test]
+    fn retry_after_as_seconds_or_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(now + Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        for bad in ["", "-5", "1.5", "soon", "99999999999999999999999"] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
+        // Huge but numeric: capped, never an overflow.
+        assert!(parse_retry_after("18446744073709551615", now).is_some());
+    }
+
+    /// Review: hostile Retry-After values (held): several values, signs, spaces,
+    /// obsolete date forms, dates before the epoch; nothing panics, and what is not
+    /// a delay or a date is none (the caller then holds for RATE_LIMIT_DEFAULT).
+    #[test]
+    fn hostile_retry_after_values() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for bad in [
+            "120, 60",
+            "+120",
+            "1 20",
+            "0x10",
+            "120s",
+            "Sun, 06 Nov 1994 08:49:37 GMT, 5",
+            "Thu, 01 Jan 1960 00:00:00 GMT",
+            "\u{1b}[2J",
+        ] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
+        // RFC 850 and asctime forms are still HTTP dates; a past one is returned as
+        // is (schedule::retry_at then keeps the backoff).
+        assert!(parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now).is_some());
+        assert!(parse_retry_after("Sun Nov  6 08:49:37 1994", now).is_some());
+        assert_eq!(parse_retry_after(" 0 ", now), Some(now));
     }
 }

@@ -129,14 +129,12 @@ pub enum Error {
     /// The whole order took longer than allowed.
     #[error("no certificate after {0:?}")]
     Timeout(Duration),
-    /// Both challenge types failed.
-    #[error("{first}: {first_error}; {other}: {other_error}")]
-    BothChallenges {
-        first: ChallengeKind,
-        first_error: Box<Error>,
-        other: ChallengeKind,
-        other_error: Box<Error>,
-    },
+    /// The ledger of orders could not be read or written (nothing was sent).
+    #[error("ACME ledger: {0}")]
+    Ledger(#[source] certs::StoreError),
+    /// The local budget of the CA's limits refuses the order (nothing was sent).
+    #[error("{0}")]
+    Budget(crate::budget::Refusal),
     /// `proxyctl certs renew` for a name no route asks a certificate for.
     #[error("{0}: not a name this proxy orders certificates for")]
     NotOrdered(String),
@@ -155,19 +153,22 @@ impl Error {
         )
     }
 
-    /// When the CA said ordering again is pointless (rate limit with a time).
+    /// When the CA said ordering again is pointless (rate limit with a time in its
+    /// problem's detail), or the local budget refused the order until when.
     pub fn retry_after(&self) -> Option<SystemTime> {
         match self {
             Error::RateLimited { retry_after, .. } => *retry_after,
-            Error::BothChallenges {
-                first_error,
-                other_error,
-                ..
-            } => first_error
-                .retry_after()
-                .into_iter()
-                .chain(other_error.retry_after())
-                .max(),
+            Error::Budget(r) => u64::try_from(r.until)
+                .ok()
+                .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t)),
+            _ => None,
+        }
+    }
+
+    /// The CA's detail when it answered `rateLimited`.
+    pub fn rate_limited(&self) -> Option<&str> {
+        match self {
+            Error::RateLimited { detail, .. } => Some(detail),
             _ => None,
         }
     }
@@ -313,35 +314,6 @@ mod tests {
         let e = api(r#"{"type": "urn:ietf:params:acme:error:accountDoesNotExist"}"#);
         assert!(problem(&e, "accountDoesNotExist").is_some());
         assert!(problem(&e, "rateLimited").is_none());
-    }
-
-    #[test]
-    fn both_challenges_say_both_and_the_latest_retry_time() {
-        let limited = |at: &str| {
-            Error::ca(
-                "new order",
-                api(&format!(
-                    r#"{{"type": "urn:ietf:params:acme:error:rateLimited", "detail": "retry after {at} UTC"}}"#
-                )),
-                Error::NewOrder,
-            )
-        };
-        let e = Error::BothChallenges {
-            first: ChallengeKind::Http01,
-            first_error: Box::new(limited("2025-01-02 03:04:05")),
-            other: ChallengeKind::TlsAlpn01,
-            other_error: Box::new(limited("2025-01-03 03:04:05")),
-        };
-        assert_eq!(
-            e.retry_after(),
-            Some(time::macros::datetime!(2025-01-03 03:04:05 UTC).into())
-        );
-        assert!(e
-            .to_string()
-            .starts_with("http-01: new order: rate limited"));
-        assert!(e
-            .to_string()
-            .contains("; tls-alpn-01: new order: rate limited"));
     }
 
     #[test]

@@ -9,8 +9,11 @@
 //!   (0600, atomic writes), with contact, terms agreement and External Account Binding;
 //! - orders one certificate per group (names of one route share one) as soon as a group
 //!   appears, answering HTTP-01 (token map served on :80) or TLS-ALPN-01 (challenge
-//!   certificate in the [`certs::CertResolver`], ALPN `acme-tls/1` on :443), falling back
-//!   to the other type when the CA rejects the first;
+//!   certificate in the [`certs::CertResolver`], ALPN `acme-tls/1` on :443), one new
+//!   order per attempt: when the CA fails to validate one type, the next attempt
+//!   answers the other;
+//! - records every order in the store's ledger before sending it, keeps the CA's limits
+//!   locally ([`budget`]) and obeys its `rateLimited` answers until their Retry-After;
 //! - saves each certificate with [`certs::Store::save`] and serves it at once
 //!   ([`certs::CertManager::install`]: one resolver swap, no restart);
 //! - orders each group with its ACME profile (the route's `acme_profile`, else
@@ -29,6 +32,7 @@
 //!   kernel drops the lock when its holder dies, so it is never stale.
 
 mod account;
+pub mod budget;
 mod challenge;
 mod config;
 pub mod directory;

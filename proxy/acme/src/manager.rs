@@ -6,8 +6,11 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use certs::util::{from_unix, random01, unix};
-use certs::{IssuedCert, Meta, StoredCert};
+use certs::util::{from_unix, random01, random_u64, unix};
+use certs::{
+    FailedValidation, Hold, HoldScope, IssuedCert, Ledger, Meta, OrderOutcome, OrderRecord,
+    StoredCert,
+};
 use instant_acme::{
     Account, AuthorizationStatus, CertificateIdentifier, Identifier, NewOrder, OrderStatus,
     RetryPolicy,
@@ -15,6 +18,7 @@ use instant_acme::{
 use serde::Serialize;
 use tokio::sync::{watch, Notify, Semaphore};
 
+use crate::budget::{self, Limits, Usage};
 use crate::challenge::{tls_alpn_certificate, Published};
 use crate::directory::Profiles;
 use crate::error::problem;
@@ -30,6 +34,8 @@ const CONCURRENT_ORDERS: usize = 4;
 const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
 /// Waiting for the CA to validate, and then to issue.
 const POLL_TIMEOUT: Duration = Duration::from_secs(90);
+/// A ledger that cannot be read: look again after this (someone must fix it).
+const LEDGER_RETRY: Duration = Duration::from_secs(300);
 /// When another process holds a certificate's lock: look again after this.
 const LOCKED_RETRY: Duration = Duration::from_secs(30);
 /// A failed ARI query (network, CA error): fall back, and ask again after this.
@@ -59,6 +65,8 @@ struct Entry {
     last_attempt: Option<i64>,
     last_error: Option<String>,
     next_attempt: Option<i64>,
+    /// The CA answered `rateLimited`: no order before this (unix seconds).
+    rate_limited_until: Option<i64>,
     force: bool,
     in_flight: bool,
     /// Names or profile changed (a reload) while an order was in flight: looked at
@@ -92,6 +100,9 @@ pub struct CertStatus {
     pub last_error: Option<String>,
     /// No new order before this (backoff), unix seconds.
     pub next_attempt: Option<i64>,
+    /// The CA answered `rateLimited`: no new order before this, not even a forced
+    /// one (unix seconds; a hold of the whole account shows on every group).
+    pub rate_limited_until: Option<i64>,
     pub ordering: bool,
 }
 
@@ -145,6 +156,34 @@ impl Manager {
     /// New orders placed at the CA since start.
     pub fn orders_placed(&self) -> u64 {
         self.orders_placed.load(Ordering::Relaxed)
+    }
+
+    /// New orders ever placed with the account, from the store's ledger (`None`: it
+    /// cannot be read).
+    pub fn orders_recorded(&self) -> Option<u64> {
+        let store = self.host.certs().store();
+        store
+            .read_ledger(&self.ledger_key())
+            .ok()
+            .map(|l| l.orders_total)
+    }
+
+    /// What the local budget of the CA's limits has used: the account's orders and
+    /// each registered domain of the groups (`None`: the ledger cannot be read).
+    pub fn budget(&self) -> Option<Vec<Usage>> {
+        let ledger = self
+            .host
+            .certs()
+            .store()
+            .read_ledger(&self.ledger_key())
+            .ok()?;
+        let groups: Vec<Vec<String>> = self.lock().values().map(|e| e.names.clone()).collect();
+        Some(budget::usage(
+            &ledger,
+            &groups,
+            certs::util::unix_now(),
+            &Limits::LETS_ENCRYPT,
+        ))
     }
 
     /// Finished orders since start: (certificate issued, failed).
@@ -295,6 +334,7 @@ impl Manager {
                     last_attempt: meta.last_attempt,
                     last_error: meta.last_error,
                     next_attempt: meta.next_attempt,
+                    rate_limited_until: meta.rate_limited_until,
                     force: false,
                     in_flight: false,
                     regrouped: false,
@@ -327,6 +367,7 @@ impl Manager {
     /// Every group with its served certificate and ACME state, sorted by id.
     pub fn status(&self) -> Vec<CertStatus> {
         let held = self.host.certs().certs();
+        let now = SystemTime::now();
         let entries = self.lock();
         entries
             .iter()
@@ -348,6 +389,7 @@ impl Manager {
                     last_attempt: e.last_attempt,
                     last_error: e.last_error.clone(),
                     next_attempt: e.next_attempt,
+                    rate_limited_until: e.rate_limited_until.filter(|t| *t > unix(now)),
                     ordering: e.in_flight,
                 }
             })
@@ -404,6 +446,7 @@ impl Manager {
                 e.last_attempt = m.last_attempt;
                 e.last_error = m.last_error;
                 e.next_attempt = m.next_attempt;
+                e.rate_limited_until = m.rate_limited_until;
             }
         }
         drop(entries);
@@ -468,6 +511,70 @@ impl Manager {
         };
         // What another process may have done meanwhile: its backoff, its certificate.
         let mut meta = store.read_meta(id).unwrap_or_default();
+        // The ledger (orders placed, the CA's rate-limit holds). One that cannot be
+        // read stops ordering: an empty one could spend the CA's limits twice.
+        let ledger = match store.read_ledger(&self.ledger_key()) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(cert = %id, "ACME: {e}; not ordering");
+                meta.last_error = Some(e.to_string());
+                return Outcome {
+                    next_check: now + LEDGER_RETRY,
+                    meta: Some(meta),
+                    ..Outcome::default()
+                };
+            }
+        };
+        // A hold beyond the cap (written by hand, or while the clock was ahead) is
+        // brought down to it on disk, so that it ends then and is not pushed back by
+        // every later look.
+        let mut ledger = ledger;
+        let (meta_clamped, ledger_clamped) = clamp_holds(&mut ledger, &mut meta, unix(now));
+        if meta_clamped {
+            tracing::warn!(cert = %id, "ACME: a rate-limit hold beyond {}s ahead in meta.json; shortened", schedule::RATE_LIMIT_MAX.as_secs());
+            if let Err(e) = store.write_meta(id, &meta) {
+                tracing::warn!(cert = %id, "ACME: {e}");
+            }
+        }
+        if ledger_clamped {
+            tracing::warn!(cert = %id, "ACME: a rate-limit hold beyond {}s ahead in the ledger; shortened", schedule::RATE_LIMIT_MAX.as_secs());
+            let mut copy = meta.clone();
+            if let Err(e) = self.update_ledger(|l| clamp_holds(l, &mut copy, unix(now))) {
+                tracing::warn!(cert = %id, "ACME: {e}");
+            }
+        }
+        // The CA's `rateLimited` holds even a forced renewal: an order before it ends
+        // only earns the same answer.
+        if let Some((until, detail)) = rate_limit_hold(&ledger, &meta, id, unix(now)) {
+            tracing::info!(cert = %id, until, "ACME: held by the CA's rate limit: {detail}");
+            meta.rate_limited_until = Some(until);
+            return Outcome {
+                next_check: from_unix(until),
+                meta: Some(meta),
+                ..Outcome::default()
+            };
+        }
+        // The CA's limits, kept locally: an order the CA would refuse is not placed
+        // (forced or not), and the next look is when it fits.
+        if let Err(r) = budget::check(
+            &ledger,
+            names,
+            replaces.is_some(),
+            unix(now),
+            &Limits::LETS_ENCRYPT,
+        ) {
+            tracing::warn!(cert = %id, "ACME: {r}");
+            meta.last_error = Some(r.to_string());
+            meta.next_attempt = Some(r.until);
+            if let Err(e) = store.write_meta(id, &meta) {
+                tracing::warn!(cert = %id, "ACME: {e}");
+            }
+            return Outcome {
+                next_check: from_unix(r.until),
+                meta: Some(meta),
+                ..Outcome::default()
+            };
+        }
         if !force {
             // Capped as when written (schedule::retry_at): a wait persisted before the
             // cap, or written by hand, ends too.
@@ -525,15 +632,23 @@ impl Manager {
         } else {
             "ordering"
         };
-        tracing::info!(cert = %id, names = ?names, challenge = %self.config.challenge, profile = ?profile, "ACME: {what} certificate");
+        // The type the CA failed to validate last time goes second.
+        let kind =
+            preferred_challenge(self.config.challenge, meta.last_failed_challenge.as_deref());
+        tracing::info!(cert = %id, names = ?names, challenge = %kind, profile = ?profile, "ACME: {what} certificate");
         let started = std::time::Instant::now();
-        let order = self.order(names, profile.as_deref(), replaces);
-        let result = match tokio::time::timeout(ORDER_TIMEOUT, order).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(ORDER_TIMEOUT)),
-        };
+        let mut attempt = Attempt::default();
+        let order = self.order(id, names, profile.as_deref(), kind, replaces, &mut attempt);
+        let (result, header_retry_after) = account::retry_after_scope(async {
+            match tokio::time::timeout(ORDER_TIMEOUT, order).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Timeout(ORDER_TIMEOUT)),
+            }
+        })
+        .await;
         match result {
             Ok(cert) => {
+                self.record_end(&attempt, OrderOutcome::Issued, None);
                 self.orders_issued.fetch_add(1, Ordering::Relaxed);
                 let renew_at =
                     schedule::fallback_renewal_time(cert.not_before, cert.not_after, random01());
@@ -554,7 +669,8 @@ impl Manager {
                     failures: 0,
                     profile: profile.clone(),
                     rate_limited_until: None,
-                    last_failed_challenge: None,
+                    // Renewals keep to the type that worked.
+                    last_failed_challenge: meta.last_failed_challenge.clone(),
                 };
                 if let Err(e) = store.write_meta(id, &meta) {
                     tracing::warn!(cert = %id, "ACME: {e}");
@@ -586,9 +702,32 @@ impl Manager {
                 self.orders_failed.fetch_add(1, Ordering::Relaxed);
                 meta.failures = failures_if_failed;
                 meta.last_error = Some(e.to_string());
-                // The CA's rate limit, when it says until when, outlasts the backoff.
+                if e.is_challenge_failure() {
+                    if let Some(k) = attempt.answered {
+                        meta.last_failed_challenge = Some(k.to_string());
+                    }
+                }
+                // The CA's rate limit outlasts the backoff: until its Retry-After (the
+                // header, else a time in the detail, else RATE_LIMIT_DEFAULT).
                 let backoff = schedule::retry_delay(meta.failures, random01(), time_left);
-                let at = schedule::retry_at(now, backoff, e.retry_after());
+                let hold = e.rate_limited().map(|detail| {
+                    let until = e
+                        .retry_after()
+                        .or(header_retry_after)
+                        .unwrap_or(now + schedule::RATE_LIMIT_DEFAULT);
+                    let until = unix(schedule::retry_at(now, backoff, Some(until)));
+                    meta.rate_limited_until = Some(until);
+                    Hold {
+                        scope: hold_scope(id, detail),
+                        until,
+                        detail: detail.to_string(),
+                    }
+                });
+                let at = match meta.rate_limited_until.filter(|_| hold.is_some()) {
+                    Some(t) => from_unix(t),
+                    None => schedule::retry_at(now, backoff, e.retry_after()),
+                };
+                self.record_end(&attempt, OrderOutcome::Failed, hold);
                 let wait = at.duration_since(now).unwrap_or_default();
                 meta.next_attempt = Some(unix(at));
                 if let Err(we) = store.write_meta(id, &meta) {
@@ -688,57 +827,43 @@ impl Manager {
         Ok(a)
     }
 
-    /// One attempt: the configured challenge type, then the other one if the CA
-    /// rejected the first. The certificate is saved before it is returned.
+    /// One attempt, one new order: each authorization is answered with `kind`, or with
+    /// the other type where the CA offers only that one. A failed validation ends the
+    /// attempt (RFC 8555: it invalidates the authorization and the order); the next
+    /// attempt starts with the other type. The certificate is saved before it is
+    /// returned.
     async fn order(
         &self,
-        names: &[String],
-        profile: Option<&str>,
-        replaces: Option<CertificateIdentifier<'static>>,
-    ) -> Result<Arc<StoredCert>, Error> {
-        let first = self.config.challenge;
-        match self
-            .order_with(names, profile, first, replaces.clone())
-            .await
-        {
-            Err(e1) if e1.is_challenge_failure() => {
-                let other = first.other();
-                tracing::warn!(names = ?names, "ACME: {first} failed ({e1}); trying {other}");
-                self.order_with(names, profile, other, replaces)
-                    .await
-                    .map_err(|e2| Error::BothChallenges {
-                        first,
-                        first_error: Box::new(e1),
-                        other,
-                        other_error: Box::new(e2),
-                    })
-            }
-            r => r,
-        }
-    }
-
-    async fn order_with(
-        &self,
+        id: &str,
         names: &[String],
         profile: Option<&str>,
         kind: ChallengeKind,
         replaces: Option<CertificateIdentifier<'static>>,
+        attempt: &mut Attempt,
     ) -> Result<Arc<StoredCert>, Error> {
         let identifiers: Vec<Identifier> =
             names.iter().map(|n| Identifier::Dns(n.clone())).collect();
         let account = self.account().await?;
-        let mut order = match self
-            .new_order(&account, &identifiers, profile, replaces.clone())
-            .await
-        {
+        let placed = self
+            .new_order(
+                &account,
+                id,
+                &identifiers,
+                profile,
+                replaces.clone(),
+                attempt,
+            )
+            .await?;
+        let mut order = match placed {
             Ok(o) => o,
             Err(e) if problem(&e, "accountDoesNotExist").is_some() => {
+                // Refused, so no order yet: this is still the attempt's only one.
                 tracing::warn!("ACME: the CA no longer knows our account; creating a new one");
                 account::forget(self.host.certs().store(), &self.config);
                 *self.account.lock().await = None;
                 let account = self.account().await?;
-                self.new_order(&account, &identifiers, profile, replaces)
-                    .await
+                self.new_order(&account, id, &identifiers, profile, replaces, attempt)
+                    .await?
                     .map_err(|e| Error::ca("new order", e, Error::NewOrder))?
             }
             Err(e) => return Err(Error::ca("new order", e, Error::NewOrder)),
@@ -756,11 +881,14 @@ impl Manager {
                 AuthorizationStatus::Pending => {}
                 status => return Err(Error::AuthorizationState { name, status }),
             }
-            let Some(mut challenge) = authz.challenge(kind.acme()) else {
+            let offered = |k: ChallengeKind| authz.challenges.iter().any(|c| c.r#type == k.acme());
+            let chosen = if offered(kind) { kind } else { kind.other() };
+            let Some(mut challenge) = authz.challenge(chosen.acme()) else {
                 return Err(Error::NoChallenge { kind, name });
             };
+            attempt.answered = Some(chosen);
             let key_auth = challenge.key_authorization();
-            match kind {
+            match chosen {
                 ChallengeKind::Http01 => published.http01(&challenge.token, key_auth.as_str()),
                 ChallengeKind::TlsAlpn01 => {
                     let key = tls_alpn_certificate(&name, key_auth.digest().as_ref())?;
@@ -796,6 +924,9 @@ impl Manager {
                     for c in &state.challenges {
                         if let Some(p) = &c.error {
                             details.push(format!("{name}: {p}"));
+                            if !attempt.failed.contains(&name) {
+                                attempt.failed.push(name.clone());
+                            }
                         }
                     }
                 }
@@ -827,34 +958,233 @@ impl Manager {
         self.host.certs().store().save(&cert).map_err(Error::Save)
     }
 
+    /// Places one new order. With `replaces` refused (e.g. `alreadyReplaced`: an
+    /// error answer, so no order), one order without it. The inner result is the CA's
+    /// answer; the outer error is a ledger that could not be written or the budget
+    /// refusing the order (then nothing was sent).
     async fn new_order(
         &self,
         account: &Account,
+        id: &str,
         identifiers: &[Identifier],
         profile: Option<&str>,
         replaces: Option<CertificateIdentifier<'static>>,
-    ) -> Result<instant_acme::Order, instant_acme::Error> {
-        let new_order = || {
-            let o = NewOrder::new(identifiers);
-            match profile {
-                Some(p) => o.profile(p),
-                None => o,
-            }
-        };
-        self.orders_placed.fetch_add(1, Ordering::Relaxed);
+        attempt: &mut Attempt,
+    ) -> Result<Result<instant_acme::Order, instant_acme::Error>, Error> {
         if let Some(r) = replaces {
-            match account.new_order(&new_order().replaces(r)).await {
-                Ok(o) => return Ok(o),
-                // e.g. alreadyReplaced: an order without `replaces` is still fine.
-                Err(e) if problem(&e, "accountDoesNotExist").is_none() => {
+            match self
+                .place(account, id, identifiers, profile, Some(r), attempt)
+                .await?
+            {
+                Err(e)
+                    if problem(&e, "accountDoesNotExist").is_none()
+                        && problem(&e, "rateLimited").is_none()
+                        && matches!(e, instant_acme::Error::Api(_)) =>
+                {
                     tracing::debug!("ACME: order with `replaces` refused ({e}); ordering without");
-                    self.orders_placed.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => return Err(e),
+                r => return Ok(r),
             }
         }
-        account.new_order(&new_order()).await
+        self.place(account, id, identifiers, profile, None, attempt)
+            .await
     }
+
+    /// Sends one newOrder, recorded in the ledger *before* it is sent (a crash cannot
+    /// forget it) and taken out again when the CA answers with an error (it created no
+    /// order). A lost answer (network) stays counted: the CA may have created it.
+    async fn place(
+        &self,
+        account: &Account,
+        id: &str,
+        identifiers: &[Identifier],
+        profile: Option<&str>,
+        replaces: Option<CertificateIdentifier<'static>>,
+        attempt: &mut Attempt,
+    ) -> Result<Result<instant_acme::Order, instant_acme::Error>, Error> {
+        let mut names: Vec<String> = identifiers
+            .iter()
+            .filter_map(|i| match i {
+                Identifier::Dns(d) => Some(d.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        let record = OrderRecord {
+            at: certs::util::unix_now(),
+            id: format!("{:016x}", random_u64()),
+            cert: id.to_string(),
+            names,
+            replaces: replaces.is_some(),
+            profile: profile.map(str::to_string),
+            outcome: OrderOutcome::Placed,
+        };
+        let rid = record.id.clone();
+        // The budget again, under the ledger's lock and in the update that records the
+        // order: the check in `check` may be stale (other orders of this process, or
+        // of another proxyd on the store, recorded since).
+        let now = record.at;
+        self.update_ledger(|l| {
+            budget::check(
+                l,
+                &record.names,
+                record.replaces,
+                now,
+                &Limits::LETS_ENCRYPT,
+            )?;
+            l.orders.push(record);
+            l.orders_total += 1;
+            Ok(())
+        })
+        .map_err(Error::Ledger)?
+        .map_err(Error::Budget)?;
+        let mut new_order = NewOrder::new(identifiers);
+        if let Some(p) = profile {
+            new_order = new_order.profile(p);
+        }
+        if let Some(r) = replaces {
+            new_order = new_order.replaces(r);
+        }
+        // Known to the attempt before it is sent: however the attempt ends (no answer,
+        // its timeout dropping it mid-request), record_end settles the record. An
+        // order whose answer never came cannot have been finalized by us, so `failed`
+        // (still one of the account's orders) is right; only a crash leaves `placed`.
+        attempt.order = Some(rid.clone());
+        let r = account.new_order(&new_order).await;
+        match &r {
+            Ok(_) => {
+                self.orders_placed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(instant_acme::Error::Api(_)) => {
+                let taken_out = self.update_ledger(|l| {
+                    let before = l.orders.len();
+                    l.orders.retain(|o| o.id != rid);
+                    if l.orders.len() < before {
+                        l.orders_total = l.orders_total.saturating_sub(1);
+                    }
+                });
+                if let Err(e) = taken_out {
+                    tracing::warn!(cert = %id, "ACME: a refused order stays counted: {e}");
+                }
+            }
+            Err(_) => {}
+        }
+        Ok(r)
+    }
+
+    /// The ledger's name: the directory's, like the account file's.
+    fn ledger_key(&self) -> String {
+        account::slug(&self.config.directory)
+    }
+
+    fn update_ledger<R>(&self, f: impl FnOnce(&mut Ledger) -> R) -> Result<R, certs::StoreError> {
+        self.host
+            .certs()
+            .store()
+            .update_ledger(&self.ledger_key(), certs::util::unix_now(), f)
+    }
+
+    /// Writes how the attempt's order ended, its failed validations and the CA's hold.
+    fn record_end(&self, attempt: &Attempt, outcome: OrderOutcome, hold: Option<Hold>) {
+        if attempt.order.is_none() && attempt.failed.is_empty() && hold.is_none() {
+            return;
+        }
+        let now = certs::util::unix_now();
+        let r = self.update_ledger(|l| {
+            if let Some(rid) = &attempt.order {
+                if let Some(o) = l.orders.iter_mut().find(|o| &o.id == rid) {
+                    o.outcome = outcome;
+                }
+            }
+            for name in &attempt.failed {
+                l.failed_validations.push(FailedValidation {
+                    at: now,
+                    name: name.clone(),
+                });
+            }
+            if let Some(h) = hold {
+                l.holds.retain(|x| x.scope != h.scope);
+                l.holds.push(h);
+            }
+        });
+        if let Err(e) = r {
+            tracing::warn!("ACME: {e}");
+        }
+    }
+}
+
+/// What one attempt did, for the ledger and the next attempt.
+#[derive(Debug, Default)]
+struct Attempt {
+    /// The ledger id of the attempt's (last) new order, set before it is sent.
+    order: Option<String>,
+    /// The challenge type answered (the last authorization's).
+    answered: Option<ChallengeKind>,
+    /// Names whose validation the CA reported as failed.
+    failed: Vec<String>,
+}
+
+/// The configured type, unless the CA failed to validate it last time: then the other.
+fn preferred_challenge(configured: ChallengeKind, last_failed: Option<&str>) -> ChallengeKind {
+    if last_failed == Some(configured.to_string().as_str()) {
+        configured.other()
+    } else {
+        configured
+    }
+}
+
+/// Whom a `rateLimited` answer holds: the whole account for its new-orders limit
+/// (Let's Encrypt: "too many new orders ... from this account"), else this certificate.
+fn hold_scope(id: &str, detail: &str) -> HoldScope {
+    if detail.to_ascii_lowercase().contains("new orders") {
+        HoldScope::Account
+    } else {
+        HoldScope::Cert(id.to_string())
+    }
+}
+
+/// Brings the rate-limit holds of `meta` and `ledger` that end more than
+/// [`schedule::RATE_LIMIT_MAX`] after `now` down to that; (meta changed, ledger
+/// changed). The caller writes them back, so the cap is fixed once and ends.
+fn clamp_holds(ledger: &mut Ledger, meta: &mut Meta, now: i64) -> (bool, bool) {
+    let cap = now.saturating_add(schedule::RATE_LIMIT_MAX.as_secs() as i64);
+    let mut meta_changed = false;
+    if let Some(t) = meta.rate_limited_until.filter(|t| *t > cap) {
+        meta.rate_limited_until = Some(cap);
+        meta_changed = t != cap;
+    }
+    let mut ledger_changed = false;
+    for h in ledger.holds.iter_mut().filter(|h| h.until > cap) {
+        h.until = cap;
+        ledger_changed = true;
+    }
+    (meta_changed, ledger_changed)
+}
+
+/// The latest rate-limit hold on certificate `id` at `now` (unix seconds): its own
+/// (`meta.json`, the ledger) or the account's. Capped like the backoff
+/// ([`schedule::RATE_LIMIT_MAX`]), so a hold written by hand ends too.
+fn rate_limit_hold(ledger: &Ledger, meta: &Meta, id: &str, now: i64) -> Option<(i64, String)> {
+    let cap = now + schedule::RATE_LIMIT_MAX.as_secs() as i64;
+    let own = meta
+        .rate_limited_until
+        .map(|t| (t, meta.last_error.clone().unwrap_or_default()));
+    let held = ledger
+        .holds
+        .iter()
+        .filter(|h| match &h.scope {
+            HoldScope::Account => true,
+            HoldScope::Cert(c) => c == id,
+            // Not written by this client (no registered-domain holds yet).
+            HoldScope::Domain(_) => false,
+        })
+        .map(|h| (h.until, h.detail.clone()));
+    own.into_iter()
+        .chain(held)
+        .filter(|(t, _)| *t > now)
+        .max_by_key(|(t, _)| *t)
+        .map(|(t, d)| (t.min(cap), d))
 }
 
 struct Outcome {
@@ -1001,6 +1331,84 @@ mod tests {
     }
 
     #[test]
+    fn the_type_that_failed_last_goes_second() {
+        use ChallengeKind::{Http01, TlsAlpn01};
+        assert_eq!(preferred_challenge(Http01, None), Http01);
+        assert_eq!(preferred_challenge(Http01, Some("http-01")), TlsAlpn01);
+        assert_eq!(preferred_challenge(Http01, Some("tls-alpn-01")), Http01);
+        assert_eq!(preferred_challenge(TlsAlpn01, Some("tls-alpn-01")), Http01);
+        assert_eq!(preferred_challenge(TlsAlpn01, Some("garbage")), TlsAlpn01);
+    }
+
+    #[test]
+    fn rate_limit_holds_of_the_cert_and_the_account_count_capped() {
+        let now = 1_800_000_000;
+        let mut ledger = Ledger::default();
+        let mut meta = Meta::default();
+        assert_eq!(rate_limit_hold(&ledger, &meta, "a.test", now), None);
+        // Its own, from meta.json; a past one is none.
+        meta.rate_limited_until = Some(now - 1);
+        assert_eq!(rate_limit_hold(&ledger, &meta, "a.test", now), None);
+        meta.rate_limited_until = Some(now + 60);
+        meta.last_error = Some("limited".into());
+        assert_eq!(
+            rate_limit_hold(&ledger, &meta, "a.test", now),
+            Some((now + 60, "limited".into()))
+        );
+        // Another certificate's hold is not ours; the account's is, and the later wins.
+        ledger.holds.push(Hold {
+            scope: HoldScope::Cert("b.test".into()),
+            until: now + 500,
+            detail: "b".into(),
+        });
+        assert_eq!(
+            rate_limit_hold(&ledger, &meta, "a.test", now).unwrap().0,
+            now + 60
+        );
+        ledger.holds.push(Hold {
+            scope: HoldScope::Account,
+            until: now + 100,
+            detail: "too many new orders".into(),
+        });
+        assert_eq!(
+            rate_limit_hold(&ledger, &meta, "a.test", now),
+            Some((now + 100, "too many new orders".into()))
+        );
+        // A hold written far into the future (by hand, a CA bug) ends after the cap.
+        meta.rate_limited_until = Some(now + 100 * 86_400);
+        let cap = now + schedule::RATE_LIMIT_MAX.as_secs() as i64;
+        assert_eq!(
+            rate_limit_hold(&ledger, &meta, "a.test", now).unwrap().0,
+            cap
+        );
+        // Review: "ends after the cap" must hold when time passes. The cap was taken
+        // from each look's own `now`, so a hold 100 days ahead (or written while the
+        // clock was ahead) was pushed back at every look and held for 100 days. `check`
+        // now writes the clamped holds back (clamp_holds) at the first look.
+        ledger.holds.push(Hold {
+            scope: HoldScope::Account,
+            until: now + 200 * 86_400,
+            detail: "by hand".into(),
+        });
+        assert_eq!(clamp_holds(&mut ledger, &mut meta, now), (true, true));
+        assert_eq!(clamp_holds(&mut ledger, &mut meta, now), (false, false));
+        let later = cap + 1;
+        assert_eq!(
+            rate_limit_hold(&ledger, &meta, "a.test", later),
+            None,
+            "still held after the cap"
+        );
+        assert_eq!(
+            hold_scope("a.test", "too many new orders (300) from this account"),
+            HoldScope::Account
+        );
+        assert_eq!(
+            hold_scope("a.test", "too many certificates (5) already issued"),
+            HoldScope::Cert("a.test".into())
+        );
+    }
+
+    #[test]
     fn best_cover_prefers_a_certificate_valid_now_over_a_later_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let store = certs::Store::open(dir.path()).unwrap();
@@ -1023,5 +1431,132 @@ mod tests {
             longer.id
         );
         assert!(best_cover(&held, &names, Some("local")).is_none());
+    }
+
+    /// A manager on a fresh store, and an account at a CA that is down (a loopback
+    /// port nobody listens on): every request fails without an answer.
+    async fn manager_with_a_ca_that_is_down() -> (Arc<Manager>, Account, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = certs::Store::open(dir.path()).unwrap();
+        let host = NoHost(certs::CertManager::new(
+            store,
+            None,
+            Arc::new(certs::CertResolver::new()),
+        ));
+        let config = Config {
+            directory: ISSUER.into(),
+            ca_root: None,
+            contact: Vec::new(),
+            challenge: ChallengeKind::Http01,
+            eab: None,
+            profile: None,
+        };
+        let m = Manager::new(config, Arc::new(host));
+        // A CA that is down: a loopback port nobody listens on.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url = |p: &str| format!("https://127.0.0.1:{port}/{p}");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let creds: instant_acme::AccountCredentials = serde_json::from_value(serde_json::json!({
+            "id": url("acct/1"),
+            "key_pkcs8": base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                key.serialize_der()
+            ),
+            "directory": null,
+            "urls": {
+                "newNonce": url("nonce"),
+                "newAccount": url("account"),
+                "newOrder": url("order"),
+            },
+        }))
+        .unwrap();
+        let account = Account::builder()
+            .unwrap()
+            .from_credentials(creds)
+            .await
+            .unwrap();
+        (m, account, dir)
+    }
+
+    /// Review: a newOrder whose answer never came (the CA unreachable: refused, reset,
+    /// timed out) cannot have been finalized by us, so it is no certificate. Recorded
+    /// `placed` for ever, it counted as one: five attempts during a CA outage locked
+    /// the names out for 7 days ("5 certificates for a.test in 7d").
+    #[tokio::test]
+    async fn new_orders_without_an_answer_do_not_count_as_certificates() {
+        let (m, account, _dir) = manager_with_a_ca_that_is_down().await;
+        let names = vec!["a.test".to_owned()];
+        let ids = [Identifier::Dns("a.test".into())];
+        for _ in 0..5 {
+            // As `check` does: place, then record how the attempt ended.
+            let mut attempt = Attempt::default();
+            let sent = m
+                .place(&account, "a.test", &ids, None, None, &mut attempt)
+                .await
+                .unwrap();
+            assert!(sent.is_err());
+            m.record_end(&attempt, OrderOutcome::Failed, None);
+        }
+        let ledger = m.host.certs().store().read_ledger(&m.ledger_key()).unwrap();
+        // Still counted as orders (the CA may have created them)...
+        assert_eq!(ledger.orders.len(), 5, "{ledger:?}");
+        assert_eq!(ledger.orders_total, 5);
+        // ...but not as certificates.
+        let r = budget::check(
+            &ledger,
+            &names,
+            false,
+            certs::util::unix_now(),
+            &Limits::LETS_ENCRYPT,
+        );
+        assert_eq!(r, Ok(()), "{ledger:#?}");
+    }
+
+    /// Review: the budget was checked on a ledger read before the order, and the order
+    /// written in a later, separate update: two orders at once (the 4 concurrent
+    /// orders of one proxyd, or two proxyd on one store) both saw room for one more
+    /// and both were sent. The check must be made under the ledger's lock, in the
+    /// update that records the order.
+    #[tokio::test]
+    async fn the_budget_is_checked_again_under_the_ledger_lock_when_recording_the_order() {
+        let (m, account, _dir) = manager_with_a_ca_that_is_down().await;
+        let now = certs::util::unix_now();
+        m.update_ledger(|l| {
+            for i in 0..4 {
+                l.orders.push(OrderRecord {
+                    at: now - 60 - i,
+                    id: format!("seed{i}"),
+                    cert: "a.test".into(),
+                    names: vec!["a.test".into()],
+                    replaces: false,
+                    profile: None,
+                    outcome: OrderOutcome::Issued,
+                });
+            }
+        })
+        .unwrap();
+        // Both attempts checked the budget on this ledger: 4 of 5, room for one.
+        let seen = m.host.certs().store().read_ledger(&m.ledger_key()).unwrap();
+        let names = vec!["a.test".to_owned()];
+        assert!(budget::check(&seen, &names, false, now, &Limits::LETS_ENCRYPT).is_ok());
+        let ids = [Identifier::Dns("a.test".into())];
+        let (mut one, mut two) = (Attempt::default(), Attempt::default());
+        let first = m
+            .place(&account, "a.test", &ids, None, None, &mut one)
+            .await;
+        assert!(matches!(first, Ok(Err(_))), "sent (and no answer)");
+        let second = m
+            .place(&account, "a.test", &ids, None, None, &mut two)
+            .await;
+        assert!(
+            matches!(second, Err(Error::Budget(_))),
+            "the 6th order for a.test in 7 days was sent: {:?}",
+            second.map(|r| r.map(|_| ()))
+        );
+        let ledger = m.host.certs().store().read_ledger(&m.ledger_key()).unwrap();
+        assert_eq!(ledger.orders.len(), 5, "{ledger:#?}");
     }
 }

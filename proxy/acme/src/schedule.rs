@@ -90,6 +90,11 @@ pub fn retry_delay(failures: u32, rand01: f64, time_left: Option<Duration>) -> D
 /// persisted in the store, so a restart would not end it either.
 pub const RATE_LIMIT_MAX: Duration = Duration::from_secs(7 * 86_400);
 
+/// How long a `rateLimited` answer holds when the CA gives no time (neither a
+/// Retry-After header nor a "retry after" in the problem's detail): an hour, the
+/// shortest window of Let's Encrypt's limits (failed validations per hour).
+pub const RATE_LIMIT_DEFAULT: Duration = Duration::from_secs(3600);
+
 /// When to try again after a failure at `now`: after `backoff`, or at the CA's
 /// `retry_after` when that is later, but never later than [`RATE_LIMIT_MAX`] (or the
 /// backoff, if longer) from now.

@@ -413,8 +413,16 @@ pub struct AcmeInfo {
     pub directory: String,
     /// `http-01` or `tls-alpn-01`: the one tried first.
     pub challenge: String,
-    /// New orders since start.
+    /// New orders since start (orders the CA created).
     pub orders_placed: u64,
+    /// New orders ever placed with the account, from the store's ledger
+    /// (`acme/ledger/<directory>.json`); `None` when the ledger cannot be read.
+    #[serde(deserialize_with = "present")]
+    pub orders_recorded: Option<u64>,
+    /// The local budget of the CA's limits, one line each (`account orders 3/300 per
+    /// 3h`, `example.org certificates 7/50 per 7d`); empty when the ledger cannot be read.
+    #[serde(default)]
+    pub budget: Vec<String>,
 }
 
 /// A certificate held by the daemon.
@@ -463,6 +471,9 @@ pub struct CertGroup {
     /// No new order before this (backoff).
     #[serde(deserialize_with = "present")]
     pub next_attempt: Option<i64>,
+    /// The CA answered `rateLimited`: no new order before this, not even a forced one.
+    #[serde(deserialize_with = "present")]
+    pub rate_limited_until: Option<i64>,
     /// An order is under way.
     pub ordering: bool,
 }

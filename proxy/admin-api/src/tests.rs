@@ -389,9 +389,14 @@ fn certs_with_acme() {
         r#"
 {
   "acme": {
+    "budget": [
+      "account orders 3/300 per 3h",
+      "a.test certificates 2/50 per 7d"
+    ],
     "challenge": "http-01",
     "directory": "https://127.0.0.1:14000/dir",
-    "orders_placed": 3
+    "orders_placed": 3,
+    "orders_recorded": 41
   },
   "certificates": [],
   "groups": [
@@ -414,7 +419,8 @@ fn certs_with_acme() {
       "next_renewal": 1790000000,
       "not_after": 1798215041,
       "ordering": false,
-      "profile": "shortlived"
+      "profile": "shortlived",
+      "rate_limited_until": 1764953600
     },
     {
       "ari_window": null,
@@ -431,7 +437,8 @@ fn certs_with_acme() {
       "next_renewal": null,
       "not_after": null,
       "ordering": true,
-      "profile": null
+      "profile": null,
+      "rate_limited_until": null
     }
   ],
   "served": {

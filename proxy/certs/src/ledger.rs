@@ -90,11 +90,14 @@ pub enum HoldScope {
 }
 
 impl Ledger {
-    /// Drops what no limit looks at any more.
+    /// Drops what no limit looks at any more, and entries dated more than
+    /// [`LEDGER_KEEP_SECS`] after `now` (a clock that was far ahead, or a hand edit):
+    /// they would otherwise count for ever. Entries a little after `now` (the clock
+    /// was set back) are kept; the budget counts them as placed now.
     pub fn prune(&mut self, now: i64) {
-        let keep = now - LEDGER_KEEP_SECS;
-        self.orders.retain(|o| o.at >= keep);
-        self.failed_validations.retain(|f| f.at >= keep);
+        let keep = now.saturating_sub(LEDGER_KEEP_SECS)..=now.saturating_add(LEDGER_KEEP_SECS);
+        self.orders.retain(|o| keep.contains(&o.at));
+        self.failed_validations.retain(|f| keep.contains(&f.at));
         self.holds.retain(|h| h.until > now);
     }
 }
@@ -162,15 +165,36 @@ impl Store {
     }
 }
 
+/// Larger than any ledger this client writes (8 days of Let's Encrypt's limits are some
+/// 20 000 orders, a few MB): refused unread.
+pub const LEDGER_MAX_BYTES: u64 = 64 << 20;
+
 fn read_ledger_file(path: &std::path::Path) -> Result<Ledger, StoreError> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::BadFile {
-            path: path.to_path_buf(),
-            reason: format!("{e} (the ACME budget cannot be counted; fix or delete it)"),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ledger::default()),
-        Err(e) => Err(StoreError::io(path, e)),
+    use std::io::Read;
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ledger::default()),
+        Err(e) => return Err(StoreError::io(path, e)),
+    };
+    let bad = |reason: String| StoreError::BadFile {
+        path: path.to_path_buf(),
+        reason: format!("{reason} (the ACME budget cannot be counted; fix or delete it)"),
+    };
+    let too_large = || bad(format!("too large (over {LEDGER_MAX_BYTES} bytes)"));
+    let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
+    if len > LEDGER_MAX_BYTES {
+        return Err(too_large());
     }
+    // Bounded too while reading (the file may grow meanwhile): one byte more than
+    // allowed tells a file at the limit from a larger one.
+    let mut bytes = Vec::new();
+    file.take(LEDGER_MAX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| StoreError::io(path, e))?;
+    if bytes.len() as u64 > LEDGER_MAX_BYTES {
+        return Err(too_large());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]
@@ -200,6 +224,9 @@ mod tests {
                 l.orders
                     .push(order(now - LEDGER_KEEP_SECS - 1, OrderOutcome::Issued));
                 l.orders.push(order(now - 10, OrderOutcome::Placed));
+                // Far in the future (a clock that was years ahead): dropped.
+                l.orders
+                    .push(order(now + LEDGER_KEEP_SECS + 1, OrderOutcome::Issued));
                 l.holds.push(Hold {
                     scope: HoldScope::Account,
                     until: now - 1,
@@ -231,5 +258,21 @@ mod tests {
         assert!(store.read_ledger("acct").is_err());
         assert!(store.update_ledger("acct", 0, |_| ()).is_err());
         assert!(store.read_ledger("../x").is_err());
+    }
+
+    /// Review: a ledger grown huge (by hand, a runaway writer, a disk error) is read
+    /// whole on every look, every metrics scrape and every `proxyctl certs`: it must
+    /// be refused by its size, with a clear error, before it is read into memory.
+    #[test]
+    fn a_huge_ledger_is_refused_by_its_size_before_it_is_read() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        std::fs::create_dir_all(t.path().join("acme/ledger")).unwrap();
+        let f = std::fs::File::create(t.path().join("acme/ledger/acct.json")).unwrap();
+        // Sparse: no disk used.
+        f.set_len(4 << 30).unwrap();
+        let e = store.read_ledger("acct").unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+        assert!(store.update_ledger("acct", 0, |_| ()).is_err());
     }
 }

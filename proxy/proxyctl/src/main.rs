@@ -169,6 +169,7 @@ fn run(cli: &Cli) -> Result<Outcome> {
         } => certs_renew(cli, name),
         Command::Certs {
             action: Some(CertsAction::Preflight { names }),
+            ..
         } => certs_preflight(cli, names),
         Command::Routes { action } => generate::run(cli, action),
         Command::Upgrade(opts) => upgrade::run(cli, opts),
@@ -294,6 +295,27 @@ fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    /// Review: the last error carries the CA's problem detail (a `rateLimited`
+    /// answer's, now kept in the ledger and meta.json too) and file contents: bytes
+    /// chosen by the CA or whoever edits the store must not drive the terminal.
+    #[test]
+    fn a_last_error_with_control_bytes_does_not_reach_the_terminal_raw() {
+        let g: admin_api::CertGroup = serde_json::from_value(serde_json::json!({
+            "id": "a.test", "names": ["a.test"], "profile": null, "issued_profile": null,
+            "issuer": null, "not_after": null, "next_renewal": null, "ari_window": null,
+            "failures": 1, "last_attempt": null, "next_attempt": null,
+            "rate_limited_until": null, "ordering": false,
+            "last_error": "new order: rate limited: too many\u{1b}[2J\u{1b}]0;owned\u{7}\r\nfake line",
+        }))
+        .unwrap();
+        let line = last_error_line(&g).unwrap();
+        assert!(
+            !line.chars().any(|c| c.is_control()),
+            "control bytes in {line:?}"
+        );
+        assert!(line.contains("rate limited: too many"), "{line}");
+    }
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -551,11 +573,25 @@ fn certs(cli: &Cli) -> Result<Outcome> {
     let color = use_color();
     let mut out = io::stdout().lock();
     match &v.acme {
-        Some(a) => output(writeln!(
-            out,
-            "ACME: {} ({} first), {} orders since start",
-            a.directory, a.challenge, a.orders_placed
-        ))?,
+        Some(a) => {
+            output(writeln!(
+                out,
+                "ACME: {} ({} first), {} orders since start, {} recorded in the store",
+                a.directory,
+                a.challenge,
+                a.orders_placed,
+                a.orders_recorded
+                    .map_or_else(|| "? (ledger unreadable)".to_string(), |n| n.to_string())
+            ))?;
+            if !a.budget.is_empty() {
+                // From the store (registered domains): no control bytes to the terminal.
+                output(writeln!(
+                    out,
+                    "  budget: {}",
+                    a.budget.join(", ").escape_debug()
+                ))?;
+            }
+        }
         None => output(writeln!(
             out,
             "ACME: off (local issuer and certificates dropped in by hand)"
@@ -600,14 +636,15 @@ fn certs(cli: &Cli) -> Result<Outcome> {
                     .escape_debug()
             ))?;
         }
-        if let Some(e) = &g.last_error {
+        if let Some(t) = g.rate_limited_until {
             output(writeln!(
                 out,
-                "  last error ({} in a row, at {}; next attempt {}): {e}",
-                g.failures,
-                unix_time(secs(g.last_attempt)),
-                unix_time(secs(g.next_attempt))
+                "  held by the CA's rate limit until {} (no order before, not even a forced one)",
+                unix_time(secs(Some(t)))
             ))?;
+        }
+        if let Some(line) = last_error_line(g) {
+            output(writeln!(out, "{line}"))?;
         }
     }
     for c in &v.certificates {
@@ -840,6 +877,19 @@ fn certs_check(cli: &Cli, threshold: Option<std::time::Duration>) -> Result<Outc
     } else {
         Outcome::Failed
     })
+
+/// The `last error` line of a certificate group, when it has one.
+fn last_error_line(g: &admin_api::CertGroup) -> Option<String> {
+    let e = g.last_error.as_ref()?;
+    let secs = |t: Option<i64>| t.and_then(|t| u64::try_from(t).ok());
+    Some(format!(
+        "  last error ({} in a row, at {}; next attempt {}): {}",
+        g.failures,
+        unix_time(secs(g.last_attempt)),
+        unix_time(secs(g.next_attempt)),
+        // The CA's problem detail, files on disk: no control bytes to the terminal.
+        e.escape_debug()
+    ))
 }
 
 /// `proxyctl certs renew NAME`.

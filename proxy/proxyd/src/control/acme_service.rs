@@ -129,6 +129,13 @@ pub fn certs_reply(shared: &Shared) -> admin_api::Certs {
                     directory: m.issuer().to_owned(),
                     challenge: m.config().challenge.to_string(),
                     orders_placed: m.orders_placed(),
+                    orders_recorded: m.orders_recorded(),
+                    budget: m
+                        .budget()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
                 }),
                 groups: Some(groups.into_iter().map(cert_group).collect()),
                 certificates: others,
@@ -164,6 +171,7 @@ fn cert_group(g: acme::CertStatus) -> admin_api::CertGroup {
         last_attempt: g.last_attempt,
         last_error: g.last_error,
         next_attempt: g.next_attempt,
+        rate_limited_until: g.rate_limited_until,
         ordering: g.ordering,
     }
 }

@@ -272,6 +272,9 @@ pub struct Metrics {
     acme_orders: IntCounterVec,
     acme_failures: IntGaugeVec,
     acme_backoff: IntGaugeVec,
+    acme_rate_limited: IntGaugeVec,
+    acme_orders_recorded: IntGauge,
+    acme_budget_used: IntGaugeVec,
     acme_next_renewal: IntGaugeVec,
     /// Route id -> handles; swapped whole by [`Metrics::sync_routes`].
     routes: ArcSwap<HashMap<String, Arc<RouteMetrics>>>,
@@ -482,7 +485,28 @@ impl Metrics {
             acme_orders_placed: counter(
                 &r,
                 "proxyd_acme_orders_placed_total",
-                "New orders sent to the ACME CA.",
+                "New orders the ACME CA created, since start.",
+            ),
+            acme_orders_recorded: gauge(
+                &r,
+                "proxyd_acme_orders_recorded",
+                "New orders ever placed with the ACME account, from the store's ledger \
+                 (-1: the ledger cannot be read).",
+            ),
+            acme_budget_used: gauge_vec(
+                &r,
+                "proxyd_acme_budget_used",
+                "The local budget of the CA's limits: orders of the account in the last 3 h \
+                 (scope=\"account\", of 300), certificates per registered domain in the last \
+                 7 days (of 50).",
+                &["scope"],
+            ),
+            acme_rate_limited: gauge_vec(
+                &r,
+                "proxyd_acme_rate_limited_seconds",
+                "Seconds the CA's rateLimited answer still holds (no order before), per \
+                 certificate; 0: none.",
+                &["cert"],
             ),
             acme_failures: gauge_vec(
                 &r,
@@ -706,6 +730,17 @@ impl Metrics {
             catch_up(&self.acme_orders.with_label_values(&["failed"]), failed);
             self.acme_failures.reset();
             self.acme_backoff.reset();
+            self.acme_rate_limited.reset();
+            self.acme_budget_used.reset();
+            for u in acme.budget().unwrap_or_default() {
+                self.acme_budget_used
+                    .with_label_values(&[u.scope.as_str()])
+                    .set(i64::from(u.used));
+            }
+            self.acme_orders_recorded.set(
+                acme.orders_recorded()
+                    .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+            );
             self.acme_next_renewal.reset();
             let now = unix_now();
             for g in acme.status() {
@@ -718,6 +753,9 @@ impl Metrics {
                     _ => 0,
                 };
                 self.acme_backoff.with_label_values(&id).set(backoff);
+                self.acme_rate_limited
+                    .with_label_values(&id)
+                    .set(g.rate_limited_until.map_or(0, |t| (t - now).max(0)));
                 if let Some(at) = g.next_renewal {
                     self.acme_next_renewal.with_label_values(&id).set(at);
                 }
