@@ -877,6 +877,7 @@ fn certs_check(cli: &Cli, threshold: Option<std::time::Duration>) -> Result<Outc
     } else {
         Outcome::Failed
     })
+}
 
 /// The `last error` line of a certificate group, when it has one.
 fn last_error_line(g: &admin_api::CertGroup) -> Option<String> {
