@@ -168,6 +168,36 @@ impl Manager {
             .map(|l| l.orders_total)
     }
 
+    /// For `proxyctl certs preflight`: whether a new order for the group that holds
+    /// `name` (else `name` alone) could be placed now. `Ok(Err((until, why)))`: a
+    /// `rateLimited` hold of the CA or the local budget of its limits refuses it until
+    /// `until` (unix seconds); `Err`: the ledger cannot be read (no order either).
+    pub fn order_verdict(&self, name: &str) -> Result<Result<(), (i64, String)>, String> {
+        let ledger = self
+            .host
+            .certs()
+            .store()
+            .read_ledger(&self.ledger_key())
+            .map_err(|e| e.to_string())?;
+        let (id, names) = self
+            .lock()
+            .iter()
+            .find(|(_, e)| e.names.iter().any(|n| n == name))
+            .map(|(id, e)| (id.clone(), e.names.clone()))
+            .unwrap_or_else(|| (name.to_owned(), vec![name.to_owned()]));
+        let now = certs::util::unix_now();
+        if let Some((until, detail)) = rate_limit_hold(&ledger, &Meta::default(), &id, now) {
+            return Ok(Err((
+                until,
+                format!("held by the CA's rate limit: {detail}"),
+            )));
+        }
+        Ok(
+            budget::check(&ledger, &names, false, now, &Limits::LETS_ENCRYPT)
+                .map_err(|r| (r.until, r.to_string())),
+        )
+    }
+
     /// What the local budget of the CA's limits has used: the account's orders and
     /// each registered domain of the groups (`None`: the ledger cannot be read).
     pub fn budget(&self) -> Option<Vec<Usage>> {

@@ -15,10 +15,10 @@
 //!   fetched from each of the name's addresses (the first [`MAX_FETCHES`]; more: a warning) on `--acme-http-port` (80) with the name
 //!   as Host, as the CA would, and must come back byte for byte; no redirect is
 //!   followed (one is reported); the token is withdrawn whatever happens;
-//! - `challenge` (wildcards only): no challenge this proxy answers can prove one.
-//!
-//! Extension point: the local order budget (issue 13, built on another branch) is one
-//! more check per name; it belongs in [`check_name`]'s list, as `budget`.
+//! - `challenge` (wildcards only): no challenge this proxy answers can prove one;
+//! - `budget`: the CA's limits as kept locally (`acme::Manager::order_verdict`: a
+//!   `rateLimited` hold of the CA, the local budget of its limits) let an order be
+//!   placed now; else the time it becomes possible.
 //!
 //! Every network step is bounded ([`DNS_TIMEOUT`], [`HTTP_TIMEOUT`]); names are checked
 //! side by side, at most [`PARALLEL`] at a time. Nothing here is on the request path.
@@ -32,6 +32,7 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::control::served::date;
 use crate::data::state::Shared;
 
 /// Bound on one DNS question (all servers and attempts).
@@ -124,6 +125,7 @@ impl Preflight {
                 );
                 let mut checks = p.checks;
                 checks.insert(1.min(checks.len()), caa);
+                checks.push(budget_check(&manager, &name));
                 PreflightName { name, checks }
             })
             .collect();
@@ -313,6 +315,28 @@ impl Preflight {
                 ),
             )
         }
+    }
+}
+
+/// Whether the CA's limits, as kept locally (a `rateLimited` hold, the local budget),
+/// let an order for `name` be placed now.
+fn budget_check(manager: &acme::Manager, name: &str) -> PreflightCheck {
+    match manager.order_verdict(name) {
+        Ok(Ok(())) => check(
+            "budget",
+            CheckResult::Ok,
+            "a new order fits the CA's limits as kept locally".into(),
+        ),
+        Ok(Err((until, why))) => check(
+            "budget",
+            CheckResult::Fail,
+            format!("{why}; an order is possible from {}", date(until)),
+        ),
+        Err(e) => check(
+            "budget",
+            CheckResult::Fail,
+            format!("the ACME ledger cannot be read, so nothing is ordered: {e}"),
+        ),
     }
 }
 
