@@ -1589,4 +1589,29 @@ mod tests {
         let ledger = m.host.certs().store().read_ledger(&m.ledger_key()).unwrap();
         assert_eq!(ledger.orders.len(), 5, "{ledger:#?}");
     }
+
+    /// Review: `order_verdict` (proxyctl certs preflight) ignored the hold of the CA
+    /// kept in the certificate's meta.json (`rate_limited_until`), which `process`
+    /// obeys: the preflight said "ok" while the manager would not order.
+    #[tokio::test]
+    async fn the_order_verdict_obeys_the_hold_in_meta_json() {
+        let (m, _account, _dir) = manager_with_a_ca_that_is_down().await;
+        m.set_groups(&[(vec!["a.test".to_owned(), "www.a.test".to_owned()], None)]);
+        let until = certs::util::unix_now() + 3600;
+        let meta = Meta {
+            rate_limited_until: Some(until),
+            last_error: Some("too many certificates".into()),
+            ..Meta::default()
+        };
+        m.host.certs().store().write_meta("a.test", &meta).unwrap();
+        for name in ["a.test", "www.a.test"] {
+            match m.order_verdict(name) {
+                Ok(Err((t, why))) => {
+                    assert_eq!(t, until, "{name}: {why}");
+                    assert!(why.contains("too many certificates"), "{name}: {why}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
 }
