@@ -35,6 +35,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::control::served::date;
 use crate::data::state::Shared;
 
+/// Bound on reading the ACME ledger and the groups' meta.json for the `budget` check.
+pub const LEDGER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Bound on one DNS question (all servers and attempts).
 pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one HTTP-01 fetch: connect, request, whole answer.
@@ -113,9 +116,25 @@ impl Preflight {
             Err(e) => (Vec::new(), Some(format!("directory task: {e}"))),
         };
         let account = manager.account_uri();
+        // The ledger (up to certs::LEDGER_MAX_BYTES) and each group's meta.json are
+        // read from disk: once for all names, off the async workers, and bounded in
+        // time (a store on a hung disk, a FIFO in the ledger's place).
+        let verdicts = {
+            let (manager, names) = (
+                manager.clone(),
+                probed.iter().map(|(_, n, _)| n.clone()).collect::<Vec<_>>(),
+            );
+            let read = tokio::task::spawn_blocking(move || manager.order_verdicts(&names));
+            match tokio::time::timeout(LEDGER_TIMEOUT, read).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => Err(format!("ledger task: {e}")),
+                Err(_) => Err(format!("not read within {}s", LEDGER_TIMEOUT.as_secs())),
+            }
+        };
         let names: Vec<PreflightName> = probed
             .into_iter()
-            .map(|(_, name, p)| {
+            .enumerate()
+            .map(|(k, (_, name, p))| {
                 let caa = caa_check(
                     &p.caa,
                     &name,
@@ -125,7 +144,9 @@ impl Preflight {
                 );
                 let mut checks = p.checks;
                 checks.insert(1.min(checks.len()), caa);
-                checks.push(budget_check(&manager, &name));
+                checks.push(budget_check(
+                    verdicts.as_ref().map(|v| &v[k]).map_err(String::as_str),
+                ));
                 PreflightName { name, checks }
             })
             .collect();
@@ -319,18 +340,24 @@ impl Preflight {
 }
 
 /// Whether the CA's limits, as kept locally (a `rateLimited` hold, the local budget),
-/// let an order for `name` be placed now.
-fn budget_check(manager: &acme::Manager, name: &str) -> PreflightCheck {
-    match manager.order_verdict(name) {
-        Ok(Ok(())) => check(
+/// let an order for the name be placed now (`verdict`: `Err` when the ledger could
+/// not be read).
+fn budget_check(verdict: Result<&acme::OrderVerdict, &str>) -> PreflightCheck {
+    match verdict {
+        Ok(acme::OrderVerdict::Allowed) => check(
             "budget",
             CheckResult::Ok,
             "a new order fits the CA's limits as kept locally".into(),
         ),
-        Ok(Err((until, why))) => check(
+        Ok(acme::OrderVerdict::NotOrdered) => check(
+            "budget",
+            CheckResult::Skipped,
+            "not in any group this proxy orders by ACME".into(),
+        ),
+        Ok(acme::OrderVerdict::Refused { until, why }) => check(
             "budget",
             CheckResult::Fail,
-            format!("{why}; an order is possible from {}", date(until)),
+            format!("{why}; an order is possible from {}", date(*until)),
         ),
         Err(e) => check(
             "budget",
