@@ -332,4 +332,48 @@ async fn the_local_budget_refuses_an_order_the_ca_would_refuse() {
         s.get("proxyd_acme_budget_used", &[("scope", "a.test")]),
         5.0
     );
+
+    // The preflight says the same before any order: a.test's budget is spent (until the
+    // oldest order leaves the window), b.example.org's is not.
+    let out = proxyctl(
+        &proxy,
+        &["certs", "preflight", "--json", "a.test", "b.example.org"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let budget = |name: &str| -> serde_json::Value {
+        v["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .and_then(|n| {
+                n["checks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["check"] == "budget")
+                    .cloned()
+            })
+            .unwrap_or_else(|| panic!("no budget check for {name}: {v:#}"))
+    };
+    let spent = budget("a.test");
+    assert_eq!(spent["result"], "fail", "{v:#}");
+    let detail = spent["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("5 certificates for a.test in 7d"),
+        "{detail}"
+    );
+    let from = time::OffsetDateTime::from_unix_timestamp(now - 6 * day + 7 * day).unwrap();
+    assert!(
+        detail.contains(&format!(
+            "{}-{:02}-{:02}T",
+            from.year(),
+            from.month() as u8,
+            from.day()
+        )),
+        "{detail}"
+    );
+    assert_eq!(budget("b.example.org")["result"], "ok", "{v:#}");
 }

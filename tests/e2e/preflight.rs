@@ -457,6 +457,8 @@ async fn hostile_answers_fail_cleanly_and_reach_no_terminal() {
     assert_eq!(code, Some(1), "{v4:#}");
     assert_eq!(result(&v4, "*.wild.test", "challenge").0, "fail", "{v4:#}");
     assert!(result(&v4, "*.wild.test", "caa").0 != "fail", "{v4:#}");
+    // Never ordered by ACME (the manager leaves wildcards out): no budget to judge.
+    assert_eq!(result(&v4, "*.wild.test", "budget").0, "skipped", "{v4:#}");
     let (_, v3) = preflight_json(&proxy, &["v6fail.test"]).await;
     let (r, detail) = result(&v3, "v6fail.test", "dns");
     assert_eq!(r, "fail", "an AAAA lookup failure was hidden: {v3:#}");

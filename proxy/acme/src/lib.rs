@@ -48,7 +48,7 @@ pub use config::{
 };
 pub use error::Error;
 pub use lock::FileLock;
-pub use manager::{CertStatus, Manager};
+pub use manager::{CertStatus, Manager, OrderVerdict};
 
 /// What the daemon provides to the ACME manager.
 pub trait Host: Send + Sync + 'static {

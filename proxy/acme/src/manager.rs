@@ -126,6 +126,18 @@ pub struct Manager {
     offered: Mutex<Option<Profiles>>,
 }
 
+/// Whether a new order could be placed now ([`Manager::order_verdicts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderVerdict {
+    /// It fits the CA's limits as kept locally.
+    Allowed,
+    /// The name is in no ACME group (a wildcard, another issuer's): never ordered.
+    NotOrdered,
+    /// A `rateLimited` hold of the CA or the local budget refuses it until `until`
+    /// (unix seconds), for the reason `why`.
+    Refused { until: i64, why: String },
+}
+
 impl Manager {
     pub fn new(config: Config, host: Arc<dyn Host>) -> Arc<Manager> {
         Arc::new(Manager {
@@ -166,6 +178,62 @@ impl Manager {
             .read_ledger(&self.ledger_key())
             .ok()
             .map(|l| l.orders_total)
+    }
+
+    /// For `proxyctl certs preflight`: whether a new order for the group that holds
+    /// each of `names` could be placed now, judged as [`Manager::process`] judges it
+    /// (the group's id and names, the holds of the CA in its meta.json and in the
+    /// ledger, the account's hold, the local budget of its limits). A name in no
+    /// ACME group (a wildcard, a name with another issuer) is not ordered at all.
+    /// `Err`: the ledger cannot be read (no order either). Reads the ledger once, from
+    /// disk: call it off the async workers.
+    pub fn order_verdicts(&self, names: &[String]) -> Result<Vec<OrderVerdict>, String> {
+        let store = self.host.certs().store();
+        let ledger = store
+            .read_ledger(&self.ledger_key())
+            .map_err(|e| e.to_string())?;
+        let groups: Vec<Option<(String, Vec<String>)>> = {
+            let entries = self.lock();
+            names
+                .iter()
+                .map(|name| {
+                    let name = certs::normalize_name(name);
+                    entries
+                        .iter()
+                        .find(|(_, e)| e.names.contains(&name))
+                        .map(|(id, e)| (id.clone(), e.names.clone()))
+                })
+                .collect()
+        };
+        let now = certs::util::unix_now();
+        Ok(groups
+            .into_iter()
+            .map(|group| {
+                let Some((id, names)) = group else {
+                    return OrderVerdict::NotOrdered;
+                };
+                let meta = store.read_meta(&id).unwrap_or_default();
+                if let Some((until, detail)) = rate_limit_hold(&ledger, &meta, &id, now) {
+                    return OrderVerdict::Refused {
+                        until,
+                        why: format!("held by the CA's rate limit: {detail}"),
+                    };
+                }
+                match budget::check(&ledger, &names, false, now, &Limits::LETS_ENCRYPT) {
+                    Ok(()) => OrderVerdict::Allowed,
+                    Err(r) => OrderVerdict::Refused {
+                        until: r.until,
+                        why: r.to_string(),
+                    },
+                }
+            })
+            .collect())
+    }
+
+    /// [`Manager::order_verdicts`] for one name.
+    pub fn order_verdict(&self, name: &str) -> Result<OrderVerdict, String> {
+        self.order_verdicts(&[name.to_owned()])
+            .map(|mut v| v.pop().expect("one verdict per name"))
     }
 
     /// What the local budget of the CA's limits has used: the account's orders and
@@ -1558,5 +1626,42 @@ mod tests {
         );
         let ledger = m.host.certs().store().read_ledger(&m.ledger_key()).unwrap();
         assert_eq!(ledger.orders.len(), 5, "{ledger:#?}");
+    }
+
+    /// Review: `order_verdict` (proxyctl certs preflight) ignored the hold of the CA
+    /// kept in the certificate's meta.json (`rate_limited_until`), which `process`
+    /// obeys: the preflight said "ok" while the manager would not order.
+    #[tokio::test]
+    async fn the_order_verdict_obeys_the_hold_in_meta_json() {
+        let (m, _account, _dir) = manager_with_a_ca_that_is_down().await;
+        m.set_groups(&[(vec!["a.test".to_owned(), "www.a.test".to_owned()], None)]);
+        let until = certs::util::unix_now() + 3600;
+        let meta = Meta {
+            rate_limited_until: Some(until),
+            last_error: Some("too many certificates".into()),
+            ..Meta::default()
+        };
+        m.host.certs().store().write_meta("a.test", &meta).unwrap();
+        for name in ["a.test", "www.a.test"] {
+            match m.order_verdict(name) {
+                Ok(OrderVerdict::Refused { until: t, why }) => {
+                    assert_eq!(t, until, "{name}: {why}");
+                    assert!(why.contains("too many certificates"), "{name}: {why}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    /// Review: a name in no ACME group (a wildcard, which `set_groups` leaves out, or
+    /// a name with another issuer) is never ordered; `order_verdict` judged it as a
+    /// group of its own ("a new order fits"), under an id that is no certificate id.
+    #[tokio::test]
+    async fn the_order_verdict_of_a_name_never_ordered() {
+        let (m, _account, _dir) = manager_with_a_ca_that_is_down().await;
+        m.set_groups(&[(vec!["a.test".to_owned(), "*.a.test".to_owned()], None)]);
+        assert_eq!(m.order_verdict("a.test"), Ok(OrderVerdict::Allowed));
+        assert_eq!(m.order_verdict("*.a.test"), Ok(OrderVerdict::NotOrdered));
+        assert_eq!(m.order_verdict("b.test"), Ok(OrderVerdict::NotOrdered));
     }
 }

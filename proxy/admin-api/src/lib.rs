@@ -523,8 +523,9 @@ pub struct PreflightName {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreflightCheck {
     /// `dns` (A/AAAA point at this proxy), `caa` (CAA allows the CA), `http-01` (the
-    /// name's port 80 reaches this proxy) or `challenge` (a wildcard: no challenge this
-    /// proxy answers can prove it).
+    /// name's port 80 reaches this proxy), `challenge` (a wildcard: no challenge this
+    /// proxy answers can prove it) or `budget` (the CA's limits as kept locally: a
+    /// `rateLimited` hold or the local budget refuses an order now).
     pub check: String,
     pub result: CheckResult,
     /// What was found, for a person (addresses, the CAA record, the HTTP answer).

@@ -15,10 +15,10 @@
 //!   fetched from each of the name's addresses (the first [`MAX_FETCHES`]; more: a warning) on `--acme-http-port` (80) with the name
 //!   as Host, as the CA would, and must come back byte for byte; no redirect is
 //!   followed (one is reported); the token is withdrawn whatever happens;
-//! - `challenge` (wildcards only): no challenge this proxy answers can prove one.
-//!
-//! Extension point: the local order budget (issue 13, built on another branch) is one
-//! more check per name; it belongs in [`check_name`]'s list, as `budget`.
+//! - `challenge` (wildcards only): no challenge this proxy answers can prove one;
+//! - `budget`: the CA's limits as kept locally (`acme::Manager::order_verdict`: a
+//!   `rateLimited` hold of the CA, the local budget of its limits) let an order be
+//!   placed now; else the time it becomes possible.
 //!
 //! Every network step is bounded ([`DNS_TIMEOUT`], [`HTTP_TIMEOUT`]); names are checked
 //! side by side, at most [`PARALLEL`] at a time. Nothing here is on the request path.
@@ -32,7 +32,11 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::control::served::date;
 use crate::data::state::Shared;
+
+/// Bound on reading the ACME ledger and the groups' meta.json for the `budget` check.
+pub const LEDGER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bound on one DNS question (all servers and attempts).
 pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -112,9 +116,25 @@ impl Preflight {
             Err(e) => (Vec::new(), Some(format!("directory task: {e}"))),
         };
         let account = manager.account_uri();
+        // The ledger (up to certs::LEDGER_MAX_BYTES) and each group's meta.json are
+        // read from disk: once for all names, off the async workers, and bounded in
+        // time (a store on a hung disk, a FIFO in the ledger's place).
+        let verdicts = {
+            let (manager, names) = (
+                manager.clone(),
+                probed.iter().map(|(_, n, _)| n.clone()).collect::<Vec<_>>(),
+            );
+            let read = tokio::task::spawn_blocking(move || manager.order_verdicts(&names));
+            match tokio::time::timeout(LEDGER_TIMEOUT, read).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => Err(format!("ledger task: {e}")),
+                Err(_) => Err(format!("not read within {}s", LEDGER_TIMEOUT.as_secs())),
+            }
+        };
         let names: Vec<PreflightName> = probed
             .into_iter()
-            .map(|(_, name, p)| {
+            .enumerate()
+            .map(|(k, (_, name, p))| {
                 let caa = caa_check(
                     &p.caa,
                     &name,
@@ -124,6 +144,9 @@ impl Preflight {
                 );
                 let mut checks = p.checks;
                 checks.insert(1.min(checks.len()), caa);
+                checks.push(budget_check(
+                    verdicts.as_ref().map(|v| &v[k]).map_err(String::as_str),
+                ));
                 PreflightName { name, checks }
             })
             .collect();
@@ -313,6 +336,34 @@ impl Preflight {
                 ),
             )
         }
+    }
+}
+
+/// Whether the CA's limits, as kept locally (a `rateLimited` hold, the local budget),
+/// let an order for the name be placed now (`verdict`: `Err` when the ledger could
+/// not be read).
+fn budget_check(verdict: Result<&acme::OrderVerdict, &str>) -> PreflightCheck {
+    match verdict {
+        Ok(acme::OrderVerdict::Allowed) => check(
+            "budget",
+            CheckResult::Ok,
+            "a new order fits the CA's limits as kept locally".into(),
+        ),
+        Ok(acme::OrderVerdict::NotOrdered) => check(
+            "budget",
+            CheckResult::Skipped,
+            "not in any group this proxy orders by ACME".into(),
+        ),
+        Ok(acme::OrderVerdict::Refused { until, why }) => check(
+            "budget",
+            CheckResult::Fail,
+            format!("{why}; an order is possible from {}", date(*until)),
+        ),
+        Err(e) => check(
+            "budget",
+            CheckResult::Fail,
+            format!("the ACME ledger cannot be read, so nothing is ordered: {e}"),
+        ),
     }
 }
 

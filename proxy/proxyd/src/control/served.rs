@@ -359,7 +359,7 @@ pub fn reply(shared: &Shared) -> admin_api::ServedCheck {
 }
 
 /// Unix seconds as `2026-12-25T16:10:41Z`.
-fn date(unix: i64) -> String {
+pub(crate) fn date(unix: i64) -> String {
     const FORMAT: &[time::format_description::FormatItem<'static>] =
         time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     time::OffsetDateTime::from_unix_timestamp(unix)
