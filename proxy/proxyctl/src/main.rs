@@ -318,6 +318,27 @@ mod tests {
     }
 
     #[test]
+    fn the_ari_window_is_shown_when_the_ca_gave_one() {
+        let group = |window: serde_json::Value| -> admin_api::CertGroup {
+            serde_json::from_value(serde_json::json!({
+                "id": "a.test", "names": ["a.test"], "profile": null, "issued_profile": null,
+                "issuer": null, "not_after": null, "next_renewal": null, "ari_window": window,
+                "failures": 0, "last_attempt": null, "next_attempt": null,
+                "rate_limited_until": null, "ordering": false, "last_error": null,
+            }))
+            .unwrap()
+        };
+        assert_eq!(ari_window_line(&group(serde_json::Value::Null)), None);
+        let line =
+            ari_window_line(&group(serde_json::json!([1_800_000_000, 1_800_086_400]))).unwrap();
+        assert!(
+            line.contains(&unix_time(Some(1_800_000_000)))
+                && line.contains(&unix_time(Some(1_800_086_400))),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
@@ -636,6 +657,9 @@ fn certs(cli: &Cli) -> Result<Outcome> {
                     .escape_debug()
             ))?;
         }
+        if let Some(line) = ari_window_line(g) {
+            output(writeln!(out, "{line}"))?;
+        }
         if let Some(t) = g.rate_limited_until {
             output(writeln!(
                 out,
@@ -877,6 +901,17 @@ fn certs_check(cli: &Cli, threshold: Option<std::time::Duration>) -> Result<Outc
     } else {
         Outcome::Failed
     })
+}
+
+/// The `ARI window` line of a certificate group, when the CA suggested one (RFC 9773).
+fn ari_window_line(g: &admin_api::CertGroup) -> Option<String> {
+    let (start, end) = g.ari_window?;
+    let secs = |t: i64| u64::try_from(t).ok();
+    Some(format!(
+        "  ARI window {} to {} (the CA's suggested renewal time)",
+        unix_time(secs(start)),
+        unix_time(secs(end))
+    ))
 }
 
 /// The `last error` line of a certificate group, when it has one.
