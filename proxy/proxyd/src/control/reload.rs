@@ -382,19 +382,23 @@ fn reload_blocking(
     drop(old);
     phases.mark("diff");
     if mode == Mode::DryRun || diff.is_empty() {
+        let mut certificates = String::new();
         if mode == Mode::Apply {
             // Routes unchanged, but a reload still reads the store again: an admin who
             // replaced a certificate's files in place reloads to have it served, as
-            // with nginx (certs-store/README.md).
-            for e in &shared.certs.ensure(&table.certificate_groups()).errors {
+            // with nginx (certs-store/README.md), and is told when that failed.
+            let report = shared.certs.ensure(&table.certificate_groups());
+            for e in &report.errors {
                 tracing::error!("certificate: {e}");
             }
+            // Nothing else in the reply names what was issued.
+            certificates = certificate_notes(&report, true);
             phases.mark("certificates");
         }
         // Freeing a large table is no reason to keep the caller waiting either.
         drop_later(table);
         let message = match mode {
-            Mode::Apply => "valid; nothing changed".into(),
+            Mode::Apply => format!("valid; nothing changed{certificates}"),
             Mode::DryRun => format!("valid; a reload would change: {summary}"),
         };
         return ReloadOutcome {
@@ -434,6 +438,7 @@ fn reload_blocking(
     // backends only they used, takes a few ms, which no reload caller needs to wait for.
     let retiring = shared.clone();
     later(move || retiring.retire(replaced));
+    let notes = certificate_notes(&report, false);
     ReloadOutcome {
         outcome: admin_api::ReloadOutcome::Applied {
             changes: changes(diff),
@@ -441,11 +446,42 @@ fn reload_blocking(
             certificates_issued: report.issued,
         },
         generation,
-        message: format!("applied generation {generation}: {summary}"),
+        message: format!("applied generation {generation}: {summary}{notes}"),
         duration_ms: 0.0,
         phases: phases.done,
     }
 }
+
+/// What the certificates' part of a reload did that the admin must hear of, for the end
+/// of its message: certificates issued, and what went wrong (files in the store that
+/// could not be read, certificates that could not be issued). Empty when nothing did.
+/// `issued`: whether to name those issued (an applied reload's reply lists them apart).
+/// At most [`NOTES_SHOWN`] of each kind: the log has them all.
+fn certificate_notes(report: &certs::EnsureReport, issued: bool) -> String {
+    let mut notes = String::new();
+    let mut add = |what: &str, items: &[String]| {
+        if items.is_empty() {
+            return;
+        }
+        let shown = items[..items.len().min(NOTES_SHOWN)].join("; ");
+        notes.push_str(&format!("; {what}: {shown}"));
+        if items.len() > NOTES_SHOWN {
+            notes.push_str(&format!(
+                " (and {} more, see the log)",
+                items.len() - NOTES_SHOWN
+            ));
+        }
+    };
+    if issued {
+        add("certificates issued", &report.issued);
+    }
+    add("certificate store", &report.store_problems);
+    add("certificate errors", &report.errors);
+    notes
+}
+
+/// How many of each kind [`certificate_notes`] lists.
+const NOTES_SHOWN: usize = 3;
 
 /// The outcome for a file that could not be read or is invalid: nothing changes.
 fn rejected(
