@@ -553,3 +553,32 @@ fn later(work: impl FnOnce() + Send + 'static) {
         Err(_) => work(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_notes_name_a_few_of_each_kind_and_count_the_rest() {
+        let ids = |n: usize| (0..n).map(|i| format!("c{i}.test")).collect::<Vec<_>>();
+        assert_eq!(certificate_notes(&certs::EnsureReport::default(), true), "");
+        let report = certs::EnsureReport {
+            issued: ids(2),
+            store_problems: vec!["certs/x: bad PEM; not served".into()],
+            errors: ids(100_000),
+            ..Default::default()
+        };
+        let notes = certificate_notes(&report, true);
+        assert!(
+            notes.starts_with("; certificates issued: c0.test; c1.test; certificate store:"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("c2.test (and 99997 more, see the log)"),
+            "{notes}"
+        );
+        assert!(notes.len() < 300, "{notes}");
+        // An applied reload lists what it issued in its reply, not in its message.
+        assert!(!certificate_notes(&report, false).contains("issued"));
+    }
+}
