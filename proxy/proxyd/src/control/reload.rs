@@ -463,7 +463,19 @@ fn certificate_notes(report: &certs::EnsureReport, issued: bool) -> String {
         if items.is_empty() {
             return;
         }
-        let shown = items[..items.len().min(NOTES_SHOWN)].join("; ");
+        // Paths and parse errors quote bytes from disk: no control byte reaches the
+        // admin's terminal through proxyctl.
+        let shown: String = items[..items.len().min(NOTES_SHOWN)]
+            .join("; ")
+            .chars()
+            .flat_map(|c| {
+                let escaped = c.is_control().then(|| c.escape_default());
+                escaped
+                    .into_iter()
+                    .flatten()
+                    .chain((!c.is_control()).then_some(c))
+            })
+            .collect();
         notes.push_str(&format!("; {what}: {shown}"));
         if items.len() > NOTES_SHOWN {
             notes.push_str(&format!(
@@ -564,7 +576,7 @@ mod tests {
         assert_eq!(certificate_notes(&certs::EnsureReport::default(), true), "");
         let report = certs::EnsureReport {
             issued: ids(2),
-            store_problems: vec!["certs/x: bad PEM; not served".into()],
+            store_problems: vec!["certs/x\u{1b}[2J: bad PEM\r\n; not served".into()],
             errors: ids(100_000),
             ..Default::default()
         };
@@ -578,6 +590,11 @@ mod tests {
             "{notes}"
         );
         assert!(notes.len() < 300, "{notes}");
+        assert!(!notes.chars().any(char::is_control), "{notes}");
+        assert!(
+            notes.contains(r"certs/x\u{1b}[2J: bad PEM\r\n; not served"),
+            "{notes}"
+        );
         // An applied reload lists what it issued in its reply, not in its message.
         assert!(!certificate_notes(&report, false).contains("issued"));
     }
