@@ -581,3 +581,31 @@ async fn a_reload_with_unchanged_routes_serves_files_replaced_in_place() {
         .unwrap();
     assert_eq!(resp.status, 200);
 }
+
+/// The same in-place replacement gone wrong (a truncated copy): the reload keeps serving
+/// the certificate read before, and its answer says the replacement was not taken, so
+/// the admin who reloads to have it served is not told "nothing changed" and left there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_unchanged_routes_reports_a_replacement_it_could_not_read() {
+    let a = Backend::start("a").await;
+    let routes = one_route(&["a.test"], &a, "");
+    let proxy = Proxy::builder(&routes).start().await;
+    let before = served_leaf(&proxy, "a.test").await;
+
+    let dir = proxy.certs_store().join("certs").join("a.test");
+    let staged = dir.join(".fullchain.pem.new");
+    std::fs::write(&staged, "-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap();
+    std::fs::rename(&staged, dir.join("fullchain.pem")).unwrap();
+    let v = proxyctl_json(&proxy, &["reload"]).await;
+    assert_eq!(
+        (&v["ok"], &v["applied"]),
+        (&true.into(), &false.into()),
+        "{v}"
+    );
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("a.test") && message.contains("not served"),
+        "{message}"
+    );
+    assert_eq!(served_leaf(&proxy, "a.test").await, before);
+}

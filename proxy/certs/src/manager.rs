@@ -115,6 +115,10 @@ pub struct EnsureReport {
     /// Ids of the certificates moved to `archive/`: expired and serving no routed name,
     /// or an admin's certificate the local issuer replaced.
     pub archived: Vec<String>,
+    /// [`CertManager::ensure`] only: files in `certs/`, new or changed, that could not be
+    /// read (what was served before stays served). [`CertManager::maintain`] reports
+    /// these in [`MaintainReport::problems`].
+    pub store_problems: Vec<String>,
 }
 
 /// The result of [`CertManager::maintain`].
@@ -275,6 +279,7 @@ impl CertManager {
     /// [`CertManager::ensure`] as if the time were `now`.
     pub fn ensure_at(&self, groups: &[Vec<String>], now: SystemTime) -> EnsureReport {
         let mut state = self.lock();
+        let mut store_problems = Vec::new();
         if !state.loaded {
             self.load_locked(&mut state);
         } else {
@@ -289,8 +294,12 @@ impl CertManager {
             for id in &seen.reread {
                 tracing::info!(cert = %id, "certificate store: read {id} again (new or changed)");
             }
+            store_problems = seen.problems;
         }
-        let mut report = EnsureReport::default();
+        let mut report = EnsureReport {
+            store_problems,
+            ..EnsureReport::default()
+        };
         let mut clean = Vec::with_capacity(groups.len());
         for group in groups {
             let mut names: Vec<String> = Vec::with_capacity(group.len());

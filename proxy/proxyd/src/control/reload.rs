@@ -382,19 +382,23 @@ fn reload_blocking(
     drop(old);
     phases.mark("diff");
     if mode == Mode::DryRun || diff.is_empty() {
+        let mut certificates = String::new();
         if mode == Mode::Apply {
             // Routes unchanged, but a reload still reads the store again: an admin who
             // replaced a certificate's files in place reloads to have it served, as
-            // with nginx (certs-store/README.md).
-            for e in &shared.certs.ensure(&table.certificate_groups()).errors {
+            // with nginx (certs-store/README.md), and is told when that failed.
+            let report = shared.certs.ensure(&table.certificate_groups());
+            for e in &report.errors {
                 tracing::error!("certificate: {e}");
             }
+            // Nothing else in the reply names what was issued.
+            certificates = certificate_notes(&report, true);
             phases.mark("certificates");
         }
         // Freeing a large table is no reason to keep the caller waiting either.
         drop_later(table);
         let message = match mode {
-            Mode::Apply => "valid; nothing changed".into(),
+            Mode::Apply => format!("valid; nothing changed{certificates}"),
             Mode::DryRun => format!("valid; a reload would change: {summary}"),
         };
         return ReloadOutcome {
@@ -434,6 +438,7 @@ fn reload_blocking(
     // backends only they used, takes a few ms, which no reload caller needs to wait for.
     let retiring = shared.clone();
     later(move || retiring.retire(replaced));
+    let notes = certificate_notes(&report, false);
     ReloadOutcome {
         outcome: admin_api::ReloadOutcome::Applied {
             changes: changes(diff),
@@ -441,11 +446,54 @@ fn reload_blocking(
             certificates_issued: report.issued,
         },
         generation,
-        message: format!("applied generation {generation}: {summary}"),
+        message: format!("applied generation {generation}: {summary}{notes}"),
         duration_ms: 0.0,
         phases: phases.done,
     }
 }
+
+/// What the certificates' part of a reload did that the admin must hear of, for the end
+/// of its message: certificates issued, and what went wrong (files in the store that
+/// could not be read, certificates that could not be issued). Empty when nothing did.
+/// `issued`: whether to name those issued (an applied reload's reply lists them apart).
+/// At most [`NOTES_SHOWN`] of each kind: the log has them all.
+fn certificate_notes(report: &certs::EnsureReport, issued: bool) -> String {
+    let mut notes = String::new();
+    let mut add = |what: &str, items: &[String]| {
+        if items.is_empty() {
+            return;
+        }
+        // Paths and parse errors quote bytes from disk: no control byte reaches the
+        // admin's terminal through proxyctl.
+        let shown: String = items[..items.len().min(NOTES_SHOWN)]
+            .join("; ")
+            .chars()
+            .flat_map(|c| {
+                let escaped = c.is_control().then(|| c.escape_default());
+                escaped
+                    .into_iter()
+                    .flatten()
+                    .chain((!c.is_control()).then_some(c))
+            })
+            .collect();
+        notes.push_str(&format!("; {what}: {shown}"));
+        if items.len() > NOTES_SHOWN {
+            notes.push_str(&format!(
+                " (and {} more, see the log)",
+                items.len() - NOTES_SHOWN
+            ));
+        }
+    };
+    if issued {
+        add("certificates issued", &report.issued);
+    }
+    add("certificate store", &report.store_problems);
+    add("certificate errors", &report.errors);
+    notes
+}
+
+/// How many of each kind [`certificate_notes`] lists.
+const NOTES_SHOWN: usize = 3;
 
 /// The outcome for a file that could not be read or is invalid: nothing changes.
 fn rejected(
@@ -515,5 +563,39 @@ fn later(work: impl FnOnce() + Send + 'static) {
             rt.spawn_blocking(work);
         }
         Err(_) => work(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_notes_name_a_few_of_each_kind_and_count_the_rest() {
+        let ids = |n: usize| (0..n).map(|i| format!("c{i}.test")).collect::<Vec<_>>();
+        assert_eq!(certificate_notes(&certs::EnsureReport::default(), true), "");
+        let report = certs::EnsureReport {
+            issued: ids(2),
+            store_problems: vec!["certs/x\u{1b}[2J: bad PEM\r\n; not served".into()],
+            errors: ids(100_000),
+            ..Default::default()
+        };
+        let notes = certificate_notes(&report, true);
+        assert!(
+            notes.starts_with("; certificates issued: c0.test; c1.test; certificate store:"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("c2.test (and 99997 more, see the log)"),
+            "{notes}"
+        );
+        assert!(notes.len() < 300, "{notes}");
+        assert!(!notes.chars().any(char::is_control), "{notes}");
+        assert!(
+            notes.contains(r"certs/x\u{1b}[2J: bad PEM\r\n; not served"),
+            "{notes}"
+        );
+        // An applied reload lists what it issued in its reply, not in its message.
+        assert!(!certificate_notes(&report, false).contains("issued"));
     }
 }
