@@ -1342,12 +1342,9 @@ mod tests {
         }
     }
 
-    /// Review: a reload that changes a group's profile (or names) while that group's
-    /// order is in flight must not be forgotten when the order, placed with the old
-    /// profile, comes back: the group is looked at again at once (and re-ordered with
-    /// the new profile), not at the next renewal weeks later.
-    #[test]
-    fn a_profile_changed_while_an_order_is_in_flight_is_ordered_after_it() {
+    /// A manager for [`ISSUER`] (HTTP-01 first, no profile) on an empty store in a
+    /// temporary directory, kept while the returned `TempDir` lives.
+    fn manager_on_a_fresh_store() -> (Arc<Manager>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = certs::Store::open(dir.path()).unwrap();
         let host = NoHost(certs::CertManager::new(
@@ -1364,6 +1361,16 @@ mod tests {
             profile: None,
         };
         let m = Manager::new(config, Arc::new(host));
+        (m, dir)
+    }
+
+    /// Review: a reload that changes a group's profile (or names) while that group's
+    /// order is in flight must not be forgotten when the order, placed with the old
+    /// profile, comes back: the group is looked at again at once (and re-ordered with
+    /// the new profile), not at the next renewal weeks later.
+    #[test]
+    fn a_profile_changed_while_an_order_is_in_flight_is_ordered_after_it() {
+        let (m, _dir) = manager_on_a_fresh_store();
         let names = vec!["a.test".to_owned()];
         m.set_groups(&[(names.clone(), Some("old".into()))]);
         // The tick picks the group up and orders it with "old"...
@@ -1504,22 +1511,7 @@ mod tests {
     /// A manager on a fresh store, and an account at a CA that is down (a loopback
     /// port nobody listens on): every request fails without an answer.
     async fn manager_with_a_ca_that_is_down() -> (Arc<Manager>, Account, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = certs::Store::open(dir.path()).unwrap();
-        let host = NoHost(certs::CertManager::new(
-            store,
-            None,
-            Arc::new(certs::CertResolver::new()),
-        ));
-        let config = Config {
-            directory: ISSUER.into(),
-            ca_root: None,
-            contact: Vec::new(),
-            challenge: ChallengeKind::Http01,
-            eab: None,
-            profile: None,
-        };
-        let m = Manager::new(config, Arc::new(host));
+        let (m, dir) = manager_on_a_fresh_store();
         // A CA that is down: a loopback port nobody listens on.
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

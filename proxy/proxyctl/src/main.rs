@@ -928,13 +928,18 @@ fn last_error_line(g: &admin_api::CertGroup) -> Option<String> {
     ))
 }
 
-/// `proxyctl certs renew NAME`.
-fn certs_renew(cli: &Cli, name: &str) -> Result<Outcome> {
-    if name.is_empty()
-        || !name
+/// What proxyctl sends the daemon as a NAME: letters, digits, `.`, `-` and `_` only
+/// (the daemon checks it against the routes).
+fn looks_like_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
-    {
+}
+
+/// `proxyctl certs renew NAME`.
+fn certs_renew(cli: &Cli, name: &str) -> Result<Outcome> {
+    if !looks_like_host_name(name) {
         output(writeln!(
             io::stderr(),
             "proxyctl: {name:?} is not a host name"
@@ -965,12 +970,7 @@ fn certs_renew(cli: &Cli, name: &str) -> Result<Outcome> {
 /// `proxyctl certs preflight [NAME...]`.
 fn certs_preflight(cli: &Cli, names: &[String]) -> Result<Outcome> {
     for name in names {
-        let host = name.strip_prefix("*.").unwrap_or(name);
-        if host.is_empty()
-            || !host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
-        {
+        if !looks_like_host_name(name.strip_prefix("*.").unwrap_or(name)) {
             output(writeln!(
                 io::stderr(),
                 "proxyctl: {name:?} is not a host name"
