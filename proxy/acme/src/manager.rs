@@ -725,7 +725,6 @@ impl Manager {
                 if let Some(e) = self.lock().get_mut(id) {
                     e.renew_at = Some(renew_at);
                 }
-                self.host.certs().install(cert.clone());
                 let done = SystemTime::now();
                 let meta = Meta {
                     names: cert.names.clone(),
@@ -743,6 +742,9 @@ impl Manager {
                 if let Err(e) = store.write_meta(id, &meta) {
                     tracing::warn!(cert = %id, "ACME: {e}");
                 }
+                // Served last: the files (written by the order) and meta.json already
+                // describe it, so whoever sees it served reads a settled store.
+                self.host.certs().install(cert.clone());
                 // With ARI, ask the CA again soon rather than trusting the fallback.
                 let next_check = if self.ari.load(Ordering::Relaxed) == ARI_YES {
                     renew_at.min(done + ARI_RECHECK_MAX)
